@@ -1,0 +1,141 @@
+// conv_relu_pool: out = max_pool2d(relu(conv2d(x, weight, bias))) with uint8
+// argmax switches, and its backward. The schemas are defined here, once; the
+// CPU and CUDA backends implement them in cpu/ and cuda/, and Python
+// (cnnvis_ext/ops.py) registers the fake kernels and the autograd formula.
+#include "conv_relu_pool.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+namespace cnnvis {
+namespace {
+
+void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
+  TORCH_CHECK_VALUE(v.size() == 2, name, ": expected 2 values (height, width), got ", v.size());
+  TORCH_CHECK_VALUE(v[0] >= min_value && v[1] >= min_value, name, ": expected values >= ",
+                    min_value, ", got ", v);
+}
+
+int64_t pool_out_size(int64_t in, int64_t k, int64_t pad, int64_t s, bool ceil_mode) {
+  int64_t num = in + 2 * pad - (k - 1) - 1 + (ceil_mode ? s - 1 : 0);
+  int64_t out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;
+  if (ceil_mode && (out - 1) * s >= in + pad) --out;  // last window must start inside
+  return out;
+}
+
+}  // namespace
+
+ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& weight,
+                                      const c10::optional<at::Tensor>& bias,
+                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, int64_t groups,
+                                      at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
+                                      at::IntArrayRef pool_padding, bool ceil_mode) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D (N, C, H, W) tensor, got ", x.dim(),
+                    "-D with shape ", x.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 4, "weight: expected a 4-D (C_out, C_in/groups, kH, kW) "
+                    "tensor, got ", weight.dim(), "-D with shape ", weight.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating-point tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "weight: dtype ",
+                   weight.scalar_type(), " does not match x's dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == x.device(), "weight: on ", weight.device(),
+                    " but x is on ", x.device());
+  TORCH_CHECK_VALUE(groups >= 1, "groups: expected a positive value, got ", groups);
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0);
+  check_pair(dilation, "dilation", 1);
+  check_pair(pool_kernel, "pool_kernel", 1);
+  check_pair(pool_stride, "pool_stride", 1);
+  check_pair(pool_padding, "pool_padding", 0);
+
+  ConvPoolGeometry g{};
+  g.n = x.size(0);
+  g.c_in = x.size(1);
+  g.h = x.size(2);
+  g.w = x.size(3);
+  g.c_out = weight.size(0);
+  g.kh = weight.size(2);
+  g.kw = weight.size(3);
+  TORCH_CHECK_VALUE(g.c_out >= 1 && g.kh >= 1 && g.kw >= 1, "weight: expected non-empty "
+                    "(C_out, C_in/groups, kH, kW), got ", weight.sizes());
+  TORCH_CHECK_VALUE(g.c_out % groups == 0, "weight: C_out=", g.c_out,
+                    " is not divisible by groups=", groups);
+  TORCH_CHECK_VALUE(g.c_in == weight.size(1) * groups, "x: has ", g.c_in,
+                    " channels but weight expects C_in/groups * groups = ", weight.size(1), " * ",
+                    groups, " = ", weight.size(1) * groups);
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == g.c_out, "bias: expected shape (",
+                      g.c_out, ",), got ", bias->sizes());
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "bias: dtype ", bias->scalar_type(),
+                     " does not match x's dtype ", x.scalar_type());
+    TORCH_CHECK_VALUE(bias->device() == x.device(), "bias: on ", bias->device(),
+                      " but x is on ", x.device());
+  }
+  const int64_t eff_kh = dilation[0] * (g.kh - 1) + 1;
+  const int64_t eff_kw = dilation[1] * (g.kw - 1) + 1;
+  TORCH_CHECK_VALUE(g.h + 2 * padding[0] >= eff_kh && g.w + 2 * padding[1] >= eff_kw,
+                    "x: padded input of size (", g.h + 2 * padding[0], ", ", g.w + 2 * padding[1],
+                    ") is smaller than the dilated kernel (", eff_kh, ", ", eff_kw, ")");
+  g.conv_h = (g.h + 2 * padding[0] - eff_kh) / stride[0] + 1;
+  g.conv_w = (g.w + 2 * padding[1] - eff_kw) / stride[1] + 1;
+
+  g.pool_kh = pool_kernel[0];
+  g.pool_kw = pool_kernel[1];
+  g.pool_sh = pool_stride[0];
+  g.pool_sw = pool_stride[1];
+  g.pool_ph = pool_padding[0];
+  g.pool_pw = pool_padding[1];
+  TORCH_CHECK_VALUE(g.pool_kh * g.pool_kw <= 255, "pool_kernel: a window of ", pool_kernel,
+                    " has ", g.pool_kh * g.pool_kw,
+                    " positions; uint8 switches support at most 255");
+  TORCH_CHECK_VALUE(2 * g.pool_ph <= g.pool_kh && 2 * g.pool_pw <= g.pool_kw,
+                    "pool_padding: must be at most half of pool_kernel, got pool_padding=",
+                    pool_padding, " and pool_kernel=", pool_kernel);
+  TORCH_CHECK_VALUE(g.pool_kh <= g.conv_h + 2 * g.pool_ph && g.pool_kw <= g.conv_w + 2 * g.pool_pw,
+                    "pool_kernel: window ", pool_kernel, " is larger than the padded conv output (",
+                    g.conv_h + 2 * g.pool_ph, ", ", g.conv_w + 2 * g.pool_pw, ")");
+  g.out_h = pool_out_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, ceil_mode);
+  g.out_w = pool_out_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, ceil_mode);
+  TORCH_CHECK_VALUE(g.out_h >= 1 && g.out_w >= 1, "pool_kernel: pooled output would be empty (",
+                    g.out_h, ", ", g.out_w, ")");
+  g.identity_pool = g.pool_kh == 1 && g.pool_kw == 1 && g.pool_sh == 1 && g.pool_sw == 1 &&
+                    g.pool_ph == 0 && g.pool_pw == 0;
+  return g;
+}
+
+void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const at::Tensor& grad_out,
+                                   const at::Tensor& x, const at::Tensor& out,
+                                   const at::Tensor& switches) {
+  const std::vector<int64_t> expected{g.n, g.c_out, g.out_h, g.out_w};
+  TORCH_CHECK_TYPE(switches.scalar_type() == at::kByte,
+                   "switches: expected uint8 switches from conv_relu_pool, got ",
+                   switches.scalar_type());
+  TORCH_CHECK_VALUE(switches.sizes() == at::IntArrayRef(expected), "switches: expected shape ",
+                    at::IntArrayRef(expected), ", got ", switches.sizes());
+  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(expected), "out: expected shape ",
+                    at::IntArrayRef(expected), ", got ", out.sizes());
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), "grad_out: expected shape ",
+                    at::IntArrayRef(expected), ", got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type() && grad_out.scalar_type() == x.scalar_type(),
+                   "grad_out/out: dtypes ", grad_out.scalar_type(), "/", out.scalar_type(),
+                   " do not match x's dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == x.device() && out.device() == x.device() &&
+                        switches.device() == x.device(),
+                    "grad_out/out/switches: must be on x's device ", x.device());
+}
+
+}  // namespace cnnvis
+
+TORCH_LIBRARY_FRAGMENT(cnnvis, m) {
+  m.def(
+      "conv_relu_pool(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, int[2] pool_kernel, int[2] pool_stride, int[2] pool_padding, "
+      "bool ceil_mode) -> (Tensor out, Tensor switches)");
+  m.def(
+      "_conv_relu_pool_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor out, "
+      "Tensor switches, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "int[2] pool_kernel, int[2] pool_stride, int[2] pool_padding, bool ceil_mode, "
+      "bool[3] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+}

@@ -1,0 +1,34 @@
+// Host-side declarations shared by the conv_relu_pool launchers: argument
+// checks and the geometry they derive (not part of the numerical body).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Optional.h>
+
+namespace cnnvis {
+
+struct ConvPoolGeometry {
+  int64_t n, c_in, h, w;     // input
+  int64_t c_out, kh, kw;     // weight
+  int64_t conv_h, conv_w;    // convolution output
+  int64_t pool_kh, pool_kw, pool_sh, pool_sw, pool_ph, pool_pw;
+  int64_t out_h, out_w;      // pooled output
+  bool identity_pool;        // 1x1 window, stride 1, no padding: conv + ReLU only
+};
+
+// Validates every argument of conv_relu_pool (raising ValueError / TypeError
+// that name the argument) and returns the shapes they imply.
+ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& weight,
+                                      const c10::optional<at::Tensor>& bias,
+                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, int64_t groups,
+                                      at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
+                                      at::IntArrayRef pool_padding, bool ceil_mode);
+
+// Validates the extra arguments of _conv_relu_pool_backward.
+void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const at::Tensor& grad_out,
+                                   const at::Tensor& x, const at::Tensor& out,
+                                   const at::Tensor& switches);
+
+}  // namespace cnnvis

@@ -1,0 +1,114 @@
+// Numerical body of conv_relu_pool: the per-window ReLU + max + argmax of the
+// forward, and the per-position gather that rebuilds the gradient of the
+// convolution output in the backward. No ATen types: the CPU launcher
+// (cpu/conv_relu_pool_kernel.cpp) calls these with a whole channel vector per
+// call (the inner loop over channels is contiguous in NHWC and vectorizes);
+// the CUDA launcher (cuda/conv_relu_pool_kernel.cu) calls them with one
+// channel per thread.
+//
+// Layout: the convolution output y and the pooled maps (out, switches,
+// grad_out) are NHWC (channels-last); every pointer handed to these functions
+// points at channel c0 of one spatial position and channels are contiguous.
+#pragma once
+
+#include <cstdint>
+
+#include "macros.h"
+
+namespace cnnvis {
+
+// torch.relu semantics: NaN propagates, negatives become zero.
+template <typename T>
+HOST_DEVICE_INLINE T relu_keep_nan(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
+// The window of pooled position `o` along one axis, clipped to [0, in).
+HOST_DEVICE_INLINE void pool_window(int64_t o, int64_t stride, int64_t pad, int64_t kernel,
+                                    int64_t in, int64_t* start, int64_t* lo, int64_t* hi) {
+  *start = o * stride - pad;
+  *lo = *start < 0 ? 0 : *start;
+  int64_t end = *start + kernel;
+  *hi = end > in ? in : end;
+}
+
+// The pooled positions whose window contains conv position `i` along one
+// axis: [*lo, *hi). Empty when `i` lies in no window.
+HOST_DEVICE_INLINE void windows_containing(int64_t i, int64_t stride, int64_t pad, int64_t kernel,
+                                           int64_t out, int64_t* lo, int64_t* hi) {
+  // o*stride - pad <= i  and  i < o*stride - pad + kernel
+  int64_t num = i + pad - kernel + 1;  // o >= ceil(num / stride)
+  int64_t first = num <= 0 ? 0 : (num + stride - 1) / stride;
+  int64_t last = (i + pad) / stride;  // i + pad >= 0 always
+  if (last > out - 1) last = out - 1;
+  *lo = first;
+  *hi = last + 1 > first ? last + 1 : first;
+}
+
+// Forward body. For each of `nc` channels: out = max over the window of
+// relu(y), switch = row-major position of the first maximum inside the full
+// (unclipped) window, as max_pool2d(return_indices=True) picks it; NaN wins
+// like in PyTorch's kernels (the last NaN of the window).
+//   y      : y[n, 0, 0, c0]; ys_h, ys_w the row and column strides of y
+//   [h0,h1) x [w0,w1): the valid part of the window, hstart/wstart its
+//   unclipped origin and kw its width.
+template <typename T, typename B>
+HOST_DEVICE_INLINE void relu_max_window(const T* CNNVIS_RESTRICT y, int64_t ys_h, int64_t ys_w,
+                                        int64_t h0, int64_t h1, int64_t w0, int64_t w1,
+                                        int64_t hstart, int64_t wstart, int64_t kw, int64_t nc,
+                                        B* CNNVIS_RESTRICT best, uint8_t* CNNVIS_RESTRICT sw) {
+  {
+    const T* p = y + h0 * ys_h + w0 * ys_w;
+    const uint8_t k0 = static_cast<uint8_t>((h0 - hstart) * kw + (w0 - wstart));
+    for (int64_t c = 0; c < nc; ++c) {
+      best[c] = static_cast<B>(relu_keep_nan(p[c]));
+      sw[c] = k0;
+    }
+  }
+  for (int64_t h = h0; h < h1; ++h) {
+    for (int64_t w = (h == h0 ? w0 + 1 : w0); w < w1; ++w) {
+      const T* p = y + h * ys_h + w * ys_w;
+      const uint8_t k = static_cast<uint8_t>((h - hstart) * kw + (w - wstart));
+      for (int64_t c = 0; c < nc; ++c) {
+        const B v = static_cast<B>(relu_keep_nan(p[c]));
+        const bool take = (v > best[c]) || (v != v);
+        best[c] = take ? v : best[c];
+        sw[c] = take ? k : sw[c];
+      }
+    }
+  }
+}
+
+// Backward body: the gradient of the convolution output at conv position
+// (h, w) for `nc` channels, gathered from every pooled window containing it
+// ([ph_lo, ph_hi) x [pw_lo, pw_hi)): a window contributes its grad_out where
+// its switch points at (h, w) and its output passed the ReLU (out > 0, or
+// NaN: PyTorch's threshold_backward lets the gradient of a NaN through).
+// Every conv position is written exactly once, so no zero-fill is needed.
+//   gout, out, sw: pooled maps at [n, 0, 0, c0]; ps_h, ps_w their strides.
+template <typename T, typename A>
+HOST_DEVICE_INLINE void gather_conv_grad(const T* CNNVIS_RESTRICT gout, const T* CNNVIS_RESTRICT out,
+                                         const uint8_t* CNNVIS_RESTRICT sw, int64_t ps_h,
+                                         int64_t ps_w, int64_t h, int64_t w, int64_t ph_lo,
+                                         int64_t ph_hi, int64_t pw_lo, int64_t pw_hi,
+                                         int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                                         int64_t pad_w, int64_t kw, int64_t nc,
+                                         A* CNNVIS_RESTRICT acc) {
+  for (int64_t c = 0; c < nc; ++c) acc[c] = A(0);
+  for (int64_t oh = ph_lo; oh < ph_hi; ++oh) {
+    const int64_t kh_off = (h - (oh * stride_h - pad_h)) * kw;
+    for (int64_t ow = pw_lo; ow < pw_hi; ++ow) {
+      const uint8_t k = static_cast<uint8_t>(kh_off + (w - (ow * stride_w - pad_w)));
+      const int64_t off = oh * ps_h + ow * ps_w;
+      const T* g = gout + off;
+      const T* o = out + off;
+      const uint8_t* s = sw + off;
+      for (int64_t c = 0; c < nc; ++c) {
+        const bool hit = (s[c] == k) && !(o[c] <= T(0));
+        acc[c] += hit ? static_cast<A>(g[c]) : A(0);
+      }
+    }
+  }
+}
+
+}  // namespace cnnvis
