@@ -1,0 +1,101 @@
+"""Helpers for addressing layers of any nn.Module by their ``named_modules()`` name.
+
+Shared by the visualization loops, the deconvnet and the command line.
+"""
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["get_layer", "layer_names", "model_device_dtype", "capture", "StopForward",
+           "forward_until"]
+
+
+def layer_names(model: nn.Module) -> List[str]:
+    """Every addressable layer name of ``model`` (``named_modules()`` order, root excluded)."""
+    return [n for n, _ in model.named_modules() if n]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """Return the submodule called ``name``; a KeyError lists the valid names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"layer: expected a layer name (str), got {type(name).__name__}")
+    modules = dict(model.named_modules())
+    if name in modules and name:
+        return modules[name]
+    valid = layer_names(model)
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise KeyError(f"layer: {name!r} is not a layer of {type(model).__name__}.{hint} "
+                   f"Valid layers: {', '.join(valid)}")
+
+
+def model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's first parameter or buffer (CPU/float32 if none)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.float32
+
+
+class StopForward(Exception):
+    """Raised by a hook to stop a forward pass once every needed activation is captured."""
+
+
+def _first_tensor(out):
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"layer output of type {type(out).__name__} is not a tensor")
+
+
+@contextmanager
+def capture(model: nn.Module, layers: Sequence[str], stop: bool = False):
+    """Record the outputs of ``layers`` during forward passes run inside the block.
+
+    Yields a dict ``name -> Tensor`` filled by forward hooks. With
+    ``stop=True`` the forward pass raises :class:`StopForward` as soon as the
+    last of ``layers`` has produced its output, so nothing above the deepest
+    needed layer is computed; use :func:`forward_until` to run it.
+    """
+    acts: Dict[str, Tensor] = {}
+    wanted = list(dict.fromkeys(layers))
+    handles = []
+
+    def make_hook(name):
+        def hook(_mod, _inp, out):
+            acts[name] = _first_tensor(out)
+            if stop and all(n in acts for n in wanted):
+                raise StopForward()
+        return hook
+
+    try:
+        for name in wanted:
+            handles.append(get_layer(model, name).register_forward_hook(make_hook(name)))
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward_until(model: nn.Module, x: Tensor, layers: Iterable[str]) -> Dict[str, Tensor]:
+    """Run ``model(x)`` only as far as needed to get the outputs of ``layers``.
+
+    Returns ``{name: activation}``. The activations keep their autograd graph.
+    """
+    layers = list(layers)
+    with capture(model, layers, stop=True) as acts:
+        try:
+            model(x)
+        except StopForward:
+            pass
+    missing = [n for n in layers if n not in acts]
+    if missing:
+        raise RuntimeError(f"layer: {missing} produced no output during the forward pass "
+                           "(is it used by the model's forward?)")
+    return dict(acts)
