@@ -61,7 +61,7 @@ HOST_DEVICE_INLINE void relu_max_window(const T* CNNVIS_RESTRICT y, int64_t ys_h
     const T* p = y + h0 * ys_h + w0 * ys_w;
     const uint8_t k0 = static_cast<uint8_t>((h0 - hstart) * kw + (w0 - wstart));
     for (int64_t c = 0; c < nc; ++c) {
-      best[c] = static_cast<B>(relu_keep_nan(p[c]));
+      best[c] = relu_keep_nan(static_cast<B>(p[c]));
       sw[c] = k0;
     }
   }
@@ -70,7 +70,7 @@ HOST_DEVICE_INLINE void relu_max_window(const T* CNNVIS_RESTRICT y, int64_t ys_h
       const T* p = y + h * ys_h + w * ys_w;
       const uint8_t k = static_cast<uint8_t>((h - hstart) * kw + (w - wstart));
       for (int64_t c = 0; c < nc; ++c) {
-        const B v = static_cast<B>(relu_keep_nan(p[c]));
+        const B v = relu_keep_nan(static_cast<B>(p[c]));
         const bool take = (v > best[c]) || (v != v);
         best[c] = take ? v : best[c];
         sw[c] = take ? k : sw[c];
@@ -104,7 +104,7 @@ HOST_DEVICE_INLINE void gather_conv_grad(const T* CNNVIS_RESTRICT gout, const T*
       const T* o = out + off;
       const uint8_t* s = sw + off;
       for (int64_t c = 0; c < nc; ++c) {
-        const bool hit = (s[c] == k) && !(o[c] <= T(0));
+        const bool hit = (s[c] == k) && !(static_cast<A>(o[c]) <= A(0));
         acc[c] += hit ? static_cast<A>(g[c]) : A(0);
       }
     }
