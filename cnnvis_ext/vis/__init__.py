@@ -1,0 +1,22 @@
+"""Visualization loops: activation maximization, feature inversion, attribution
+(saliency, guided backprop, deconvnet, Grad-CAM, LRP), feature-map and kernel
+views, and image export.
+
+Everything takes any ``nn.Module`` and names layers as ``model.named_modules()``
+does; results are tensors on the model's device.
+"""
+from . import objectives, param, transforms
+from .objectives import (OUTPUT, Objective, channel, class_logit, class_probability, direction,
+                         diversity, neuron, parse_objective, weighted_sum)
+from .param import FourierParam, ImageParam, PixelParam
+from .actmax import (ActMaxResult, Regularizers, YOSINSKI_PRESETS, YosinskiPreset,
+                     activation_maximization, yosinski_preset)
+
+__all__ = [
+    "objectives", "param", "transforms",
+    "OUTPUT", "Objective", "channel", "neuron", "class_logit", "class_probability", "direction",
+    "diversity", "weighted_sum", "parse_objective",
+    "ImageParam", "PixelParam", "FourierParam",
+    "Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset", "ActMaxResult",
+    "activation_maximization",
+]

@@ -1,0 +1,118 @@
+"""Small helpers shared by the visualization loops."""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Dict, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._modules import capture, forward_until, get_layer, model_device_dtype
+from .objectives import OUTPUT
+
+_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+
+
+def stream_seed(seed: int, index: int, stream: int) -> int:
+    """A well-mixed 63-bit seed for (seed, objective index, stream)."""
+    z = (int(seed) * _MIX[0] + (int(index) + 1) * _MIX[1] + (stream + 1) * _MIX[2]) % (1 << 64)
+    z ^= z >> 31
+    z = (z * _MIX[1]) % (1 << 64)
+    z ^= z >> 29
+    return z % (1 << 63)
+
+
+def make_generator(seed: int, index: int, stream: int, device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(stream_seed(seed, index, stream))
+    return g
+
+
+def resolve_seed(seed: Optional[int]) -> int:
+    if seed is None:
+        return int.from_bytes(os.urandom(7), "little")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+    return seed
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode for the block, restoring every module's flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def check_layers(model: nn.Module, layers: Iterable[str]) -> None:
+    for name in layers:
+        if name != OUTPUT:
+            get_layer(model, name)
+
+
+def run_layers(model: nn.Module, x: Tensor, layers: Sequence[str]) -> Dict[str, Tensor]:
+    """Activations of ``layers`` (``OUTPUT``: the model output), stopping as early as possible."""
+    layers = list(dict.fromkeys(layers))
+    if OUTPUT in layers:
+        inner = [n for n in layers if n != OUTPUT]
+        with capture(model, inner) as acts:
+            out = model(x)
+        acts = dict(acts)
+        acts[OUTPUT] = out if isinstance(out, Tensor) else out[0]
+        return acts
+    return forward_until(model, x, layers)
+
+
+def progress_bar(iterable, total: int, progress: Optional[bool], desc: str, long_after: int = 2000):
+    """Wrap ``iterable`` in a tqdm bar when asked (``True``) or, with ``None``, for long
+    loops on an interactive terminal."""
+    show = progress if progress is not None else (total >= long_after and sys.stderr.isatty())
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def input_channels(model: nn.Module, default: int = 3) -> int:
+    for m in model.modules():
+        if hasattr(m, "in_channels") and isinstance(getattr(m, "in_channels"), int):
+            return m.in_channels
+        if isinstance(m, nn.Linear):
+            return default
+    return default
+
+
+def as_targets(target, n: int, device) -> Tensor:
+    """Targets as a (N,) or (N, T) long tensor."""
+    if isinstance(target, bool):
+        raise TypeError("target: expected an int, a sequence or a tensor of class indices")
+    if isinstance(target, int):
+        t = torch.full((n,), target, dtype=torch.long)
+    else:
+        try:
+            t = torch.as_tensor(target)
+        except Exception:
+            raise TypeError(f"target: expected an int, a sequence or a tensor of class indices, "
+                            f"got {type(target).__name__}") from None
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"target: expected integer class indices, got dtype {t.dtype}")
+        t = t.long()
+        if t.dim() == 0:
+            t = t.expand(n)
+        elif t.dim() > 2 or t.shape[0] != n:
+            raise ValueError(f"target: expected shape ({n},) or ({n}, T) for {n} images, got "
+                             f"{tuple(t.shape)}")
+    if (t < 0).any():
+        raise ValueError("target: class indices must be non-negative")
+    return t.to(device)

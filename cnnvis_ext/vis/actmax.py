@@ -1,0 +1,376 @@
+"""Batched activation maximization (Erhan et al. 2009; Simonyan et al. 2014;
+Yosinski et al. 2015; Olah et al. 2017).
+
+One image per objective, many objectives in one batch: ``activation_maximization(
+model, [channel("features.10", c) for c in range(64)])`` renders 64 channels
+with one forward/backward per step. Each objective draws its initial noise and
+its random transforms from its own generators (seeded from ``seed`` and the
+objective's index), and the loss is a sum of independent per-image terms, so
+the image of an objective is the same whether it is rendered alone or in a
+batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._modules import model_device_dtype
+from . import _priors
+from ._common import (check_layers, check_model, eval_mode, input_channels, make_generator,
+                      progress_bar, resolve_seed, run_layers)
+from .objectives import Objective, as_objective
+from .param import ImageParam, make_param
+from .transforms import make_transforms
+
+__all__ = ["Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset",
+           "ActMaxResult", "activation_maximization"]
+
+
+@dataclass(frozen=True)
+class Regularizers:
+    """Priors of an activation-maximization run.
+
+    Pixel-space priors, applied in place after every step by the fused
+    ``regularize_`` op (pixel parameterization only), as in Yosinski et al. (2015):
+
+    Attributes:
+        decay: L2 decay, ``x *= 1 - decay`` every step (x centred on grey).
+        blur_sigma: standard deviation (pixels) of the Gaussian blur.
+        blur_every: blur every this many steps (0: never).
+        norm_pct: zero the pixels whose channel norm is below this percentile (0-100).
+        contrib_pct: zero the pixels whose contribution ``|sum_c x * grad|``-ranked
+            value is below this percentile (0-100).
+
+    Loss terms, subtracted from the objective (any parameterization):
+
+    Attributes:
+        alpha_weight, alpha: ``alpha_weight * sum |x - 0.5|^alpha`` (Mahendran & Vedaldi).
+        tv_weight, tv_beta: ``tv_weight * TV_beta(image)``.
+    """
+
+    decay: float = 0.0
+    blur_sigma: float = 0.0
+    blur_every: int = 0
+    norm_pct: float = 0.0
+    contrib_pct: float = 0.0
+    alpha_weight: float = 0.0
+    alpha: float = 6.0
+    tv_weight: float = 0.0
+    tv_beta: float = 2.0
+
+    def __post_init__(self):
+        for name in ("decay", "blur_sigma", "norm_pct", "contrib_pct", "alpha_weight", "tv_weight"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or math.isnan(v):
+                raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
+        if self.decay >= 1:
+            raise ValueError(f"decay: expected a value in [0, 1), got {self.decay}")
+        for name in ("norm_pct", "contrib_pct"):
+            if getattr(self, name) > 100:
+                raise ValueError(f"{name}: expected a percentile in [0, 100], got {getattr(self, name)}")
+        if not isinstance(self.blur_every, int) or self.blur_every < 0:
+            raise ValueError(f"blur_every: expected a non-negative int, got {self.blur_every!r}")
+
+    @property
+    def in_place(self) -> bool:
+        return bool(self.decay or (self.blur_sigma and self.blur_every) or self.norm_pct
+                    or self.contrib_pct)
+
+
+@dataclass(frozen=True)
+class YosinskiPreset:
+    """One hyperparameter set of Yosinski et al. (2015), Table 1.
+
+    ``lr`` / ``max_lr`` are the paper's values (for Caffe pixels in 0-255)
+    divided by 255**2, the factor that makes gradient steps on images in
+    [0, 1] equivalent. ``lr_policy='progress'`` picks each image's step so
+    that the objective would rise by ``desired_progress`` if it were linear,
+    capped at ``max_lr``.
+    """
+
+    regularizers: Regularizers
+    steps: int
+    lr_policy: str
+    lr: float
+    max_lr: float = math.inf
+    desired_progress: float = 2.0
+
+
+_S = 255.0 ** 2
+#: The four rows of Table 1 of Yosinski et al. (2015), "Understanding Neural
+#: Networks Through Deep Visualization", with the iteration counts and
+#: learning-rate policies of the authors' optimize_image.py:
+#:
+#: ====  =======  ==========  ==========  =========  =========  =====  =====================
+#: set   decay    blur width  blur every  norm pct   contr pct  steps  learning rate
+#: ====  =======  ==========  ==========  =========  =========  =====  =====================
+#: 1     0        0.5         4           50         0          500    progress, max 100
+#: 2     0.3      0           0           20         0          750    constant 100
+#: 3     0.0001   1.0         4           0          0          1000   constant 100
+#: 4     0        0.5         4           0          90         1000   progress, max 1e8
+#: ====  =======  ==========  ==========  =========  =========  =====  =====================
+YOSINSKI_PRESETS: Dict[int, YosinskiPreset] = {
+    1: YosinskiPreset(Regularizers(decay=0.0, blur_sigma=0.5, blur_every=4, norm_pct=50.0),
+                      500, "progress", 100.0 / _S, max_lr=100.0 / _S),
+    2: YosinskiPreset(Regularizers(decay=0.3, norm_pct=20.0), 750, "constant", 100.0 / _S),
+    3: YosinskiPreset(Regularizers(decay=0.0001, blur_sigma=1.0, blur_every=4), 1000, "constant",
+                      100.0 / _S),
+    4: YosinskiPreset(Regularizers(decay=0.0, blur_sigma=0.5, blur_every=4, contrib_pct=90.0),
+                      1000, "progress", 1e8 / _S, max_lr=1e8 / _S),
+}
+
+
+def yosinski_preset(index: int) -> YosinskiPreset:
+    """Row ``index`` (1-4) of Yosinski et al. (2015), Table 1 (see :data:`YOSINSKI_PRESETS`)."""
+    if index not in YOSINSKI_PRESETS:
+        raise ValueError(f"index: expected 1, 2, 3 or 4 (rows of Yosinski et al. Table 1), got {index!r}")
+    return YOSINSKI_PRESETS[index]
+
+
+class ActMaxResult(NamedTuple):
+    """``images``: ``(N * images_per_objective, C, H, W)`` in [0, 1] on the model's device;
+    ``values``: ``(steps, N)``, each objective's value (mean over its images) at every step."""
+
+    images: Tensor
+    values: Tensor
+
+
+def _resolve_regularizers(regularizers) -> Tuple[Regularizers, Optional[YosinskiPreset]]:
+    if regularizers is None:
+        return Regularizers(), None
+    if isinstance(regularizers, Regularizers):
+        return regularizers, None
+    if isinstance(regularizers, YosinskiPreset):
+        return regularizers.regularizers, regularizers
+    if isinstance(regularizers, str):
+        key = regularizers.lower().replace("_", "").replace("-", "")
+        if key.startswith("yosinski") and key[len("yosinski"):] in ("1", "2", "3", "4"):
+            p = yosinski_preset(int(key[len("yosinski"):]))
+            return p.regularizers, p
+    if isinstance(regularizers, dict):
+        return Regularizers(**regularizers), None
+    raise ValueError(f"regularizers: expected None, a Regularizers, a dict of its fields, a "
+                     f"YosinskiPreset or 'yosinski1'..'yosinski4', got {regularizers!r}")
+
+
+def _size(size) -> Tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    try:
+        h, w = (int(s) for s in size)
+    except Exception:
+        raise ValueError(f"size: expected an int or (H, W), got {size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"size: expected positive sizes, got {size!r}")
+    return h, w
+
+
+def _values(objectives: Sequence[Objective], acts: Dict[str, Tensor], k: int) -> Tensor:
+    """Per-image values of a batch where objective i owns images [i*k, (i+1)*k)."""
+    first = objectives[0]
+    if k == 1 and all(getattr(o, "kind", None) == "channel" and o.layer == first.layer
+                      for o in objectives):
+        a = acts[first.layer]
+        idx = torch.tensor([o.index for o in objectives], device=a.device)
+        bad = [o.index for o in objectives if o.index >= a.shape[1]]
+        if bad:
+            raise ValueError(f"channel: {bad[0]} is out of range for layer {first.layer!r} with "
+                             f"{a.shape[1]} channels (valid: 0..{a.shape[1] - 1})")
+        sel = a[torch.arange(a.shape[0], device=a.device), idx]
+        return sel.reshape(a.shape[0], -1).mean(1)
+    vals = []
+    for i, o in enumerate(objectives):
+        sub = {name: t[i * k:(i + 1) * k] for name, t in acts.items()}
+        v = o(sub)
+        if v.shape[0] != k:
+            raise ValueError(f"objective {o.name}: returned {v.shape[0]} values for {k} images")
+        vals.append(v)
+    return torch.cat(vals)
+
+
+def _make_optimizer(optimizer, params, lr):
+    if isinstance(optimizer, str):
+        if optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr)
+        raise ValueError(f"optimizer: expected 'adam', 'sgd' (gradient ascent with the fused prior "
+                         f"step) or a callable(params, lr) -> torch.optim.Optimizer, got {optimizer!r}")
+    if callable(optimizer):
+        return optimizer(params, lr)
+    raise ValueError(f"optimizer: expected 'adam', 'sgd' or a callable, got {optimizer!r}")
+
+
+def activation_maximization(
+    model: nn.Module,
+    objectives,
+    *,
+    size=None,
+    steps: Optional[int] = None,
+    lr: Optional[float] = None,
+    optimizer=None,
+    param=None,
+    transforms=None,
+    regularizers=None,
+    seed: Optional[int] = 0,
+    progress: Optional[bool] = None,
+    images_per_objective: int = 1,
+    batch_size: Optional[int] = None,
+    channels: Optional[int] = None,
+    normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+    decorrelate: bool = True,
+) -> ActMaxResult:
+    r"""Synthesize images that maximize objectives, one image per objective, in one batch.
+
+    Args:
+        model: any ``nn.Module`` taking ``(N, C, H, W)`` images. It runs in eval
+            mode during the call (its flags are restored afterwards); its
+            parameters' ``.grad`` are never touched.
+        objectives: an :class:`~cnnvis_ext.vis.objectives.Objective`, a spec
+            string (``"features.10:3"``, see ``parse_objective``) or a list of
+            them; every objective gets its own image(s).
+        size: image size, int or ``(H, W)``. Default 128.
+        steps: optimization steps. Default 512 (a Yosinski preset: its count).
+        lr: step size. Default 0.05 for Adam (Lucid); a Yosinski preset's own.
+        optimizer: ``"adam"`` (default), ``"sgd"`` (plain gradient ascent
+            ``x += lr * grad`` fused with the pixel priors in one
+            ``regularize_`` call; the default with a Yosinski preset), or a
+            callable ``(params, lr) -> torch.optim.Optimizer``.
+        param: ``"fourier"`` (default: Lucid's decorrelated Fourier
+            parameterization), ``"pixel"`` (the default with pixel-space
+            priors), an :class:`~cnnvis_ext.vis.param.ImageParam` or a factory
+            ``(channels, size, generators, per_generator, device, dtype)``.
+        transforms: ``"standard"`` (default: Lucid's pad/jitter/scale/rotate;
+            none with a Yosinski preset), ``None``, or a list of
+            :mod:`~cnnvis_ext.vis.transforms` objects; random per image.
+        regularizers: a :class:`Regularizers`, a dict of its fields, or
+            ``"yosinski1"`` .. ``"yosinski4"`` / :func:`yosinski_preset` (Table 1
+            of Yosinski et al. 2015, which also sets param, optimizer, steps,
+            lr and transforms unless given).
+        seed: makes the result reproducible (``None``: random). Objective ``i``
+            draws from generators seeded by ``(seed, i)``, so a batched run
+            equals the runs of its objectives one by one.
+        progress: show a tqdm bar (``None``: only for long runs on a terminal).
+        images_per_objective: images per objective (with ``diversity`` terms).
+        batch_size: objectives per batch (default: all in one batch).
+        channels: input channels (default: the first layer's ``in_channels``).
+        normalize: optional ``(mean, std)`` applied to the [0, 1] images
+            before the model (e.g. ImageNet statistics).
+        decorrelate: colour decorrelation of the Fourier parameterization.
+
+    Returns:
+        :class:`ActMaxResult` ``(images, values)``: images ``(N*k, C, H, W)``
+        in [0, 1]; values ``(steps, N)``, the objectives at each step.
+
+    Example:
+        >>> objs = [objectives.channel("features.10", c) for c in range(64)]
+        >>> images, values = activation_maximization(model, objs, steps=256)
+    """
+    check_model(model)
+    objs: List[Objective] = ([as_objective(objectives)] if isinstance(objectives, (Objective, str))
+                             else [as_objective(o) for o in objectives])
+    if not objs:
+        raise ValueError("objectives: expected at least one objective")
+    check_layers(model, {l for o in objs for l in o.layers})
+    if not any(o.layers for o in objs):
+        raise ValueError("objectives: no objective reads a layer")
+    regs, preset = _resolve_regularizers(regularizers)
+    seed = resolve_seed(seed)
+    k = int(images_per_objective)
+    if k < 1:
+        raise ValueError(f"images_per_objective: expected >= 1, got {images_per_objective}")
+
+    if param is None:
+        param = "pixel" if (preset is not None or regs.in_place) else "fourier"
+    if optimizer is None:
+        optimizer = "sgd" if preset is not None else "adam"
+    if steps is None:
+        steps = preset.steps if preset is not None else 512
+    if lr is None:
+        lr = preset.lr if preset is not None else 0.05
+    if transforms is None and preset is None and regularizers is None:
+        transforms = "standard"
+    lr_policy = preset.lr_policy if (preset is not None and optimizer == "sgd") else "constant"
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps: expected >= 0, got {steps}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr: expected a positive number, got {lr!r}")
+    h, w = _size(128 if size is None else size)
+    device, dtype = model_device_dtype(model)
+    c_in = channels if channels is not None else input_channels(model)
+    tfm = make_transforms(transforms)
+    if normalize is not None:
+        mean, std = (torch.as_tensor(v, device=device, dtype=dtype).reshape(1, -1, 1, 1)
+                     for v in normalize)
+    bs = len(objs) if batch_size is None else int(batch_size)
+    if bs < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    layers = list(dict.fromkeys(l for o in objs for l in o.layers))
+
+    all_images, all_values = [], []
+    with eval_mode(model), torch.enable_grad():
+        for start in range(0, len(objs), bs):
+            chunk = objs[start:start + bs]
+            idx = range(start, start + len(chunk))
+            dev_gens = [make_generator(seed, i, 0, device) for i in idx]
+            host_gens = [make_generator(seed, i, 1, "cpu") for i in idx]
+            p = make_param(param, c_in, (h, w), dev_gens, k, device, dtype, decorrelate)
+            if regs.in_place and not getattr(p, "pixel_space", False):
+                raise ValueError("regularizers: decay, blur and pixel clipping act on pixels; use "
+                                 "param='pixel' (or only alpha/TV terms with this parameterization)")
+            leaves = p.params()
+            opt = None if optimizer == "sgd" else _make_optimizer(optimizer, leaves, lr)
+            values = []
+            bar = progress_bar(range(steps), steps, progress,
+                               f"actmax {start}-{start + len(chunk) - 1}")
+            for step in bar:
+                img = p.image()
+                x = tfm(img, host_gens, k) if tfm is not None else img
+                if normalize is not None:
+                    x = (x - mean) / std
+                acts = run_layers(model, x, layers)
+                v = _values(chunk, acts, k)
+                total = v
+                if regs.alpha_weight:
+                    total = total - regs.alpha_weight * (img - 0.5).abs().pow(regs.alpha).flatten(1).sum(1)
+                if regs.tv_weight:
+                    total = total - regs.tv_weight * _priors.total_variation(img, regs.tv_beta)
+                grads = torch.autograd.grad(total.sum(), leaves)
+                values.append(v.detach().reshape(len(chunk), k).mean(1))
+                blur = regs.blur_sigma if (regs.blur_every and (step + 1) % regs.blur_every == 0) else 0.0
+                with torch.no_grad():
+                    if opt is None:
+                        _ascent_step(p, grads, lr, lr_policy, preset, regs, blur)
+                    else:
+                        for leaf, g in zip(leaves, grads):
+                            leaf.grad = -g
+                        opt.step()
+                        for leaf in leaves:
+                            leaf.grad = None
+                        if getattr(p, "pixel_space", False):
+                            _priors.regularize_(p.raw, grads[0], lr=0.0, decay=regs.decay,
+                                                blur_sigma=blur, norm_pct=regs.norm_pct,
+                                                contrib_pct=regs.contrib_pct, lo=p.lo, hi=p.hi)
+            with torch.no_grad():
+                all_images.append(p.image().clamp(0, 1).detach())
+            all_values.append(torch.stack(values) if values else
+                              torch.zeros(0, len(chunk), device=device, dtype=dtype))
+    return ActMaxResult(torch.cat(all_images), torch.cat(all_values, dim=1))
+
+
+def _ascent_step(p: ImageParam, grads, lr, lr_policy, preset, regs: Regularizers, blur):
+    if not getattr(p, "pixel_space", False):
+        for leaf, g in zip(p.params(), grads):
+            leaf.add_(g, alpha=lr)
+        return
+    g = grads[0]
+    if lr_policy == "progress":
+        sq = g.flatten(1).pow(2).sum(1).clamp_min(1e-30)
+        step_lr = (preset.desired_progress / sq).clamp(max=preset.max_lr)
+        p.raw.add_(g * step_lr.reshape(-1, 1, 1, 1).to(g.dtype))
+        lr = 0.0
+    _priors.regularize_(p.raw, g, lr=float(lr), decay=regs.decay, blur_sigma=blur,
+                        norm_pct=regs.norm_pct, contrib_pct=regs.contrib_pct, lo=p.lo, hi=p.hi)

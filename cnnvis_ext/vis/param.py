@@ -1,0 +1,143 @@
+"""Image parameterizations for activation maximization.
+
+A parameterization owns the leaf tensors the optimizer changes and turns them
+into a batch of images in ``[0, 1]``. Two are provided:
+
+* :class:`PixelParam` — plain pixels, stored centred on grey
+  (``image = raw + 0.5``), kept in range by clamping after each step; this is
+  the space the Yosinski et al. (2015) priors (decay, blur, clipping) act on.
+* :class:`FourierParam` — the Fourier-space, colour-decorrelated
+  parameterization with 1/f spectrum scaling popularized by Lucid (Olah et al.,
+  2017): the image is ``sigmoid(decorrelate(irfft2(scale * spectrum)))``.
+
+Both draw their initial noise image by image from per-objective generators,
+so an image does not depend on which other images share its batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["ImageParam", "PixelParam", "FourierParam", "IMAGENET_COLOR_CORRELATION"]
+
+#: Square root of the colour covariance of ImageNet images (Lucid's constant), RGB.
+IMAGENET_COLOR_CORRELATION = ((0.26, 0.09, 0.02),
+                              (0.27, 0.00, -0.05),
+                              (0.27, -0.09, 0.03))
+
+
+def _noise(generators: Sequence[torch.Generator], per_gen: int, shape, sd: float, device, dtype):
+    parts = [torch.randn((per_gen, *shape), generator=g, device=device, dtype=torch.float32)
+             for g in generators]
+    return (torch.cat(parts) * sd).to(dtype)
+
+
+class ImageParam:
+    """Base class: ``params()`` are the leaves to optimize, ``image()`` the images in [0, 1]."""
+
+    pixel_space = False
+
+    def params(self) -> List[Tensor]:
+        raise NotImplementedError
+
+    def image(self) -> Tensor:
+        raise NotImplementedError
+
+
+class PixelParam(ImageParam):
+    """Plain pixels, centred: ``image = raw + 0.5`` with ``raw`` in ``[-0.5, 0.5]``.
+
+    Args:
+        n, channels, size: batch size, channels, ``(H, W)``.
+        generators, per_generator: one generator per objective and how many
+            images each one draws (``n = len(generators) * per_generator``).
+        sd: standard deviation of the initial noise around grey.
+    """
+
+    pixel_space = True
+    lo, hi = -0.5, 0.5
+
+    def __init__(self, channels: int, size, generators, per_generator: int = 1, sd: float = 0.01,
+                 device=None, dtype=torch.float32):
+        h, w = size
+        self.raw = _noise(generators, per_generator, (channels, h, w), sd, device, dtype)
+        self.raw.clamp_(self.lo, self.hi).requires_grad_(True)
+
+    def params(self) -> List[Tensor]:
+        return [self.raw]
+
+    def image(self) -> Tensor:
+        return self.raw + 0.5
+
+
+def _freqs(h: int, w: int, device) -> Tensor:
+    fy = torch.fft.fftfreq(h, device=device)[:, None]
+    fx = torch.fft.rfftfreq(w, device=device)[None, :]
+    return torch.sqrt(fx * fx + fy * fy)
+
+
+class FourierParam(ImageParam):
+    """Fourier-space, colour-decorrelated image with 1/f scaling (Lucid-style).
+
+    Args:
+        n, channels, size, generators, per_generator: as :class:`PixelParam`.
+        sd: standard deviation of the initial spectrum (Lucid: 0.01).
+        decay_power: the spectrum is scaled by ``1 / max(f, 1/max(H, W)) ** decay_power``.
+        decorrelate: map channels through a colour-correlation matrix (3
+            channels: ImageNet's; other counts: identity unless ``color_correlation``).
+        color_correlation: a ``(C, C)`` matrix to use instead.
+    """
+
+    def __init__(self, channels: int, size, generators, per_generator: int = 1, sd: float = 0.01,
+                 decay_power: float = 1.0, decorrelate: bool = True, color_correlation=None,
+                 device=None, dtype=torch.float32):
+        h, w = size
+        self.h, self.w, self.channels = h, w, channels
+        freqs = _freqs(h, w, device)
+        scale = 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay_power
+        self.scale = scale.to(dtype)[None, None, :, :, None]
+        self.spectrum = _noise(generators, per_generator, (channels, h, w // 2 + 1, 2), sd,
+                               device, dtype).requires_grad_(True)
+        m = None
+        if color_correlation is not None:
+            m = torch.as_tensor(color_correlation, dtype=torch.float64)
+            if m.shape != (channels, channels):
+                raise ValueError(f"color_correlation: expected a ({channels}, {channels}) matrix, "
+                                 f"got {tuple(m.shape)}")
+        elif decorrelate and channels == 3:
+            m = torch.tensor(IMAGENET_COLOR_CORRELATION, dtype=torch.float64)
+        if m is not None:
+            m = m / m.norm(dim=0).max()
+            self.color = m.to(device=device, dtype=dtype)
+        else:
+            self.color = None
+
+    def params(self) -> List[Tensor]:
+        return [self.spectrum]
+
+    def image(self) -> Tensor:
+        spec = self.scale * self.spectrum
+        compute = spec.float() if spec.dtype in (torch.float16, torch.bfloat16) else spec
+        img = torch.fft.irfft2(torch.view_as_complex(compute.contiguous()), s=(self.h, self.w),
+                               norm="ortho").to(self.spectrum.dtype)
+        img = img / 4.0
+        if self.color is not None:
+            img = torch.einsum("ij,njhw->nihw", self.color, img)
+        return torch.sigmoid(img)
+
+
+def make_param(param, channels: int, size, generators, per_generator: int, device, dtype,
+               decorrelate: bool = True) -> ImageParam:
+    if isinstance(param, ImageParam):
+        return param
+    if callable(param) and not isinstance(param, str):
+        return param(channels, size, generators, per_generator, device, dtype)
+    if param == "pixel":
+        return PixelParam(channels, size, generators, per_generator, device=device, dtype=dtype)
+    if param == "fourier":
+        return FourierParam(channels, size, generators, per_generator, device=device, dtype=dtype,
+                            decorrelate=decorrelate)
+    raise ValueError(f"param: expected 'pixel', 'fourier', an ImageParam or a factory, got {param!r}")
