@@ -12,6 +12,7 @@ from . import ops
 from .ops import conv_relu_pool, switches_to_indices, indices_to_switches
 from . import nn
 from .nn import ConvReLUPool2d, fuse
+from . import vis
 
 __version__ = _C.build_info()["version"]
 
