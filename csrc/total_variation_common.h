@@ -1,0 +1,81 @@
+// Numerical body of total_variation, shared by the CPU launcher
+// (cpu/total_variation_kernel.cpp, which calls it over whole rows) and the
+// CUDA launcher (cuda/total_variation_kernel.cu, one pixel per thread).
+// No ATen types.
+//
+// Definitions, for one (H, W) plane, with forward differences that are zero
+// past the last column / row:
+//   dx[i,j] = x[i,j+1] - x[i,j]   (0 for j = W-1)
+//   dy[i,j] = x[i+1,j] - x[i,j]   (0 for i = H-1)
+//   isotropic   term[i,j] = (dx^2 + dy^2 + eps)^(beta/2)
+//   anisotropic term[i,j] = |dx| + |dy|
+// With a = d term / d dx and b = d term / d dy at every pixel, the gradient is
+//   grad[i,j] = a[i,j-1] + b[i-1,j] - a[i,j] - b[i,j]
+// (a[i,-1] = b[-1,j] = 0), so one pass over rows that keeps the previous row's
+// b gives value and gradient together.
+#pragma once
+
+#include <cmath>
+
+#include "macros.h"
+
+namespace cnnvis {
+
+// Which formula a launch uses: beta = 2 and beta = 1 avoid pow().
+enum TVKind : int { kTVBeta2 = 0, kTVBeta1 = 1, kTVGeneral = 2, kTVAniso = 3 };
+
+template <typename A>
+HOST_DEVICE_INLINE A tv_abs(A v) {
+  return v < A(0) ? -v : v;
+}
+
+// sign with sign(0) = 0, the derivative autograd uses for |v|.
+template <typename A>
+HOST_DEVICE_INLINE A tv_sign(A v) {
+  return v > A(0) ? A(1) : (v < A(0) ? A(-1) : A(0));
+}
+
+// t = dx^2 + dy^2 + eps, the argument of the isotropic power.
+template <typename A>
+HOST_DEVICE_INLINE A tv_t(A dx, A dy, A eps) {
+  return dx * dx + dy * dy + eps;
+}
+
+// One TV term from its differences. t = tv_t(dx, dy, eps) and root = sqrt(t)
+// are passed in (root is only read for kTVBeta1, t is ignored for kTVAniso) so
+// that a caller can compute them in vectorized loops. *a and *b receive the
+// derivatives of the term w.r.t. dx and dy (only when WithGrad).
+template <int K, bool WithGrad, typename A>
+HOST_DEVICE_INLINE A tv_term(A dx, A dy, A t, A root, A half_beta, A beta, A* a, A* b) {
+  A v, g;
+  if (K == kTVBeta2) {
+    v = t;
+    g = A(2);
+  } else if (K == kTVBeta1) {
+    v = root;
+    g = A(1) / root;
+  } else if (K == kTVGeneral) {
+    v = pow(t, half_beta);
+    if (WithGrad) g = t > A(0) ? beta * v / t : beta * pow(t, half_beta - A(1));
+  } else {
+    if (WithGrad) {
+      *a = tv_sign(dx);
+      *b = tv_sign(dy);
+    }
+    return tv_abs(dx) + tv_abs(dy);
+  }
+  if (WithGrad) {
+    *a = g * dx;
+    *b = g * dy;
+  }
+  return v;
+}
+
+// The gradient at one pixel from the derivatives of the three terms that
+// contain it, scaled by the upstream gradient.
+template <typename A>
+HOST_DEVICE_INLINE A tv_grad_at(A a_left, A b_up, A a, A b, A scale) {
+  return scale * ((a_left + b_up) - (a + b));
+}
+
+}  // namespace cnnvis
