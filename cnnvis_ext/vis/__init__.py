@@ -11,6 +11,7 @@ from .objectives import (OUTPUT, Objective, channel, class_logit, class_probabil
 from .param import FourierParam, ImageParam, PixelParam
 from .actmax import (ActMaxResult, Regularizers, YOSINSKI_PRESETS, YosinskiPreset,
                      activation_maximization, yosinski_preset)
+from .attribution import deconvnet_attribution, grad_cam, guided_backprop, saliency
 
 __all__ = [
     "objectives", "param", "transforms",
@@ -19,4 +20,5 @@ __all__ = [
     "ImageParam", "PixelParam", "FourierParam",
     "Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset", "ActMaxResult",
     "activation_maximization",
+    "saliency", "guided_backprop", "deconvnet_attribution", "grad_cam",
 ]
