@@ -12,6 +12,7 @@ from .param import FourierParam, ImageParam, PixelParam
 from .actmax import (ActMaxResult, Regularizers, YOSINSKI_PRESETS, YosinskiPreset,
                      activation_maximization, yosinski_preset)
 from .attribution import deconvnet_attribution, grad_cam, guided_backprop, saliency
+from .lrp import FIRST_LAYER, AlphaBeta, Epsilon, Gamma, LRPResult, Rule, ZBox, lrp
 
 __all__ = [
     "objectives", "param", "transforms",
@@ -21,4 +22,5 @@ __all__ = [
     "Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset", "ActMaxResult",
     "activation_maximization",
     "saliency", "guided_backprop", "deconvnet_attribution", "grad_cam",
+    "lrp", "LRPResult", "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "FIRST_LAYER",
 ]

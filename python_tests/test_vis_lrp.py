@@ -1,0 +1,251 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cnnvis_ext
+from cnnvis_ext import vis
+from cnnvis_ext.vis import AlphaBeta, Epsilon, FIRST_LAYER, Gamma, ZBox
+
+D = torch.float64
+
+
+def net(bias=True, pool="max"):
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1, bias=bias), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(5, 3, bias=bias),
+    ).to(D)
+    for mod in m:
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(mod.weight, std=0.5)
+            if mod.bias is not None:
+                nn.init.normal_(mod.bias, std=0.1)
+    return m.eval()
+
+
+# -- independent reference: dense matrices and explicit contribution tables -------------------
+
+def dense(fn, in_shape):
+    """Matrix W (out, in) and offset b of the affine map fn on inputs of in_shape."""
+    n = int(torch.tensor(in_shape).prod())
+    eye = torch.eye(n, dtype=D).reshape(n, *in_shape)
+    zero = torch.zeros(1, *in_shape, dtype=D)
+    with torch.no_grad():
+        b = fn(zero).reshape(-1)
+        W = (fn(eye).reshape(n, -1) - b).T
+    return W, b
+
+
+def rule_matrix(rule, a, W, b, lo=None, hi=None):
+    """Explicit contributions z[i, j] of input i to output j, and the denominators."""
+    if isinstance(rule, Epsilon) or isinstance(rule, Gamma):
+        if isinstance(rule, Gamma):
+            W = W + rule.gamma * W.clamp(min=0)
+            b = b + rule.gamma * b.clamp(min=0)
+        z = a[:, None] * W.T
+        den = z.sum(0) + b
+        den = den + rule.eps * torch.where(den >= 0, 1.0, -1.0)
+        return z, den
+    if isinstance(rule, AlphaBeta):
+        z = (a[:, None] * W.T).clamp(min=0)
+        den = z.sum(0) + rule.eps
+        return z, den
+    if isinstance(rule, ZBox):
+        z = a[:, None] * W.T - lo[:, None] * W.T.clamp(min=0) - hi[:, None] * W.T.clamp(max=0)
+        return z, z.sum(0) + rule.eps
+    raise AssertionError
+
+
+def propagate(rule, a, W, b, R, **kw):
+    z, den = rule_matrix(rule, a, W, b, **kw)
+    return (z / den[None, :] * R[None, :]).sum(1)
+
+
+def reference_lrp(m, x, target, conv_rule, lin_rule, first_rule=None):
+    """Per image, layer by layer, with dense matrices (no autograd)."""
+    out = []
+    for n in range(x.shape[0]):
+        acts, shapes = [x[n:n + 1]], []
+        for mod in m:
+            shapes.append(acts[-1].shape[1:])
+            with torch.no_grad():
+                acts.append(mod(acts[-1]))
+        y = acts[-1].reshape(-1)
+        R = torch.zeros_like(y)
+        R[target[n]] = y[target[n]]
+        for i in reversed(range(len(m))):
+            mod, a, shp = m[i], acts[i].reshape(-1), shapes[i]
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                W, b = dense(lambda t: F.conv2d(t, mod.weight, None, mod.stride, mod.padding)
+                             if isinstance(mod, nn.Conv2d) else F.linear(t, mod.weight), shp)
+                bias = torch.zeros_like(b)
+                if mod.bias is not None:
+                    bias = (mod.bias.reshape(-1, 1).expand(-1, b.numel() // mod.bias.numel()).reshape(-1)
+                            if isinstance(mod, nn.Conv2d) else mod.bias).detach()
+                rule = lin_rule if isinstance(mod, nn.Linear) else conv_rule
+                kw = {}
+                if i == 0 and first_rule is not None:
+                    rule = first_rule
+                    kw = dict(lo=torch.full_like(a, first_rule.low), hi=torch.full_like(a, first_rule.high))
+                R = propagate(rule, a, W, bias, R, **kw)
+            elif isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                W, b = dense(mod, shp)
+                R = propagate(Epsilon(1e-6), a, W, b, R)  # pooling: the default rule's eps
+            elif isinstance(mod, nn.MaxPool2d):
+                _, idx = F.max_pool2d(acts[i], mod.kernel_size, mod.stride, return_indices=True)
+                Rin = torch.zeros(shp, dtype=D).reshape(shp[0], -1)
+                Rin.scatter_add_(1, idx.reshape(shp[0], -1), R.reshape(shp[0], -1))
+                R = Rin.reshape(-1)
+            # ReLU, Flatten, Dropout: pass-through
+        out.append(R.reshape(x.shape[1:]))
+    return torch.stack(out)
+
+
+@pytest.fixture
+def data():
+    x = torch.rand(3, 3, 6, 6, dtype=D, generator=torch.Generator().manual_seed(2))
+    return x, torch.tensor([0, 2, 1])
+
+
+@pytest.mark.parametrize("conv_rule,lin_rule", [
+    (Epsilon(1e-6), Epsilon(1e-6)), (Epsilon(0.1), Epsilon(0.0)), (Gamma(0.25), Epsilon(1e-3)),
+    (AlphaBeta(1.0, 0.0), Epsilon(1e-6)), (Gamma(1.0), AlphaBeta(1.0, 0.0)),
+])
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_against_reference(conv_rule, lin_rule, pool, data):
+    x, t = data
+    m = net(pool=pool)
+    ref = reference_lrp(m, x, t, conv_rule, lin_rule)
+    got = vis.lrp(m, x, t, rules={nn.Conv2d: conv_rule, nn.Linear: lin_rule}).relevance
+    torch.testing.assert_close(got, ref)
+
+
+def test_zbox_first_layer_against_reference(data):
+    x, t = data
+    m = net()
+    zb = ZBox(0.0, 1.0)
+    ref = reference_lrp(m, x, t, Gamma(0.25), Epsilon(1e-6), first_rule=zb)
+    for rules in ({"default": Epsilon(1e-6), nn.Conv2d: "gamma", "0": zb},
+                  {"default": "epsilon", nn.Conv2d: Gamma(0.25), FIRST_LAYER: zb}):
+        torch.testing.assert_close(vis.lrp(m, x, t, rules=rules).relevance, ref)
+
+
+def test_epsilon_zero_is_gradient_times_input(data):
+    x, t = data
+    m = net()  # with biases: LRP-0 equals gradient x input on ReLU networks
+    xx = x.clone().requires_grad_(True)
+    m(xx)[torch.arange(3), t].sum().backward()
+    torch.testing.assert_close(vis.lrp(m, x, t, rules="zero").relevance, (xx.grad * x).detach())
+
+
+@pytest.mark.parametrize("rules", ["zero", Epsilon(1e-12), {nn.Conv2d: Gamma(0.5, eps=1e-12), nn.Linear: "zero"}])
+def test_conservation_layer_by_layer(rules, data):
+    x, t = data
+    m = net(bias=False)
+    res = vis.lrp(m, x, t, rules=rules, return_layers=True)
+    logit = m(x)[torch.arange(3), t].detach()
+    assert list(res.layers) == [str(i) for i in reversed(range(9))]
+    for name, R in res.layers.items():
+        torch.testing.assert_close(R.flatten(1).sum(1), logit, rtol=1e-6, atol=1e-9, msg=name)
+    torch.testing.assert_close(res.relevance, res.layers["0"])
+
+
+def test_fused_model_matches(data):
+    x, t = data
+    m = net()
+    f = cnnvis_ext.fuse(copy.deepcopy(m))
+    assert isinstance(f[0], cnnvis_ext.ConvReLUPool2d)
+    rules = {nn.Conv2d: "gamma", nn.Linear: "epsilon", FIRST_LAYER: ZBox(0.0, 1.0)}
+    torch.testing.assert_close(vis.lrp(f, x, t, rules=rules).relevance,
+                               vis.lrp(m, x, t, rules=rules).relevance)
+    # per-name assignment addresses the fused block by its name
+    torch.testing.assert_close(vis.lrp(f, x, t, rules={"3": "alpha1beta0"}).relevance,
+                               vis.lrp(m, x, t, rules={"3": "alpha1beta0"}).relevance)
+
+
+def test_batchnorm_folded(data):
+    x, t = data
+    torch.manual_seed(1)
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.2, 0.2)
+    tail = [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 3)]
+    m = nn.Sequential(conv, bn, *tail).to(D)
+    folded = nn.Conv2d(3, 4, 3, padding=1).to(D)
+    with torch.no_grad():
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded.weight.copy_(conv.weight * s.reshape(-1, 1, 1, 1))
+        folded.bias.copy_((conv.bias - bn.running_mean) * s + bn.bias)
+    m2 = nn.Sequential(folded, *m[2:])
+    for rule in ("epsilon", "gamma", "alpha1beta0"):
+        torch.testing.assert_close(vis.lrp(m.train(), x, t, rules=rule).relevance,
+                                   vis.lrp(m2, x, t, rules=rule).relevance)
+    assert m.training  # restored
+
+
+def test_functional_flatten_between_modules(data):
+    x, t = data
+
+    class VGGish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+            self.avgpool = nn.AdaptiveAvgPool2d(2)
+            self.classifier = nn.Sequential(nn.Linear(16, 6), nn.ReLU(inplace=True), nn.Dropout(), nn.Linear(6, 3))
+
+        def forward(self, z):
+            return self.classifier(torch.flatten(self.avgpool(self.features(z)), 1))
+
+    torch.manual_seed(0)
+    m = VGGish().to(D).eval()
+    xx = x.clone().requires_grad_(True)
+    m(xx)[torch.arange(3), t].sum().backward()
+    torch.testing.assert_close(vis.lrp(m, x, t, rules="zero").relevance, (xx.grad * x).detach())
+
+
+def test_batched_over_targets(data):
+    x, _ = data
+    m = net()
+    tt = torch.tensor([[0, 1], [2, 2], [1, 0]])
+    r = vis.lrp(m, x, tt, rules={nn.Conv2d: "gamma"}, return_layers=True)
+    assert r.relevance.shape == (3, 2, 3, 6, 6)
+    assert r.layers["3"].shape == (3, 2, 4, 3, 3)
+    for j in range(2):
+        torch.testing.assert_close(r.relevance[:, j], vis.lrp(m, x, tt[:, j], rules={nn.Conv2d: "gamma"}).relevance)
+
+
+def test_errors(data):
+    x, t = data
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(64, 3)).to(D)
+    with pytest.raises(TypeError, match=r"lrp: module '1' \(GELU\) is not supported"):
+        vis.lrp(m, x, t)
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 3, 3, padding=1)
+            self.b = nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = nn.Linear(108, 3)
+
+        def forward(self, z):
+            return self.fc((self.b(self.a(z)) + z).flatten(1))
+
+    with pytest.raises(ValueError, match="not a chain"):
+        vis.lrp(Residual().to(D), x, t)
+    m = net()
+    with pytest.raises(KeyError, match="Valid layers"):
+        vis.lrp(m, x, t, rules={"features.0": "gamma"})
+    with pytest.raises(ValueError, match="rules: 'foo'"):
+        vis.lrp(m, x, t, rules={nn.Conv2d: "foo"})
+    with pytest.raises(ValueError, match="alpha"):
+        AlphaBeta(2.0, 0.5)
+    with pytest.raises(ValueError, match="target: class 3 is out of range"):
+        vis.lrp(m, x, 3)
+    with pytest.raises(TypeError, match="rules: keys"):
+        vis.lrp(m, x, t, rules={3: "gamma"})
