@@ -88,7 +88,9 @@ def _make_grid(images: Tensor, ncol: Optional[int] = None, pad: int = 2,
         pass
     images = images.detach().float().cpu()
     if mg is not None:
-        return mg(images, nrow=ncol, padding=pad, normalize=normalize).float().cpu()
+        ncol = ncol or max(1, math.ceil(math.sqrt(len(images))))
+        return mg(images, nrow=ncol, padding=pad, pad_value=1.0,
+                  normalize="tile" if normalize else None).float().cpu()
     return _plain_grid(images, ncol, pad, normalize)
 
 
@@ -122,7 +124,7 @@ def _overlay(images: Tensor, heat: Tensor, alpha: float = 0.55) -> Tensor:
     """Blend a heat map (``(N, H, W)`` in [0, 1]) onto ``(N, C, H, W)`` images."""
     fn = None
     try:
-        fn = getattr(importlib.import_module("cnnvis_ext.vis"), "overlay_heatmap", None)
+        fn = getattr(importlib.import_module("cnnvis_ext.vis"), "overlay", None)
     except ImportError:
         pass
     images = images.detach().float().cpu()
@@ -246,7 +248,11 @@ def load_model(spec: Optional[str], weights: Optional[str] = None, *, device="cp
     path = Path(spec)
     if path.is_file():
         if _is_torchscript(path):
-            model = torch.jit.load(str(path), map_location="cpu")
+            import warnings
+
+            with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; still supported
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
             if weights:
                 raise CLIError("--weights: a TorchScript file carries its own weights; drop --weights")
             model = model.to(device).eval()
@@ -410,13 +416,20 @@ def _class_names(lm: LoadedModel, n: int) -> List[str]:
 def view_kernels(model: nn.Module, layer: str) -> Tuple[Tensor, str]:
     """Kernels of ``layer`` as one grid, and a caption."""
     kernels = _vis_attr("kernels", "the kernel view (cnnvis_ext.vis.kernels)")
+    from ._modules import get_layer
+
     tiles = kernels(model, layer).detach().float().cpu()
     if tiles.dim() == 3:
         tiles = tiles.unsqueeze(1)
-    grid = _make_grid(tiles, pad=1, normalize=True)
-    return grid, (f"{layer}: {tiles.shape[0]} kernels of {tiles.shape[-2]}x{tiles.shape[-1]} "
-                  f"({'RGB' if tiles.shape[1] == 3 else 'one tile per input channel'}), each "
-                  "scaled to its own range")
+    w = getattr(get_layer(model, layer), "weight", None)
+    c_out = int(w.shape[0]) if isinstance(w, Tensor) else tiles.shape[0]
+    per_input = tiles.shape[0] != c_out
+    ncol = int(w.shape[1]) if per_input else None
+    grid = _make_grid(tiles, ncol=ncol, pad=1, normalize=True)
+    kind = ("one row per filter, one tile per input channel" if per_input
+            else "RGB" if tiles.shape[1] == 3 else "grey")
+    return grid, (f"{layer}: {c_out} kernels of {tiles.shape[-2]}x{tiles.shape[-1]} ({kind}), "
+                  "each tile scaled to its own range")
 
 
 def view_feature_maps(model: nn.Module, image: Tensor, layers: Sequence[str],

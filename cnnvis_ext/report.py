@@ -58,6 +58,20 @@ def save_png(image, path: PathLike, *, scale: int = 1) -> Path:
     """Save ``image`` (see :func:`to_pil`) as a PNG, atomically; ``scale`` enlarges it (nearest)."""
     from PIL import Image
 
+    if isinstance(image, Tensor) and image.dim() in (2, 3):
+        try:
+            from .vis import save_image  # the package's exporter (atomic too)
+        except ImportError:
+            save_image = None
+        if save_image is not None:
+            t = image.detach().float().cpu()
+            if scale > 1:
+                t3 = t[None, None] if t.dim() == 2 else t[None]
+                t = torch.nn.functional.interpolate(t3, scale_factor=scale, mode="nearest")[0]
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(t, path)
+            return path
     im = to_pil(image)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)

@@ -1,0 +1,347 @@
+"""The ``cnnvis`` command line, run in-process through ``main([...])``."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+
+from cnnvis_ext import cli
+from cnnvis_ext.cli import main
+from cnnvis_ext.models import cifar_cnn
+
+SUBCOMMANDS = ["demo", "train", "kernels", "maps", "actmax", "invert", "deconv", "attribute",
+               "bench"]
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *needles):
+    assert rc != 0
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def _vis_has(name):
+    import cnnvis_ext.vis as vis
+
+    return hasattr(vis, name)
+
+
+def _ok_or_unavailable(rc, err, feature):
+    """A subcommand either works, or says in one line that its feature is not available yet."""
+    if rc == 0:
+        return True
+    line = assert_one_line_error(rc, err, "not available")
+    assert feature in line
+    return False
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "ck.pt"
+    rc = main(["train", "--epochs", "1", "--channels", "4", "8", "--hidden", "16", "--quiet",
+               "--checkpoint", str(path), "--device", "cpu"])
+    assert rc == 0 and path.is_file()
+    return path
+
+
+# --------------------------------------------------------------------------- help
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_help_of_every_subcommand(capsys, sub):
+    rc, out, _ = run(capsys, sub, "--help")
+    assert rc == 0
+    assert f"cnnvis {sub}" in out and "--device" in out or sub == "bench" and "--quick" in out
+
+
+def test_top_level_help_and_version(capsys):
+    rc, out, _ = run(capsys, "--help")
+    assert rc == 0 and all(s in out for s in SUBCOMMANDS)
+    rc, out, _ = run(capsys, "--version")
+    assert rc == 0 and "cnnvis_ext" in out
+
+
+def test_python_m_help():
+    r = subprocess.run([sys.executable, "-m", "cnnvis_ext", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage: cnnvis" in r.stdout and "attribute" in r.stdout
+
+
+# --------------------------------------------------------------------------- train + views
+
+def test_train_writes_checkpoint_and_plots(tmp_path, capsys):
+    ck = tmp_path / "c.pt"
+    rc, out, _ = run(capsys, "train", "--epochs", "1", "--channels", "12", "--hidden", "0",
+                     "--checkpoint", ck, "--plots", "--out", tmp_path / "plots", "--quiet",
+                     "--device", "cpu")
+    assert rc == 0
+    assert "test accuracy" in out and ck.is_file()
+    for name in ("training_loss.png", "training_accuracy.png", "confusion_matrix.png"):
+        Image.open(tmp_path / "plots" / name).load()
+    from cnnvis_ext.train import load_checkpoint
+
+    model, ckpt = load_checkpoint(ck)
+    assert [n for n, _ in model.named_children()] == ["conv1", "flatten", "fc"]
+
+
+def test_attribute_all_methods(checkpoint, tmp_path, capsys):
+    for method in cli.ATTRIBUTION_METHODS:
+        rc, out, err = run(capsys, "attribute", "--model", checkpoint, "--method", method,
+                           "--num-images", "2", "--out", tmp_path, "--quiet")
+        if _ok_or_unavailable(rc, err, method if method != "guided" else "guided"):
+            im = Image.open(tmp_path / f"attribute_{method}.png")
+            im.load()
+            assert im.width > im.height  # 3 columns, 2 rows
+
+
+def test_actmax_classes_and_channels(checkpoint, tmp_path, capsys):
+    rc, out, err = run(capsys, "actmax", "--model", checkpoint, "--classes", "0", "3",
+                       "--steps", "3", "--out", tmp_path, "--quiet")
+    if _ok_or_unavailable(rc, err, "activation maximization"):
+        Image.open(tmp_path / "actmax_classes.png").load()
+        rc, out, err = run(capsys, "actmax", "--model", checkpoint, "--layer", "conv2",
+                           "--units", "0", "1", "--steps", "2", "--param", "pixel",
+                           "--out", tmp_path, "--quiet")
+        assert rc == 0, err
+        Image.open(tmp_path / "actmax_conv2.png").load()
+
+
+def test_kernels_maps_invert_deconv(checkpoint, tmp_path, capsys):
+    rc, _, err = run(capsys, "kernels", "--model", checkpoint, "--out", tmp_path, "--quiet")
+    if _ok_or_unavailable(rc, err, "kernel"):
+        Image.open(tmp_path / "kernels_conv1.png").load()
+    rc, _, err = run(capsys, "maps", "--model", checkpoint, "--index", "3", "--out", tmp_path,
+                     "--quiet")
+    if _ok_or_unavailable(rc, err, "feature-map"):
+        Image.open(tmp_path / "maps_input0_conv2.png").load()
+    rc, _, err = run(capsys, "invert", "--model", checkpoint, "--index", "0", "--layers", "conv1",
+                     "--steps", "2", "--out", tmp_path, "--quiet")
+    if _ok_or_unavailable(rc, err, "inversion"):
+        Image.open(tmp_path / "invert_input0.png").load()
+    rc, _, err = run(capsys, "deconv", "--model", checkpoint, "--units", "0", "1", "--top", "2",
+                     "--out", tmp_path, "--quiet")
+    if _ok_or_unavailable(rc, err, "deconvnet"):
+        Image.open(tmp_path / "deconv_conv2_unit1_projections.png").load()
+    rc, _, err = run(capsys, "deconv", "--model", checkpoint, "--units", "0", "--index", "1",
+                     "--out", tmp_path, "--quiet")
+    if _ok_or_unavailable(rc, err, "deconvnet"):
+        Image.open(tmp_path / "deconv_input0_conv2.png").load()
+
+
+def test_data_folder_and_image_files(checkpoint, tmp_path, capsys):
+    import numpy as np
+
+    for c in ("a", "b"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((40, 30, 3), 60 * i + 50, np.uint8)).save(
+                tmp_path / "d" / c / f"{i}.png")
+    rc, out, err = run(capsys, "attribute", "--model", checkpoint, "--data", tmp_path / "d",
+                       "--num-images", "1", "--out", tmp_path / "o", "--quiet")
+    assert rc == 0, err
+    rc, out, err = run(capsys, "attribute", "--model", checkpoint, "--image",
+                       tmp_path / "d" / "a" / "0.png", "--target", "7", "--out", tmp_path / "o",
+                       "--quiet")
+    assert rc == 0, err
+    assert "0.png: saliency for class 7" in out
+
+
+# --------------------------------------------------------------------------- user models
+
+FACTORY_SRC = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def make():
+        return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    NOT_A_MODEL = 3
+""")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_cnnvis_models.py").write_text(FACTORY_SRC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_cnnvis_models", None)
+    import my_cnnvis_models
+
+    yield my_cnnvis_models
+    sys.modules.pop("my_cnnvis_models", None)
+
+
+def test_user_model_by_module_factory(user_module, tmp_path, capsys):
+    torch.manual_seed(1)
+    net = user_module.make()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    lm = cli.load_model("my_cnnvis_models:make", str(tmp_path / "w.pt"))
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(lm.model(x), net.eval()(x))
+    assert lm.in_channels == 3 and lm.input_size == 32
+    rc, out, err = run(capsys, "attribute", "--model", "my_cnnvis_models:make", "--weights",
+                       tmp_path / "w.pt", "--method", "gradcam", "--layer", "3",
+                       "--num-images", "1", "--out", tmp_path / "o", "--quiet")
+    assert rc == 0, err
+    Image.open(tmp_path / "o" / "attribute_gradcam.png").load()
+    # no weights: runs with the factory's weights and says so
+    rc, out, err = run(capsys, "attribute", "--model", "my_cnnvis_models:make", "--num-images",
+                       "1", "--out", tmp_path / "o", "--quiet")
+    assert rc == 0 and "no --weights" in err
+    # weights that do not fit
+    torch.save(cifar_cnn().state_dict(), tmp_path / "other.pt")
+    rc, _, err = run(capsys, "attribute", "--model", "my_cnnvis_models:make", "--weights",
+                     tmp_path / "other.pt", "--out", tmp_path / "o")
+    assert_one_line_error(rc, err, "--weights", "does not fit")
+    rc, _, err = run(capsys, "attribute", "--model", "my_cnnvis_models:NOT_A_MODEL",
+                     "--out", tmp_path / "o")
+    assert_one_line_error(rc, err, "not an nn.Module")
+    rc, _, err = run(capsys, "attribute", "--model", "my_cnnvis_models:nope", "--out",
+                     tmp_path / "o")
+    assert_one_line_error(rc, err, "has no attribute 'nope'")
+    rc, _, err = run(capsys, "attribute", "--model", "no_such_pkg_xyz.mod:make", "--out",
+                     tmp_path / "o")
+    assert_one_line_error(rc, err, "cannot import module 'no_such_pkg_xyz.mod'")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_user_model_by_torchscript_file(user_module, tmp_path, capsys):
+    torch.manual_seed(2)
+    net = user_module.make().eval()
+    ts = tmp_path / "net.ts"
+    torch.jit.script(net).save(str(ts))
+    lm = cli.load_model(str(ts))
+    assert lm.scripted
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(lm.model(x), net(x))
+    rc, out, err = run(capsys, "attribute", "--model", ts, "--method", "saliency",
+                       "--num-images", "2", "--out", tmp_path / "o", "--quiet")
+    assert rc == 0, err
+    Image.open(tmp_path / "o" / "attribute_saliency.png").load()
+    rc, out, err = run(capsys, "actmax", "--model", ts, "--classes", "1", "--steps", "2",
+                       "--out", tmp_path / "o", "--quiet")
+    _ok_or_unavailable(rc, err, "activation maximization")
+    rc, _, err = run(capsys, "attribute", "--model", ts, "--weights", tmp_path / "w.pt",
+                     "--out", tmp_path / "o")
+    assert_one_line_error(rc, err, "TorchScript")
+
+
+# --------------------------------------------------------------------------- errors
+
+def test_error_missing_model_file(tmp_path, capsys):
+    rc, _, err = run(capsys, "kernels", "--model", tmp_path / "missing.pt")
+    assert_one_line_error(rc, err, "cnnvis kernels: error:", "no such file", "missing.pt")
+
+
+def test_error_no_model_given(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, "attribute")
+    assert_one_line_error(rc, err, "no model given", "--model")
+
+
+def test_error_missing_weights_file(user_module, tmp_path, capsys):
+    rc, _, err = run(capsys, "maps", "--model", "my_cnnvis_models:make", "--weights",
+                     tmp_path / "nope.pt")
+    assert_one_line_error(rc, err, "--weights: no such file")
+
+
+def test_error_state_dict_as_model(tmp_path, capsys):
+    torch.save(cifar_cnn().state_dict(), tmp_path / "sd.pt")
+    rc, _, err = run(capsys, "kernels", "--model", tmp_path / "sd.pt")
+    assert_one_line_error(rc, err, "is a state_dict", "--weights")
+    (tmp_path / "junk.pt").write_bytes(b"\x00junk")
+    rc, _, err = run(capsys, "kernels", "--model", tmp_path / "junk.pt")
+    assert_one_line_error(rc, err, "cannot read")
+
+
+def test_error_unknown_name(capsys):
+    rc, _, err = run(capsys, "kernels", "--model", "notamodelname")
+    assert_one_line_error(rc, err, "'notamodelname' is not a file")
+
+
+@pytest.mark.parametrize("sub,extra", [
+    ("kernels", []), ("maps", ["--layers"]), ("actmax", []), ("invert", ["--layers"]),
+    ("deconv", []), ("attribute", ["--method", "gradcam"]),
+])
+def test_error_unknown_layer_lists_valid_ones(checkpoint, capsys, tmp_path, sub, extra):
+    flag = extra[-1] if extra and extra[-1] == "--layers" else "--layer"
+    argv = [sub, "--model", checkpoint, "--out", tmp_path] + [e for e in extra if e != "--layers"]
+    rc, _, err = run(capsys, *argv, flag, "conv9")
+    line = assert_one_line_error(rc, err, "conv9")
+    if "not available" not in line:
+        assert "Valid layers: conv1, conv2, flatten, fc1, relu, fc2" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+@pytest.mark.parametrize("sub", ["demo", "train", "kernels", "attribute"])
+def test_error_cuda_absent(checkpoint, capsys, tmp_path, sub):
+    extra = ["--out", tmp_path] + (["--model", checkpoint] if sub in ("kernels", "attribute") else [])
+    rc, _, err = run(capsys, sub, "--device", "cuda", *extra)
+    assert_one_line_error(rc, err, "--device cuda: CUDA is not available")
+
+
+def test_error_bad_device_and_usage(capsys):
+    rc, _, err = run(capsys, "train", "--device", "tpu")
+    assert_one_line_error(rc, err, "--device")
+    rc, _, err = run(capsys, "attribute", "--method", "magic")
+    line = assert_one_line_error(rc, err, "--method")
+    assert rc == 2 and "invalid choice" in line
+    rc, _, err = run(capsys, "frobnicate")
+    assert_one_line_error(rc, err, "invalid choice")
+    rc, _, err = run(capsys, "train", "--epochs", "-1")
+    assert_one_line_error(rc, err, "--epochs")
+
+
+def test_error_images_and_data(checkpoint, tmp_path, capsys):
+    rc, _, err = run(capsys, "attribute", "--model", checkpoint, "--index", "100000")
+    assert_one_line_error(rc, err, "--index: 100000 is out of range")
+    rc, _, err = run(capsys, "attribute", "--model", checkpoint, "--data", tmp_path / "nodir")
+    assert_one_line_error(rc, err, "data: no such folder")
+    rc, _, err = run(capsys, "attribute", "--model", checkpoint, "--image", tmp_path / "no.png")
+    assert_one_line_error(rc, err, "image: no such file")
+    rc, _, err = run(capsys, "attribute", "--model", checkpoint, "--target", "10")
+    assert_one_line_error(rc, err, "--target: 10 is out of range")
+    rc, _, err = run(capsys, "train", "--data", tmp_path / "nodir")
+    assert_one_line_error(rc, err, "data: no such folder")
+    rc, _, err = run(capsys, "actmax", "--model", checkpoint, "--layer", "conv2", "--units", "99")
+    assert_one_line_error(rc, err, "99")
+    rc, _, err = run(capsys, "demo", "--checkpoint", tmp_path / "none.pt", "--out", tmp_path / "o")
+    assert_one_line_error(rc, err, "no such file")
+
+
+def test_error_torchvision_name_without_weights(capsys):
+    tv = pytest.importorskip("torchvision")  # noqa: F841
+    rc, _, err = run(capsys, "kernels", "--model", "vgg11")
+    assert_one_line_error(rc, err, "never downloads", "--weights")
+
+
+def test_bench_errors(tmp_path, capsys):
+    rc, _, err = run(capsys, "bench", "--bench-dir", tmp_path)
+    assert_one_line_error(rc, err, "no bench_*.py scripts")
+    (tmp_path / "bench_ok.py").write_text("import sys\nprint('| shape | ours |', sys.argv[1:])\n")
+    (tmp_path / "bench_fail.py").write_text("import sys\nsys.exit(3)\n")
+    rc = main(["bench", "--bench-dir", str(tmp_path), "--only", "ok"])
+    assert rc == 0
+    rc, _, err = run(capsys, "bench", "--bench-dir", tmp_path, "--only", "nothing")
+    assert_one_line_error(rc, err, "no benchmark named nothing", "bench_ok")
+    rc, out, err = run(capsys, "bench", "--bench-dir", tmp_path, "--only", "fail")
+    assert_one_line_error(rc, err, "benchmark(s) failed: bench_fail")
+
+
+def test_bench_runs_scripts_quick(tmp_path, capfd):
+    (tmp_path / "bench_x.py").write_text("import sys\nprint('| shape | ours |', sys.argv[1:])\n")
+    assert main(["bench", "--bench-dir", str(tmp_path)]) == 0
+    out = capfd.readouterr().out
+    assert "## bench_x" in out and "['--quick']" in out
