@@ -110,6 +110,20 @@ def test_stops_at_deepest_layer():
         vis.activation_maximization(m, [vis.class_logit(0)], size=16, steps=1)
 
 
+def test_inplace_relu_after_an_objective_layer():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3))
+    obj = vis.channel("0", 0) - vis.channel("2", 1)
+    kw = dict(size=12, param="pixel", transforms=None, lr=0.1, seed=3)
+    init = vis.activation_maximization(m, obj, steps=0, **kw).images
+    res = vis.activation_maximization(m, obj, steps=1, **kw)
+    with torch.no_grad():
+        pre = m[0](init)
+        expected = pre[:, 0].mean() - m[2](torch.relu(pre))[:, 1].mean()
+    assert (pre[:, 0] < 0).any()  # values the in-place ReLU would have clipped
+    torch.testing.assert_close(res.values[0, 0], expected)
+
+
 def test_model_state_untouched_and_dtype_follows():
     m = tiny(torch.float64).train()
     res = vis.activation_maximization(m, "3:0", size=16, steps=2)
@@ -248,7 +262,7 @@ def test_plain_priors_behave():
     y = _priors.plain_regularize_(x.clone(), g, lr=0.5, decay=0.1, norm_pct=50)
     n = y.norm(dim=1)
     assert ((n == 0).flatten(1).float().mean(1) - 0.5).abs().max() < 0.05
-    tv = _priors.plain_total_variation(x, beta=2.0, eps=0.0)
+    tv = _priors.plain_total_variation(x, beta=2.0, eps=0.0, reduction="none")
     dx = x[..., :, 1:] - x[..., :, :-1]
     dy = x[..., 1:, :] - x[..., :-1, :]
     torch.testing.assert_close(tv, (dx ** 2).flatten(1).sum(1) + (dy ** 2).flatten(1).sum(1))
@@ -256,14 +270,37 @@ def test_plain_priors_behave():
     torch.testing.assert_close(b, torch.ones_like(b))
 
 
-@pytest.mark.skipif(not _priors.have_ops(), reason="the fused regularizer ops are not built yet")
-def test_fused_ops_match_plain_reference():
+@pytest.mark.skipif(not hasattr(cnnvis_ext.ops, "total_variation"), reason="op not built yet")
+@pytest.mark.parametrize("beta", [2.0, 1.0, 1.5])
+def test_tv_op_matches_plain_reference(beta):
+    x = torch.randn(3, 2, 9, 11, dtype=torch.float64, requires_grad=True)
+    got = _priors.total_variation(x, beta)
+    ref = _priors.plain_total_variation(x, beta, reduction="none")
+    torch.testing.assert_close(got, ref)
+    g1, = torch.autograd.grad(got.sum(), x)
+    g2, = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g1, g2)
+    for red in ("sum", "mean"):
+        torch.testing.assert_close(cnnvis_ext.ops.total_variation(x, beta, reduction=red),
+                                   _priors.plain_total_variation(x, beta, reduction=red))
+
+
+@pytest.mark.skipif(not hasattr(cnnvis_ext.ops, "regularize_"), reason="op not built yet")
+def test_regularize_op_matches_plain_reference():
     torch.manual_seed(0)
     x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
     g = torch.randn_like(x)
-    kw = dict(lr=0.3, decay=0.05, blur_sigma=1.0, norm_pct=30.0, contrib_pct=20.0, lo=-0.5, hi=0.5)
-    torch.testing.assert_close(cnnvis_ext.ops.regularize_(x.clone(), g, **kw),
-                               _priors.plain_regularize_(x.clone(), g, **kw), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(cnnvis_ext.ops.gaussian_blur(x, 1.3), _priors.plain_gaussian_blur(x, 1.3),
-                               rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(_priors.total_variation(x, 2.0), _priors.plain_total_variation(x, 2.0))
+    for kw in (dict(lr=0.3, decay=0.05), dict(lr=0.3, decay=0.05, lo=-0.5, hi=0.5),
+               dict(lr=0.0, norm_pct=30.0), dict(lr=1.0, contrib_pct=20.0),
+               dict(lr=0.2, decay=0.01, blur_sigma=1.0, norm_pct=30.0, contrib_pct=20.0, lo=-0.5, hi=0.5)):
+        torch.testing.assert_close(cnnvis_ext.ops.regularize_(x.clone(), g, **kw),
+                                   _priors.plain_regularize_(x.clone(), g, **kw), rtol=1e-6, atol=1e-6,
+                                   msg=str(kw))
+
+
+@pytest.mark.skipif(not hasattr(cnnvis_ext.ops, "gaussian_blur"), reason="op not built yet")
+def test_blur_op_matches_plain_reference():
+    x = torch.randn(2, 3, 16, 13, dtype=torch.float64)
+    for sigma in (0.5, 1.0, 2.0):
+        torch.testing.assert_close(cnnvis_ext.ops.gaussian_blur(x, sigma), _priors.plain_gaussian_blur(x, sigma),
+                                   rtol=1e-6, atol=1e-8)

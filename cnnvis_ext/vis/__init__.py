@@ -13,6 +13,8 @@ from .actmax import (ActMaxResult, Regularizers, YOSINSKI_PRESETS, YosinskiPrese
                      activation_maximization, yosinski_preset)
 from .attribution import deconvnet_attribution, grad_cam, guided_backprop, saliency
 from .lrp import FIRST_LAYER, AlphaBeta, Epsilon, Gamma, LRPResult, Rule, ZBox, lrp
+from .views import feature_maps, kernels, make_grid
+from .export import COLORMAPS, colormap, heatmap, overlay, save_image, to_uint8
 
 __all__ = [
     "objectives", "param", "transforms",
@@ -23,4 +25,6 @@ __all__ = [
     "activation_maximization",
     "saliency", "guided_backprop", "deconvnet_attribution", "grad_cam",
     "lrp", "LRPResult", "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "FIRST_LAYER",
+    "feature_maps", "kernels", "make_grid",
+    "COLORMAPS", "colormap", "heatmap", "overlay", "save_image", "to_uint8",
 ]

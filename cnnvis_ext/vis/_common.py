@@ -9,7 +9,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._modules import capture, forward_until, get_layer, model_device_dtype
+from .._modules import StopForward, get_layer, model_device_dtype
 from .objectives import OUTPUT
 
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
@@ -62,16 +62,42 @@ def check_layers(model: nn.Module, layers: Iterable[str]) -> None:
 
 
 def run_layers(model: nn.Module, x: Tensor, layers: Sequence[str]) -> Dict[str, Tensor]:
-    """Activations of ``layers`` (``OUTPUT``: the model output), stopping as early as possible."""
+    """Activations of ``layers`` (``OUTPUT``: the model output), with their autograd graph.
+
+    Without ``OUTPUT`` the forward pass stops right after the deepest layer. A
+    captured activation that later modules still use is handed on as a copy,
+    so in-place modules after it (``ReLU(inplace=True)``) cannot change it.
+    """
     layers = list(dict.fromkeys(layers))
-    if OUTPUT in layers:
-        inner = [n for n in layers if n != OUTPUT]
-        with capture(model, inner) as acts:
-            out = model(x)
-        acts = dict(acts)
-        acts[OUTPUT] = out if isinstance(out, Tensor) else out[0]
-        return acts
-    return forward_until(model, x, layers)
+    need_out = OUTPUT in layers
+    inner = [n for n in layers if n != OUTPUT]
+    acts: Dict[str, Tensor] = {}
+
+    def make_hook(name):
+        def hook(_m, _i, out):
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            acts[name] = t
+            if all(n in acts for n in inner) and not need_out:
+                raise StopForward()
+            if isinstance(out, Tensor):
+                return out.clone()
+        return hook
+
+    handles = [get_layer(model, n).register_forward_hook(make_hook(n)) for n in inner]
+    try:
+        out = model(x)
+        if need_out:
+            acts[OUTPUT] = out if isinstance(out, Tensor) else out[0]
+    except StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in layers if n not in acts]
+    if missing:
+        raise RuntimeError(f"layer: {missing} produced no output during the forward pass "
+                           "(is it used by the model's forward?)")
+    return acts
 
 
 def progress_bar(iterable, total: int, progress: Optional[bool], desc: str, long_after: int = 2000):

@@ -18,7 +18,7 @@ from .. import ops as _ops
 
 
 def have_ops() -> bool:
-    """True when the fused regularizer ops are available."""
+    """True when all the fused regularizer ops are available."""
     return all(hasattr(_ops, n) for n in ("regularize_", "total_variation", "gaussian_blur"))
 
 
@@ -28,10 +28,12 @@ def have_ops() -> bool:
 
 def plain_total_variation(x: Tensor, beta: float = 2.0, eps: float = 1e-8,
                           reduction: str = "sum", mode: str = "isotropic") -> Tensor:
-    """TV_beta per image: sum over pixels and channels of (dx^2 + dy^2 + eps)^(beta/2).
+    """TV of a batch, as ``cnnvis_ext.ops.total_variation`` defines it.
 
-    Forward differences, replicated last row/column (zero difference there).
-    ``mode="anisotropic"`` sums ``|dx|^beta + |dy|^beta`` instead.
+    Forward differences, zero past the last row/column. Isotropic: the sum over
+    channels and pixels of ``(dx^2 + dy^2 + eps)^(beta/2)``; anisotropic:
+    ``|dx| + |dy|``. ``reduction``: ``"none"`` (one value per image), ``"sum"``
+    (over the batch) or ``"mean"`` (the sum over ``x.numel()``).
     """
     dx = torch.zeros_like(x)
     dy = torch.zeros_like(x)
@@ -40,16 +42,16 @@ def plain_total_variation(x: Tensor, beta: float = 2.0, eps: float = 1e-8,
     if mode == "isotropic":
         v = (dx * dx + dy * dy + eps).pow(beta / 2)
     elif mode == "anisotropic":
-        v = (dx.abs() + eps).pow(beta) + (dy.abs() + eps).pow(beta)
+        v = dx.abs() + dy.abs()
     else:
         raise ValueError(f"mode: expected 'isotropic' or 'anisotropic', got {mode!r}")
-    v = v.reshape(x.shape[0], -1)
-    if reduction == "sum":
-        return v.sum(1)
-    if reduction == "mean":
-        return v.mean(1)
+    per_image = v.reshape(x.shape[0], -1).sum(1)
     if reduction == "none":
-        return v.reshape(x.shape)
+        return per_image
+    if reduction == "sum":
+        return per_image.sum()
+    if reduction == "mean":
+        return per_image.sum() / max(x.numel(), 1)
     raise ValueError(f"reduction: expected 'sum', 'mean' or 'none', got {reduction!r}")
 
 
@@ -114,23 +116,24 @@ def plain_regularize_(x: Tensor, grad: Tensor, lr: float = 1.0, decay: float = 0
 # dispatch
 # ---------------------------------------------------------------------------
 
-def total_variation(x: Tensor, beta: float = 2.0) -> Tensor:
-    """Differentiable TV_beta of each image, shape ``(N,)``."""
-    if have_ops():
-        per_px = _ops.total_variation(x, beta=beta, reduction="none")
-        return per_px.reshape(x.shape[0], -1).sum(1)
-    return plain_total_variation(x, beta=beta, reduction="sum")
+def total_variation(x: Tensor, beta: float = 2.0, eps: float = 1e-8) -> Tensor:
+    """Differentiable isotropic TV_beta of each image, shape ``(N,)``."""
+    if hasattr(_ops, "total_variation"):
+        return _ops.total_variation(x, beta=beta, eps=eps, reduction="none")
+    return plain_total_variation(x, beta=beta, eps=eps, reduction="none")
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Differentiable Gaussian blur with reflect borders."""
     if sigma <= 0:
         return x
-    if have_ops():
+    if hasattr(_ops, "gaussian_blur"):
         return _ops.gaussian_blur(x, sigma)
     return plain_gaussian_blur(x, sigma)
 
 
 def regularize_(x: Tensor, grad: Tensor, **kw) -> Tensor:
-    if have_ops():
+    """The in-place prior step (``cnnvis_ext.ops.regularize_`` when built)."""
+    if hasattr(_ops, "regularize_"):
         return _ops.regularize_(x, grad, **kw)
     return plain_regularize_(x, grad, **kw)

@@ -42,8 +42,8 @@ class Regularizers:
         blur_sigma: standard deviation (pixels) of the Gaussian blur.
         blur_every: blur every this many steps (0: never).
         norm_pct: zero the pixels whose channel norm is below this percentile (0-100).
-        contrib_pct: zero the pixels whose contribution ``|sum_c x * grad|``-ranked
-            value is below this percentile (0-100).
+        contrib_pct: zero the pixels whose contribution ``sum_c x * grad`` is below
+            this percentile of their image (0-100).
 
     Loss terms, subtracted from the objective (any parameterization):
 
@@ -212,7 +212,7 @@ def activation_maximization(
     lr: Optional[float] = None,
     optimizer=None,
     param=None,
-    transforms=None,
+    transforms="default",
     regularizers=None,
     seed: Optional[int] = 0,
     progress: Optional[bool] = None,
@@ -242,9 +242,10 @@ def activation_maximization(
             parameterization), ``"pixel"`` (the default with pixel-space
             priors), an :class:`~cnnvis_ext.vis.param.ImageParam` or a factory
             ``(channels, size, generators, per_generator, device, dtype)``.
-        transforms: ``"standard"`` (default: Lucid's pad/jitter/scale/rotate;
-            none with a Yosinski preset), ``None``, or a list of
-            :mod:`~cnnvis_ext.vis.transforms` objects; random per image.
+        transforms: ``"default"`` (Lucid's ``"standard"`` pad/jitter/scale/rotate;
+            none with a Yosinski preset), ``"standard"``, ``None`` (no
+            transforms) or a list of :mod:`~cnnvis_ext.vis.transforms`
+            objects; random per image.
         regularizers: a :class:`Regularizers`, a dict of its fields, or
             ``"yosinski1"`` .. ``"yosinski4"`` / :func:`yosinski_preset` (Table 1
             of Yosinski et al. 2015, which also sets param, optimizer, steps,
@@ -290,8 +291,8 @@ def activation_maximization(
         steps = preset.steps if preset is not None else 512
     if lr is None:
         lr = preset.lr if preset is not None else 0.05
-    if transforms is None and preset is None and regularizers is None:
-        transforms = "standard"
+    if isinstance(transforms, str) and transforms == "default":
+        transforms = None if preset is not None else "standard"
     lr_policy = preset.lr_policy if (preset is not None and optimizer == "sgd") else "constant"
     steps = int(steps)
     if steps < 0:

@@ -1,0 +1,159 @@
+"""Plain views: feature maps, learned kernels, and image grids."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._modules import StopForward, get_layer, model_device_dtype
+from ._common import check_model, eval_mode
+
+__all__ = ["feature_maps", "kernels", "make_grid"]
+
+
+def feature_maps(model: nn.Module, image: Tensor, layers: Union[str, Sequence[str], None] = None
+                 ) -> Dict[str, Tensor]:
+    """The activations of every channel of each of ``layers`` for ``image``.
+
+    Args:
+        model: any ``nn.Module`` (run in eval mode, without autograd; the
+            forward pass stops after the deepest requested layer).
+        image: ``(C, H, W)`` or ``(N, C, H, W)``.
+        layers: a name, a list of names (``named_modules()`` names), or
+            ``None`` for every leaf module.
+
+    Returns:
+        ``{name: activation}``, each ``(N, C_l, H_l, W_l)`` (or ``(N, F)``) on
+        the model's device; a 3-D ``image`` still gives a batch of one.
+    """
+    check_model(model)
+    if not isinstance(image, Tensor):
+        raise TypeError(f"image: expected a Tensor, got {type(image).__name__}")
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    if image.dim() != 4:
+        raise ValueError(f"image: expected (C, H, W) or (N, C, H, W), got shape {tuple(image.shape)}")
+    if layers is None:
+        layers = [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    elif isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers: expected at least one layer name")
+    for name in layers:
+        get_layer(model, name)
+    device, dtype = model_device_dtype(model)
+    acts: Dict[str, Tensor] = {}
+    wanted = list(dict.fromkeys(layers))
+
+    def make_hook(name):
+        def hook(_m, _i, out):
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            # A copy taken now: a later in-place op (ReLU(inplace=True)) would change the output.
+            acts[name] = out.detach().clone()
+            if all(n in acts for n in wanted):
+                raise StopForward()
+        return hook
+
+    handles = [get_layer(model, n).register_forward_hook(make_hook(n)) for n in wanted]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(image.to(device=device, dtype=dtype))
+    except StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in wanted if n not in acts]
+    if missing:
+        raise RuntimeError(f"layers: {missing} produced no output during the forward pass")
+    return {n: acts[n] for n in layers}
+
+
+def _normalize_tiles(t: Tensor) -> Tensor:
+    flat = t.flatten(1)
+    lo = flat.amin(1).reshape(-1, *([1] * (t.dim() - 1)))
+    hi = flat.amax(1).reshape(-1, *([1] * (t.dim() - 1)))
+    return (t - lo) / (hi - lo).clamp_min(torch.finfo(t.dtype).eps if t.is_floating_point() else 1)
+
+
+def kernels(model: nn.Module, layer: str, *, normalize: bool = True) -> Tensor:
+    """The learned kernels of a convolution ``layer`` as image tiles.
+
+    A layer whose kernels have 3 (or 1) input channels, usually the first,
+    gives one RGB (or grey) tile per output channel: ``(C_out, 3, kH, kW)``.
+    Deeper layers give one grey tile per (output, input) channel pair,
+    ``(C_out * C_in, 1, kH, kW)`` in output-major order: use
+    ``make_grid(tiles, nrow=C_in)`` for one row per output channel.
+
+    Args:
+        model: the model.
+        layer: a name from ``named_modules()`` of a module with a 4-D
+            ``weight`` (Conv2d, fused ConvReLUPool2d/ConvReLU2d, ...).
+        normalize: scale each tile to [0, 1] by its own min and max.
+
+    Returns:
+        The tiles, on the model's device.
+    """
+    check_model(model)
+    mod = get_layer(model, layer)
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, Tensor) or w.dim() != 4:
+        raise ValueError(f"layer: {layer!r} ({type(mod).__name__}) has no 4-D convolution weight")
+    w = w.detach()
+    if w.shape[1] not in (1, 3):
+        w = w.reshape(-1, 1, *w.shape[2:])
+    return _normalize_tiles(w) if normalize else w.clone()
+
+
+def make_grid(tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0,
+              normalize: Optional[str] = None) -> Tensor:
+    """Tile a batch of images into one image.
+
+    Args:
+        tensor: ``(N, C, H, W)``, ``(N, H, W)`` (grey) or a list of equally shaped images.
+        nrow: images per row.
+        padding: pixels between tiles and around the grid.
+        pad_value: value of the padding.
+        normalize: ``"tile"`` (each image scaled to [0, 1] by its own min/max),
+            ``"all"`` (one scale for the whole batch) or ``None``.
+
+    Returns:
+        ``(C, H_grid, W_grid)`` on the input's device.
+    """
+    if isinstance(tensor, (list, tuple)):
+        if not tensor:
+            raise ValueError("tensor: expected at least one image")
+        tensor = torch.stack([t if t.dim() == 3 else t.unsqueeze(0) for t in tensor])
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"tensor: expected a Tensor or a list of them, got {type(tensor).__name__}")
+    if tensor.dim() == 3:
+        tensor = tensor.unsqueeze(1)
+    if tensor.dim() != 4:
+        raise ValueError(f"tensor: expected (N, C, H, W) or (N, H, W), got shape {tuple(tensor.shape)}")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow: expected a positive int, got {nrow!r}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding: expected a non-negative int, got {padding!r}")
+    t = tensor.detach()
+    if not t.is_floating_point():
+        t = t.float()
+    if normalize == "tile":
+        t = _normalize_tiles(t)
+    elif normalize == "all":
+        lo, hi = t.min(), t.max()
+        t = (t - lo) / (hi - lo).clamp_min(torch.finfo(t.dtype).eps)
+    elif normalize is not None:
+        raise ValueError(f"normalize: expected 'tile', 'all' or None, got {normalize!r}")
+    n, c, h, w = t.shape
+    cols = min(nrow, max(n, 1))
+    rows = (n + cols - 1) // cols
+    H, W = rows * (h + padding) + padding, cols * (w + padding) + padding
+    grid = t.new_full((c, H, W), float(pad_value))
+    for i in range(n):
+        r, q = divmod(i, cols)
+        y, x = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, y:y + h, x:x + w] = t[i]
+    return grid
