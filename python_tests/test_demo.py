@@ -1,0 +1,123 @@
+"""``cnnvis demo`` end to end with a tiny budget: the report and every image it links."""
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnnvis_ext.cli import main
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.captions, self.skipped = [], [], [], 0
+        self._in_caption = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a["src"])
+            assert a.get("alt"), "every image needs alt text"
+        elif tag == "a" and not a.get("href", "").startswith("#"):
+            self.links.append(a["href"])
+        elif tag == "figcaption":
+            self._in_caption = True
+        elif tag == "p" and a.get("class") == "skipped":
+            self.skipped += 1
+
+    def handle_endtag(self, tag):
+        if tag == "figcaption":
+            self._in_caption = False
+
+    def handle_data(self, data):
+        if self._in_caption and data.strip():
+            self.captions.append(data.strip())
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    rc = main(["demo", "--out", str(out), "--epochs", "1", "--steps", "2", "--images", "2",
+               "--max-units", "3", "--top", "2", "--quiet", "--device", "cpu"])
+    assert rc == 0
+    return out
+
+
+def test_demo_writes_index_and_every_linked_image(demo_out):
+    index = demo_out / "index.html"
+    assert index.is_file()
+    p = _Links()
+    p.feed(index.read_text(encoding="utf-8"))
+    assert len(p.images) >= 8
+    assert len(p.captions) == len(p.images)
+    for src in set(p.images) | set(p.links):
+        f = demo_out / src
+        assert f.is_file(), src
+        with Image.open(f) as im:
+            im.load()
+            assert im.format == "PNG" and im.width > 0 and im.height > 0
+    for name in ("training_loss.png", "training_accuracy.png", "confusion_matrix.png",
+                 "actmax_classes.png", "attribution.png"):
+        assert name in p.images
+    # no temporary files left behind by the atomic writes
+    assert not [f for f in os.listdir(demo_out) if f.startswith(".")]
+    assert (demo_out / "checkpoint.pt").is_file()
+    text = index.read_text(encoding="utf-8")
+    assert "test accuracy" in text and "Kernels of the first layer" in text
+
+
+def test_demo_reuses_checkpoint(demo_out, tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path), "--checkpoint", str(demo_out / "checkpoint.pt"),
+               "--steps", "1", "--images", "1", "--max-units", "1", "--top", "1", "--quiet"])
+    assert rc == 0
+    assert "loaded" in capsys.readouterr().out
+    assert (tmp_path / "index.html").is_file() and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_demo_out_is_a_file(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["demo", "--out", str(f), "--epochs", "0"]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")
+def test_report_loads_in_headless_chromium(demo_out, tmp_path):
+    """The page loads in a real browser and every <img> decodes (naturalWidth > 0)."""
+    # A copy of the page with a script that lists images that did not decode in <title>.
+    page = demo_out / "index.html"
+    probe = demo_out / "_probe.html"
+    html = page.read_text(encoding="utf-8").replace(
+        "</body>",
+        "<script>window.addEventListener('load', () => { const bad = [...document.images]"
+        ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));"
+        " document.title = 'IMAGES ' + document.images.length + ' BAD [' + bad.join(',') + ']';"
+        " });</script></body>")
+    probe.write_text(html, encoding="utf-8")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    try:
+        r = subprocess.run([CHROMIUM, *flags, "--dump-dom", probe.as_uri()], capture_output=True,
+                           text=True, timeout=120)
+        shot = tmp_path / "shot.png"
+        r2 = subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,900",
+                             page.as_uri()], capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink()
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import re
+
+    m = re.search(r"<title>IMAGES (\d+) BAD \[(.*?)\]</title>", r.stdout)
+    assert m, r.stdout[:2000]
+    assert int(m.group(1)) >= 8 and m.group(2) == "", m.group(0)
+    assert r2.returncode == 0 and shot.is_file(), r2.stderr[-2000:]
+    with Image.open(shot) as im:
+        assert im.size[0] > 0
