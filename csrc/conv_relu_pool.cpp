@@ -105,6 +105,27 @@ ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& wei
   return g;
 }
 
+at::Tensor with_canonical_strides(const at::Tensor& t, at::MemoryFormat fmt) {
+  std::vector<int64_t> strides(t.dim());
+  const auto sizes = t.sizes();
+  if (fmt == at::MemoryFormat::ChannelsLast && t.dim() == 4) {
+    strides[1] = 1;
+    strides[3] = sizes[1];
+    strides[2] = sizes[3] * sizes[1];
+    strides[0] = sizes[2] * sizes[3] * sizes[1];
+  } else {
+    int64_t s = 1;
+    for (int64_t d = t.dim() - 1; d >= 0; --d) {
+      strides[d] = s;
+      s *= std::max<int64_t>(sizes[d], 1);
+    }
+  }
+  if (t.strides() == at::IntArrayRef(strides)) return t;
+  at::Tensor out = at::empty_strided(sizes, strides, t.options());
+  out.copy_(t);
+  return out;
+}
+
 void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const at::Tensor& grad_out,
                                    const at::Tensor& x, const at::Tensor& out,
                                    const at::Tensor& switches) {

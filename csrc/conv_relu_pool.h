@@ -31,4 +31,10 @@ void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const at::Tensor& 
                                    const at::Tensor& x, const at::Tensor& out,
                                    const at::Tensor& switches);
 
+// `t` with exactly the strides at::empty(t.sizes(), fmt) gives (copied only
+// when they differ). `.contiguous(fmt)` keeps ambiguous strides of size-1
+// dimensions, which would make the real kernel's strides differ from the fake
+// kernel's.
+at::Tensor with_canonical_strides(const at::Tensor& t, at::MemoryFormat fmt);
+
 }  // namespace cnnvis

@@ -39,8 +39,8 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool_cpu(
                                  /*transposed=*/false, /*output_padding=*/{0, 0}, groups)
                      .contiguous(kCL);
   if (g.identity_pool) {
-    y.relu_();
-    return {y, at::zeros(y.sizes(), y.options().dtype(at::kByte).memory_format(kCL))};
+    y = with_canonical_strides(y, kCL).relu_();
+    return {y, at::empty(y.sizes(), y.options().dtype(at::kByte).memory_format(kCL)).zero_()};
   }
   at::Tensor out = at::empty({g.n, g.c_out, g.out_h, g.out_w}, y.options().memory_format(kCL));
   at::Tensor sw = at::empty(out.sizes(), out.options().dtype(at::kByte).memory_format(kCL));
@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool_backward_cpu(
   at::Tensor grad_w = at::empty({0}, x.options());
   if (!output_mask[0] && !output_mask[1]) return {grad_x, grad_w, grad_bias};
   if (g.n == 0) {  // empty batch: nothing flows back
-    if (output_mask[0]) grad_x = at::zeros(x.sizes(), x.options().memory_format(kCL));
+    if (output_mask[0]) grad_x = at::empty(x.sizes(), x.options().memory_format(kCL)).zero_();
     if (output_mask[1]) grad_w = at::zeros(weight.sizes(), weight.options());
     return {grad_x, grad_w, grad_bias};
   }
@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool_backward_cpu(
   const int64_t PH = g.out_h, PW = g.out_w;
   at::Tensor gconv = at::empty({g.n, C, CH, CW}, go.options().memory_format(kCL));
   if (g.identity_pool) {
-    gconv = at::where(o <= 0, at::zeros({}, go.options()), go).contiguous(kCL);
+    gconv = at::where(o <= 0, at::zeros({}, go.options()), go).contiguous(kCL);  // any layout is fine here
   } else if (gconv.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "conv_relu_pool_backward_cpu", [&] {
       const scalar_t* gp = go.const_data_ptr<scalar_t>();
@@ -132,8 +132,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool_backward_cpu(
   auto grads = at::convolution_backward(gconv, x.contiguous(kCL), weight, c10::nullopt, stride,
                                         padding, dilation, /*transposed=*/false, {0, 0}, groups,
                                         {output_mask[0], output_mask[1], false});
-  if (output_mask[0]) grad_x = std::get<0>(grads).contiguous(kCL);
-  if (output_mask[1]) grad_w = std::get<1>(grads).contiguous();
+  if (output_mask[0]) grad_x = with_canonical_strides(std::get<0>(grads), kCL);
+  if (output_mask[1]) grad_w = with_canonical_strides(std::get<1>(grads), at::MemoryFormat::Contiguous);
   return {grad_x, grad_w, grad_bias};
 }
 
