@@ -14,6 +14,7 @@ from .actmax import (ActMaxResult, Regularizers, YOSINSKI_PRESETS, YosinskiPrese
 from .attribution import deconvnet_attribution, grad_cam, guided_backprop, saliency
 from .lrp import FIRST_LAYER, AlphaBeta, Epsilon, Gamma, LRPResult, Rule, ZBox, lrp
 from .views import feature_maps, kernels, make_grid
+from .inversion import InversionResult, invert
 from .export import COLORMAPS, colormap, heatmap, overlay, save_image, to_uint8
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "activation_maximization",
     "saliency", "guided_backprop", "deconvnet_attribution", "grad_cam",
     "lrp", "LRPResult", "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "FIRST_LAYER",
+    "invert", "InversionResult",
     "feature_maps", "kernels", "make_grid",
     "COLORMAPS", "colormap", "heatmap", "overlay", "save_image", "to_uint8",
 ]
