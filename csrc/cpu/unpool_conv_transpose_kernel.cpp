@@ -1,0 +1,303 @@
+// CPU backend of unpool_conv_transpose.
+//
+// Forward, two formulations chosen by the density of the (rectified) input:
+//   sparse: the nonzeros of p are listed per image, then each one scatters
+//     value * weight[c, :, kh, kw] into the output for every tap
+//     (scatter_taps); cost ~ nnz * kH * kW * C_in, independent of the map
+//     size except for one read of p. Parallel over (image, channel block,
+//     output row band), so no two threads write the same element.
+//   dense: relu(p) is unpooled into a zeroed channels-last buffer and ATen's
+//     transposed convolution (oneDNN / GEMM) filters it.
+// "auto" takes the sparse path when nnz / (N * C_out * H_conv * W_conv) is
+// below kSparseDensityThresholdCPU (measured: the axpy formulation runs at a
+// fraction of GEMM speed, so it wins only when most of the map is zero).
+//
+// Backward: grad_p gathers conv2d(grad_out, weight) at the switch positions
+// (masked by the rectification); grad_weight is ATen's transposed-conv
+// weight gradient with the unpooled map materialized.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "../unpool_conv_transpose.h"
+#include "../unpool_conv_transpose_common.h"
+
+namespace cnnvis {
+namespace {
+
+constexpr auto kCL = at::MemoryFormat::ChannelsLast;
+constexpr int64_t kChannelBlock = 64;   // unpooling: channels per task
+constexpr int64_t kScatterBlock = 256;  // sparse scatter: output channels per task
+
+template <typename T>
+struct NonZero {
+  int32_t c, y, x;
+  T v;
+};
+
+void check_cpu(const at::Tensor& p) {
+  TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble, "p: dtype ",
+                   p.scalar_type(), " is not supported on CPU (float32, float64)");
+  TORCH_CHECK_VALUE(p.device().is_cpu(), "p: expected a CPU tensor, got ", p.device());
+}
+
+[[noreturn]] void bad_switch() {
+  TORCH_CHECK_VALUE(false, "switches: some switch points outside its pooling window or outside "
+                    "the output_size map; check output_size and the pooling arguments");
+  abort();
+}
+
+// u (NHWC (N, CH, CW, C), zeroed) += unpool(rectify(p)): each nonzero
+// pooled value is added at the position its switch names. Parallel over
+// (image, channel block), so concurrent tasks never write the same element
+// and the order of the additions is fixed (deterministic sums where
+// overlapping windows share a position). Raises if a switch points outside
+// its window or the map (that value would otherwise be dropped).
+template <typename scalar_t>
+void unpool_dense(const scalar_t* pp, const uint8_t* sp, scalar_t* up,
+                  const UnpoolConvTGeometry& g, bool rectify) {
+  const int64_t C = g.c_out, PH = g.pooled_h, PW = g.pooled_w, CH = g.conv_h, CW = g.conv_w;
+  const int64_t nb = (C + kChannelBlock - 1) / kChannelBlock;
+  const int64_t area = g.pool_kh * g.pool_kw;
+  // Offset of each switch value inside the window (no division per element).
+  std::vector<int64_t> dy(256, 0), dx(256, 0);
+  for (int64_t k = 0; k < area; ++k) {
+    dy[k] = k / g.pool_kw;
+    dx[k] = k % g.pool_kw;
+  }
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, g.n * nb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / nb;
+      const int64_t c0 = (item % nb) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
+      const scalar_t* pn = pp + n * PH * PW * C;
+      const uint8_t* sn = sp ? sp + n * PH * PW * C : nullptr;
+      scalar_t* un = up + n * CH * CW * C;
+      for (int64_t oh = 0; oh < PH; ++oh) {
+        const int64_t y0 = oh * g.pool_sh - g.pool_ph;
+        for (int64_t ow = 0; ow < PW; ++ow) {
+          const int64_t x0 = ow * g.pool_sw - g.pool_pw;
+          const int64_t off = (oh * PW + ow) * C;
+          for (int64_t c = c0; c < c1; ++c) {
+            const scalar_t v = rectify_value(pn[off + c], rectify);
+            if (v == scalar_t(0)) continue;
+            const int64_t k = sn ? sn[off + c] : 0;
+            const int64_t y = y0 + dy[k], x = x0 + dx[k];
+            if (k >= area || y < 0 || y >= CH || x < 0 || x >= CW) {
+              bad = true;
+              continue;
+            }
+            un[(y * CW + x) * C + c] += v;
+          }
+        }
+      }
+    }
+  });
+  if (bad) bad_switch();
+}
+
+at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at::Tensor>& switches,
+                                     const at::Tensor& weight, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     int64_t groups, at::IntArrayRef pool_kernel,
+                                     at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+                                     at::IntArrayRef output_size, at::IntArrayRef input_size,
+                                     bool rectify, c10::string_view algorithm) {
+  const auto g = check_unpool_conv_transpose(p, switches, weight, stride, padding, dilation,
+                                             groups, pool_kernel, pool_stride, pool_padding,
+                                             output_size, input_size, algorithm);
+  check_cpu(p);
+  const int64_t N = g.n, C = g.c_out, PH = g.pooled_h, PW = g.pooled_w;
+  const int64_t CH = g.conv_h, CW = g.conv_w, CI = g.c_in, H = g.h, W = g.w;
+  if (N == 0 || C == 0) {
+    return at::empty({N, CI, H, W}, p.options().memory_format(kCL)).zero_();
+  }
+  const at::Tensor pc = p.contiguous(kCL);
+  const bool has_sw = switches.has_value() && switches->defined();
+  const at::Tensor sc = has_sw ? switches->contiguous(kCL) : at::Tensor();
+  at::Tensor out;
+
+  AT_DISPATCH_FLOATING_TYPES(pc.scalar_type(), "unpool_conv_transpose_cpu", [&] {
+    const scalar_t* pp = pc.const_data_ptr<scalar_t>();
+    const uint8_t* sp = has_sw ? sc.const_data_ptr<uint8_t>() : nullptr;
+    bool sparse = g.algorithm == 1;
+    if (g.algorithm == 0) {
+      std::vector<int64_t> counts(N, 0);
+      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          const scalar_t* pn = pp + n * PH * PW * C;
+          int64_t cnt = 0;
+          for (int64_t i = 0; i < PH * PW * C; ++i) cnt += rectify_value(pn[i], rectify) != 0;
+          counts[n] = cnt;
+        }
+      });
+      int64_t nnz = 0;
+      for (auto c : counts) nnz += c;
+      sparse = static_cast<double>(nnz) <
+               kSparseDensityThresholdCPU * static_cast<double>(N * C * CH * CW);
+    }
+    if (!sparse) {
+      at::Tensor u = at::empty({N, C, CH, CW}, pc.options().memory_format(kCL)).zero_();
+      unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, rectify);
+      out = at::convolution(u, weight, c10::nullopt, stride, padding, dilation,
+                            /*transposed=*/true, {g.oph, g.opw}, groups)
+                .contiguous(kCL);
+      return;
+    }
+    // Sparse: list the nonzeros of every image ...
+    std::vector<std::vector<NonZero<scalar_t>>> nz(N);
+    std::atomic<bool> bad{false};
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* pn = pp + n * PH * PW * C;
+        const uint8_t* sn = sp ? sp + n * PH * PW * C : nullptr;
+        auto& list = nz[n];
+        for (int64_t oh = 0; oh < PH; ++oh) {
+          for (int64_t ow = 0; ow < PW; ++ow) {
+            const int64_t off = (oh * PW + ow) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              const scalar_t v = rectify_value(pn[off + c], rectify);
+              if (v == scalar_t(0)) continue;
+              int64_t y, x;
+              if (!switch_position(oh, ow, sn ? sn[off + c] : 0, g.pool_sh, g.pool_sw, g.pool_ph,
+                                   g.pool_pw, g.pool_kh, g.pool_kw, CH, CW, &y, &x)) {
+                bad = true;
+                continue;
+              }
+              list.push_back({static_cast<int32_t>(c), static_cast<int32_t>(y),
+                              static_cast<int32_t>(x), v});
+            }
+          }
+        }
+      }
+    });
+    if (bad) bad_switch();
+    // ... then scatter them through the filter taps. The taps are read from
+    // a (C_used, kH, kW, cig) copy of the filters that occur, so that a
+    // one-hot input does not pay for re-laying out the whole weight.
+    std::vector<int64_t> slot(C, -1);
+    std::vector<int64_t> used;
+    for (const auto& list : nz)
+      for (const auto& e : list)
+        if (slot[e.c] < 0) {
+          slot[e.c] = static_cast<int64_t>(used.size());
+          used.push_back(e.c);
+        }
+    at::Tensor wsel = static_cast<int64_t>(used.size()) == C
+                          ? weight
+                          : weight.index_select(
+                                0, at::tensor(used, at::TensorOptions().dtype(at::kLong)));
+    if (static_cast<int64_t>(used.size()) == C)
+      for (int64_t c = 0; c < C; ++c) slot[c] = c;
+    const at::Tensor wt = wsel.permute({0, 2, 3, 1}).contiguous();  // (C_used, kH, kW, cig)
+    const scalar_t* wp = wt.const_data_ptr<scalar_t>();
+    out = at::empty({N, CI, H, W}, pc.options().memory_format(kCL)).zero_();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const int64_t cig = g.cig, cog = C / g.groups, taps = g.kh * g.kw;
+    const int64_t nb = (cig + kScatterBlock - 1) / kScatterBlock;
+    const int64_t items0 = N * g.groups * nb;
+    const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(H, (want + items0 - 1) / items0));
+    const int64_t band_h = (H + bands - 1) / bands;
+    at::parallel_for(0, items0 * bands, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t band = item % bands;
+        int64_t r = item / bands;
+        const int64_t blk = r % nb;
+        r /= nb;
+        const int64_t grp = r % g.groups;
+        const int64_t n = r / g.groups;
+        const int64_t ci_lo = blk * kScatterBlock, ci_hi = std::min(cig, ci_lo + kScatterBlock);
+        const int64_t row_lo = band * band_h, row_hi = std::min(H, row_lo + band_h);
+        scalar_t* on = op + n * H * W * CI + grp * cig;
+        for (const auto& e : nz[n]) {
+          if (e.c / cog != grp) continue;
+          scatter_taps<scalar_t, scalar_t>(e.v, wp + slot[e.c] * taps * cig, e.y, e.x, g.kh, g.kw, cig,
+                                           g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, row_lo, row_hi, W,
+                                           CI, ci_lo, ci_hi, on);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> unpool_conv_transpose_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& p, const c10::optional<at::Tensor>& switches,
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, at::IntArrayRef pool_kernel,
+    at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef output_size,
+    at::IntArrayRef input_size, bool rectify, std::array<bool, 2> output_mask) {
+  const auto g = check_unpool_conv_transpose(p, switches, weight, stride, padding, dilation,
+                                             groups, pool_kernel, pool_stride, pool_padding,
+                                             output_size, input_size, "auto");
+  check_cpu(p);
+  check_unpool_conv_transpose_backward(g, grad_out, p);
+  at::Tensor grad_p = at::empty({0}, p.options());
+  at::Tensor grad_w = at::empty({0}, p.options());
+  if (g.n == 0) {
+    if (output_mask[0]) grad_p = at::empty(p.sizes(), p.options().memory_format(kCL)).zero_();
+    if (output_mask[1]) grad_w = at::zeros(weight.sizes(), weight.options());
+    return {grad_p, grad_w};
+  }
+  const int64_t C = g.c_out, PH = g.pooled_h, PW = g.pooled_w, CH = g.conv_h, CW = g.conv_w;
+  const at::Tensor go = grad_out.contiguous(kCL);
+  const at::Tensor pc = p.contiguous(kCL);
+  const bool has_sw = switches.has_value() && switches->defined();
+  const at::Tensor sc = has_sw ? switches->contiguous(kCL) : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(pc.scalar_type(), "unpool_conv_transpose_backward_cpu", [&] {
+    const scalar_t* pp = pc.const_data_ptr<scalar_t>();
+    const uint8_t* sp = has_sw ? sc.const_data_ptr<uint8_t>() : nullptr;
+    if (output_mask[0]) {
+      // The adjoint of the transposed convolution is the convolution.
+      const at::Tensor gconv = at::convolution(go, weight, c10::nullopt, stride, padding, dilation,
+                                               /*transposed=*/false, {0, 0}, groups)
+                                   .contiguous(kCL);
+      grad_p = at::empty(pc.sizes(), pc.options().memory_format(kCL));
+      const scalar_t* gc = gconv.const_data_ptr<scalar_t>();
+      scalar_t* gp = grad_p.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, g.n * PH, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, PW * C)),
+                       [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t n = row / PH, oh = row % PH;
+          const scalar_t* gcn = gc + n * CH * CW * C;
+          for (int64_t ow = 0; ow < PW; ++ow) {
+            const int64_t off = ((n * PH + oh) * PW + ow) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              int64_t y = 0, x = 0;
+              const bool inside =
+                  switch_position(oh, ow, sp ? sp[off + c] : 0, g.pool_sh, g.pool_sw, g.pool_ph,
+                                  g.pool_pw, g.pool_kh, g.pool_kw, CH, CW, &y, &x);
+              gp[off + c] = gather_switch_grad<scalar_t, scalar_t>(gcn, y, x, inside, CW, C, c,
+                                                                   pp[off + c], rectify);
+            }
+          }
+        }
+      });
+    }
+    if (output_mask[1]) {
+      at::Tensor u = at::empty({g.n, C, CH, CW}, pc.options().memory_format(kCL)).zero_();
+      unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, rectify);
+      auto grads = at::convolution_backward(go, u, weight, c10::nullopt, stride, padding, dilation,
+                                            /*transposed=*/true, {g.oph, g.opw}, groups,
+                                            {false, true, false});
+      grad_w = std::get<1>(grads).contiguous();
+    }
+  });
+  return {grad_p, grad_w};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cnnvis, CPU, m) {
+  m.impl("unpool_conv_transpose", &unpool_conv_transpose_cpu);
+  m.impl("_unpool_conv_transpose_backward", &unpool_conv_transpose_backward_cpu);
+}
+
+}  // namespace cnnvis

@@ -1,0 +1,127 @@
+// Numerical body of unpool_conv_transpose, one deconvnet step:
+//   out = conv_transpose2d(unpool(relu(p) if rectify else p, switches), weight)
+// and of its backward. No ATen types: the CPU launcher
+// (cpu/unpool_conv_transpose_kernel.cpp) and the CUDA launcher
+// (cuda/unpool_conv_transpose_kernel.cu) both call these.
+//
+// Layout: every map is NHWC (channels-last). The weight is re-laid out as
+// wt[c_out][kh][kw][c_in/groups] so that one tap of one filter is a
+// contiguous vector over the output (= forward input) channels.
+//
+// Unpooling is the adjoint of max pooling: a pooled value goes to the
+// position its switch names inside its (unclipped) window; where windows
+// overlap and two switches name one position, their values add up (the
+// gradient of max_pool2d; equal to max_unpool2d whenever no two switches
+// collide, which is always the case for non-overlapping pools).
+#pragma once
+
+#include <cstdint>
+
+#include "macros.h"
+
+// The channel loops below never alias (distinct tensors); tell the host
+// compiler so it vectorizes them without runtime overlap checks.
+#if defined(__GNUC__) && !defined(__CUDACC__) && !defined(__clang__)
+#define CNNVIS_IVDEP _Pragma("GCC ivdep")
+#else
+#define CNNVIS_IVDEP
+#endif
+
+namespace cnnvis {
+
+template <typename T>
+HOST_DEVICE_INLINE T rectify_value(T v, bool rectify) {
+  // torch.relu semantics: NaN propagates, negatives become zero.
+  return (rectify && v < T(0)) ? T(0) : v;
+}
+
+// The unpooled (conv-output) position named by switch `s` of pooled position
+// (oh, ow). Returns false when the switch points outside the window or
+// outside the [0, H) x [0, W) map (impossible for conv_relu_pool's switches).
+HOST_DEVICE_INLINE bool switch_position(int64_t oh, int64_t ow, int64_t s, int64_t pool_sh,
+                                        int64_t pool_sw, int64_t pool_ph, int64_t pool_pw,
+                                        int64_t pool_kh, int64_t pool_kw, int64_t H, int64_t W,
+                                        int64_t* y, int64_t* x) {
+  if (s >= pool_kh * pool_kw) return false;
+  *y = oh * pool_sh - pool_ph + s / pool_kw;
+  *x = ow * pool_sw - pool_pw + s % pool_kw;
+  return *y >= 0 && *y < H && *x >= 0 && *x < W;
+}
+
+// Sparse forward body: scatters one unpooled value `v` at conv-output
+// position (y, x) through every filter tap,
+//   out[y*sh - ph + kh*dh, x*sw - pw + kw*dw, ci] += v * wt[kh][kw][ci]
+// for ci in [ci_lo, ci_hi) (the channels of this filter's group, possibly a
+// block of them) and output rows in [row_lo, row_hi) (a band of [0, OH)).
+// `wt` points at wt[c][0][0][0] (kH*kW*cig values), `out` at
+// out[n, 0, 0, group_offset]; out is (OH, OW, ldc) with channel stride 1.
+template <typename T, typename A>
+HOST_DEVICE_INLINE void scatter_taps(A v, const T* CNNVIS_RESTRICT wt, int64_t y, int64_t x,
+                                     int64_t kH, int64_t kW, int64_t cig, int64_t sh, int64_t sw,
+                                     int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                                     int64_t row_lo, int64_t row_hi, int64_t OW, int64_t ldc,
+                                     int64_t ci_lo, int64_t ci_hi, A* CNNVIS_RESTRICT out) {
+  for (int64_t kh = 0; kh < kH; ++kh) {
+    const int64_t iy = y * sh - ph + kh * dh;
+    if (iy < row_lo || iy >= row_hi) continue;
+    for (int64_t kw = 0; kw < kW; ++kw) {
+      const int64_t ix = x * sw - pw + kw * dw;
+      if (ix < 0 || ix >= OW) continue;
+      const T* w = wt + (kh * kW + kw) * cig;
+      A* o = out + (iy * OW + ix) * ldc;
+      CNNVIS_IVDEP
+      for (int64_t ci = ci_lo; ci < ci_hi; ++ci) o[ci] += v * static_cast<A>(w[ci]);
+    }
+  }
+}
+
+// Dense unpooling as a gather: the unpooled value at conv position (y, x)
+// for `nc` channels is the sum of the (rectified) pooled values of every
+// window containing it ([ph_lo, ph_hi) x [pw_lo, pw_hi), see
+// windows_containing in conv_relu_pool_common.h) whose switch names (y, x).
+// Each unpooled element is written exactly once: no zero-fill, no atomics.
+//   pn, sn: pooled map and switches at [n, 0, 0, c0]; ps_h, ps_w their
+//   strides; sn may be null (identity pooling: switch 0).
+template <typename T, typename A>
+HOST_DEVICE_INLINE void gather_unpool(const T* CNNVIS_RESTRICT pn, const uint8_t* CNNVIS_RESTRICT sn,
+                                      int64_t ps_h, int64_t ps_w, int64_t y, int64_t x,
+                                      int64_t ph_lo, int64_t ph_hi, int64_t pw_lo, int64_t pw_hi,
+                                      int64_t pool_sh, int64_t pool_sw, int64_t pool_ph,
+                                      int64_t pool_pw, int64_t pool_kw, int64_t nc, bool rectify,
+                                      A* CNNVIS_RESTRICT acc) {
+  for (int64_t c = 0; c < nc; ++c) acc[c] = A(0);
+  for (int64_t oh = ph_lo; oh < ph_hi; ++oh) {
+    const int64_t kh_off = (y - (oh * pool_sh - pool_ph)) * pool_kw;
+    for (int64_t ow = pw_lo; ow < pw_hi; ++ow) {
+      const uint8_t k = static_cast<uint8_t>(kh_off + (x - (ow * pool_sw - pool_pw)));
+      const int64_t off = oh * ps_h + ow * ps_w;
+      const T* pv = pn + off;
+      if (sn == nullptr) {
+        CNNVIS_IVDEP
+        for (int64_t c = 0; c < nc; ++c) acc[c] += static_cast<A>(rectify_value(pv[c], rectify));
+      } else {
+        const uint8_t* s = sn + off;
+        CNNVIS_IVDEP
+        for (int64_t c = 0; c < nc; ++c) {
+          const bool hit = s[c] == k;
+          acc[c] += hit ? static_cast<A>(rectify_value(pv[c], rectify)) : A(0);
+        }
+      }
+    }
+  }
+}
+
+// Backward body for p: the gradient of one pooled value is the gradient of
+// the unpooled map at the position its switch names (the adjoint of the
+// scatter), masked by the rectification (threshold_backward semantics: the
+// gradient passes where p > 0 or p is NaN).
+template <typename T, typename A>
+HOST_DEVICE_INLINE A gather_switch_grad(const T* CNNVIS_RESTRICT gconv_n, int64_t y, int64_t x,
+                                        bool inside, int64_t W, int64_t C, int64_t c, T pv,
+                                        bool rectify) {
+  if (!inside) return A(0);
+  if (rectify && pv <= T(0)) return A(0);
+  return static_cast<A>(gconv_n[(y * W + x) * C + c]);
+}
+
+}  // namespace cnnvis
