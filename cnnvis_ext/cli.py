@@ -323,7 +323,17 @@ def conv_layers(model: nn.Module) -> List[str]:
     from .nn import ConvReLUPool2d
 
     return [n for n, m in model.named_modules()
-            if n and isinstance(m, (nn.Conv2d, ConvReLUPool2d))]
+            if n and (isinstance(m, (nn.Conv2d, ConvReLUPool2d)) or getattr(
+                m, "original_name", None) in ("Conv2d", "ConvReLUPool2d", "ConvReLU2d"))]
+
+
+def _needs_hooks(lm: "LoadedModel", what: str) -> None:
+    """Layer-level views hook into modules, which TorchScript modules do not allow."""
+    if lm.scripted:
+        raise CLIError(f"{what} needs the layers of a Python nn.Module; a TorchScript model "
+                       "supports only its output: kernels, actmax --classes/logit objectives, "
+                       "attribute --method saliency. Pass the model as package.module:factory "
+                       "with --weights instead")
 
 
 def _check_layer(model: nn.Module, name: str) -> str:
@@ -667,6 +677,7 @@ def _fname(layer: str) -> str:
 
 def cmd_maps(args) -> int:
     _, lm = _ctx(args)
+    _needs_hooks(lm, "maps")
     layers = [_check_layer(lm.model, l) for l in args.layers] if args.layers else conv_layers(lm.model)
     if not layers:
         raise CLIError("--layers: the model has no convolution layer; name layers with --layers")
@@ -690,6 +701,9 @@ def _actmax_objectives(args, lm: LoadedModel) -> Tuple[list, List[str]]:
     if args.objective:
         parsed = [obj.parse_objective(s) for s in args.objective]
         return parsed, list(args.objective)
+    if args.layer or any(not s.startswith(("logit:", "class:", "prob:"))
+                         for s in args.objective or []):
+        _needs_hooks(lm, "activation maximization of a layer")
     if args.layer:
         layer = _check_layer(model, args.layer)
         c = _layer_channels(model, layer, lm)
@@ -724,6 +738,7 @@ def cmd_actmax(args) -> int:
 
 def cmd_invert(args) -> int:
     _, lm = _ctx(args)
+    _needs_hooks(lm, "invert")
     layers = [_check_layer(lm.model, l) for l in args.layers] if args.layers else conv_layers(lm.model)
     if not layers:
         raise CLIError("--layers: the model has no convolution layer; name layers with --layers")
@@ -742,6 +757,7 @@ def cmd_invert(args) -> int:
 
 def cmd_deconv(args) -> int:
     _, lm = _ctx(args)
+    _needs_hooks(lm, "deconv")
     model = lm.model
     layer = _check_layer(model, args.layer) if args.layer else _default_conv_layer(model, True)
     units = _select_units(args, _layer_channels(model, layer, lm))[: args.max_units]
@@ -773,6 +789,8 @@ def cmd_deconv(args) -> int:
 def cmd_attribute(args) -> int:
     _, lm = _ctx(args)
     model = lm.model
+    if args.method != "saliency":
+        _needs_hooks(lm, f"attribute --method {args.method}")
     if args.layer:
         _check_layer(model, args.layer)
     images, caps, labels = _load_images(args, lm)

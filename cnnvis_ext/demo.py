@@ -150,13 +150,12 @@ def run_demo(args) -> int:
                       "Confusion matrix on the test set: rows are true classes, columns "
                       "predictions; the diagonal holds the correct answers.")
         k = min(32, len(data.test_labels))
-        labels = [f"{classes[int(p)]}{'' if int(p) == int(t) else ' ✗'}"
+        labels = [classes[int(p)] if int(p) == int(t) else f"{classes[int(p)]} (is {classes[int(t)]})"
                   for p, t in zip(preds[:k], data.test_labels[:k])]
-        labels = [lab.replace(" ✗", " x") for lab in labels]
         rep.add_image(sec, label_grid(data.test_images[:k], labels, ncol=8, scale=2),
                       "test_predictions.png",
-                      f"The first {k} test images with the network's prediction under each "
-                      "(x marks a mistake).")
+                      f"The first {k} test images with the network's prediction under each; "
+                      "a mistake shows the true class in brackets.")
 
     run_section("Training", "The example network trained with Adam and a one-cycle schedule.",
                 s_training)

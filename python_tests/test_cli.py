@@ -236,6 +236,14 @@ def test_user_model_by_torchscript_file(user_module, tmp_path, capsys):
     rc, _, err = run(capsys, "attribute", "--model", ts, "--weights", tmp_path / "w.pt",
                      "--out", tmp_path / "o")
     assert_one_line_error(rc, err, "TorchScript")
+    rc, _, err = run(capsys, "kernels", "--model", ts, "--out", tmp_path / "o", "--quiet")
+    if _ok_or_unavailable(rc, err, "kernel"):
+        Image.open(tmp_path / "o" / "kernels_0.png").load()
+    # layer-level views cannot hook into TorchScript modules: a clear error, not a wrong answer
+    for argv in (["attribute", "--method", "guided"], ["attribute", "--method", "lrp"],
+                 ["maps"], ["actmax", "--layer", "0"], ["deconv"], ["invert"]):
+        rc, _, err = run(capsys, *argv, "--model", ts, "--out", tmp_path / "o")
+        assert_one_line_error(rc, err, "TorchScript model supports only its output")
 
 
 # --------------------------------------------------------------------------- errors
