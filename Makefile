@@ -1,0 +1,47 @@
+# cnnvis_ext — set-up, build, test, demo.
+#   make demo   create .venv, install torch + deps, build the extension, run the demo
+#   make test   create .venv, install torch + deps, build the extension, run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU build of torch (a local wheel on the project machines). For CUDA use
+#   make TORCH="torch==2.14.1" CNNVIS_CUDA=ON build
+TORCH  ?= torch==2.13.0
+DEPS   := numpy pillow tqdm pytest pybind11 ninja "scikit-build-core>=0.10" cmake
+STAMP  := $(VENV)/.deps-installed
+PIP    := $(BIN)/pip --disable-pip-version-check
+OUT    ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: setup build test test-fast demo bench cuda-check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python Makefile
+	$(PIP) install -q "$(TORCH)" $(DEPS)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Incremental: CMake/ninja keep their state in build/, so only changed files recompile.
+build: setup
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+
+test: build
+	$(BIN)/python -m pytest python_tests -q $(PYTEST_ARGS)
+
+test-fast: build
+	$(BIN)/python -m pytest python_tests -q -m "not slow" $(PYTEST_ARGS)
+
+demo: build
+	$(BIN)/cnnvis demo --out $(OUT)
+
+bench: build
+	$(BIN)/cnnvis bench
+
+cuda-check:
+	bash .ci/build_cuda.sh
+
+clean:
+	rm -rf build dist *.egg-info

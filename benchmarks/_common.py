@@ -1,0 +1,60 @@
+"""Shared timing and table helpers for the benchmark scripts (not a test module)."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn: Callable[[], object], device="cpu", warmup: int = 3, reps: int = 10,
+              min_time: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < reps or (time.perf_counter() - start) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 10 * reps:
+            break
+    return statistics.median(times)
+
+
+def machine_line(device="cpu") -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        what = torch.cuda.get_device_name(dev)
+    else:
+        what = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"torch {torch.__version__}, device {dev.type} ({what})"
+
+
+def fmt(v: Optional[float]) -> str:
+    return "absent" if v is None else f"{v:.2f}"
+
+
+def ratio(base: Optional[float], ours: Optional[float]) -> str:
+    if base is None or ours is None or ours == 0:
+        return "-"
+    return f"{base / ours:.2f}x"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
