@@ -80,6 +80,29 @@ def test_batched_equals_one_by_one_float32_tolerance():
     torch.testing.assert_close(batched.images, single.images, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("layer", ["0", "1", "2", "3", "4"])
+def test_channel_pruning_matches_full_forward(fused, layer):
+    m = tiny(torch.float64)
+    if fused:
+        m = cnnvis_ext.fuse(m)
+    objs = [vis.channel(layer, c) for c in (0, 3, 5)]
+    kw = dict(size=16, steps=4, seed=2, images_per_objective=2 if layer == "2" else 1)
+    fast = vis.activation_maximization(m, objs, **kw)
+    slow = vis.activation_maximization(m, objs, prune=False, **kw)
+    torch.testing.assert_close(fast.values, slow.values, rtol=0, atol=1e-10)
+    torch.testing.assert_close(fast.images, slow.images, rtol=0, atol=1e-10)
+
+
+def test_channel_pruning_is_used():
+    from cnnvis_ext.vis._prune import PrunedChannels
+    m = tiny()
+    plan = PrunedChannels.plan(m, "2")
+    assert plan.conv is m[0] and [type(t) for t in plan.tail] == [nn.ReLU, nn.MaxPool2d]
+    assert PrunedChannels.plan(m, "5") is None  # AdaptiveAvgPool2d: not after a conv chain
+    assert PrunedChannels.plan(m, "7") is None  # Linear
+
+
 def test_seed_reproducible_and_distinct():
     m = tiny()
     a = vis.activation_maximization(m, "3:0", size=16, steps=3, seed=1)

@@ -23,6 +23,7 @@ from . import _priors
 from ._common import (check_layers, check_model, eval_mode, input_channels, make_generator,
                       progress_bar, resolve_seed, run_layers)
 from .objectives import Objective, as_objective
+from ._prune import PrunedChannels
 from .param import ImageParam, make_param
 from .transforms import make_transforms
 
@@ -221,6 +222,7 @@ def activation_maximization(
     channels: Optional[int] = None,
     normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
     decorrelate: bool = True,
+    prune: bool = True,
 ) -> ActMaxResult:
     r"""Synthesize images that maximize objectives, one image per objective, in one batch.
 
@@ -260,6 +262,11 @@ def activation_maximization(
         normalize: optional ``(mean, std)`` applied to the [0, 1] images
             before the model (e.g. ImageNet statistics).
         decorrelate: colour decorrelation of the Fourier parameterization.
+        prune: when every objective is a ``channel`` of one layer that a
+            convolution followed only by channel-wise modules (ReLU, pooling,
+            Identity) computes inside an ``nn.Sequential``, compute just each
+            image's own channel of that convolution (a grouped convolution)
+            instead of the whole layer. Same values, far less work.
 
     Returns:
         :class:`ActMaxResult` ``(images, values)``: images ``(N*k, C, H, W)``
@@ -310,6 +317,14 @@ def activation_maximization(
     if bs < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     layers = list(dict.fromkeys(l for o in objs for l in o.layers))
+    pruned = None
+    if prune and all(getattr(o, "kind", None) == "channel" and o.layer == objs[0].layer for o in objs):
+        pruned = PrunedChannels.plan(model, objs[0].layer)
+        if pruned is not None:
+            bad = [o.index for o in objs if o.index >= pruned.out_channels]
+            if bad:
+                raise ValueError(f"channel: {bad[0]} is out of range for layer {objs[0].layer!r} with "
+                                 f"{pruned.out_channels} channels (valid: 0..{pruned.out_channels - 1})")
 
     all_images, all_values = [], []
     with eval_mode(model), torch.enable_grad():
@@ -319,6 +334,8 @@ def activation_maximization(
             dev_gens = [make_generator(seed, i, 0, device) for i in idx]
             host_gens = [make_generator(seed, i, 1, "cpu") for i in idx]
             p = make_param(param, c_in, (h, w), dev_gens, k, device, dtype, decorrelate)
+            chan = (torch.tensor([o.index for o in chunk], device=device)
+                    if pruned is not None else None)
             if regs.in_place and not getattr(p, "pixel_space", False):
                 raise ValueError("regularizers: decay, blur and pixel clipping act on pixels; use "
                                  "param='pixel' (or only alpha/TV terms with this parameterization)")
@@ -332,8 +349,10 @@ def activation_maximization(
                 x = tfm(img, host_gens, k) if tfm is not None else img
                 if normalize is not None:
                     x = (x - mean) / std
-                acts = run_layers(model, x, layers)
-                v = _values(chunk, acts, k)
+                if pruned is not None:
+                    v = pruned.values(model, x, chan, k)
+                else:
+                    v = _values(chunk, run_layers(model, x, layers), k)
                 total = v
                 if regs.alpha_weight:
                     total = total - regs.alpha_weight * (img - 0.5).abs().pow(regs.alpha).flatten(1).sum(1)
