@@ -38,7 +38,6 @@ import time
 import types
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import cnnvis_ext

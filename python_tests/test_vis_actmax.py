@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -59,7 +57,7 @@ def test_fourier_default_raises_objective():
 def test_batched_equals_one_by_one(param):
     m = tiny(torch.float64)
     objs = [vis.channel("3", 0), vis.neuron("0", 2), vis.class_probability(1), vis.channel("3", 5)]
-    kw = dict(size=20, steps=6, lr=0.05, seed=7, param=param, transforms="standard")
+    kw = dict(size=16, steps=4, lr=0.05, seed=7, param=param, transforms="standard")
     batched = vis.activation_maximization(m, objs, **kw)
     chunked = vis.activation_maximization(m, objs, batch_size=3, **kw)
     torch.testing.assert_close(batched.images, chunked.images, rtol=0, atol=1e-9)

@@ -9,7 +9,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._modules import StopForward, get_layer, model_device_dtype
+from .._modules import StopForward, get_layer
 from .objectives import OUTPUT
 
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)

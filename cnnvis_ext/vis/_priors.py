@@ -8,7 +8,7 @@ reference the tests compare the ops against.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -11,9 +11,8 @@ network would compute at that layer is skipped.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -15,7 +15,7 @@ to them.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F

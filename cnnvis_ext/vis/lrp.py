@@ -24,9 +24,8 @@ module's input is the previous module's output (reshapes between them, as
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F

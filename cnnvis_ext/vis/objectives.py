@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -120,8 +120,14 @@ def as_objective(obj) -> Objective:
         return parse_objective(obj)
     if isinstance(obj, numbers.Real) and not isinstance(obj, bool):
         c = float(obj)
-        return Objective(lambda a: next(iter(a.values())).new_full((next(iter(a.values())).shape[0],), c)
-                         if a else torch.tensor([c]), (), f"{c:g}")
+
+        def const(acts):
+            if not acts:
+                raise ValueError("objective: a constant needs another objective beside it")
+            ref = next(iter(acts.values()))
+            return ref.new_full((ref.shape[0],), c)
+
+        return Objective(const, (), f"{c:g}")
     raise TypeError(f"objectives: expected Objective objects or spec strings, got {type(obj).__name__}")
 
 

@@ -15,8 +15,7 @@ so an image does not depend on which other images share its batch.
 """
 from __future__ import annotations
 
-import math
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 from torch import Tensor

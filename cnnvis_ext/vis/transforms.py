@@ -12,7 +12,7 @@ never waits on the device; the image data stays on the model's device.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._modules import StopForward, get_layer, model_device_dtype
