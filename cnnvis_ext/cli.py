@@ -486,13 +486,10 @@ def view_invert(model: nn.Module, image: Tensor, layers: Sequence[str], *, steps
                 seed: int, progress: bool) -> Tensor:
     """Reconstructions of one image from each layer: ``(len(layers), C, H, W)``."""
     invert = _vis_attr("invert", "feature inversion (cnnvis_ext.vis.invert)")
-    outs = []
-    for layer in layers:
-        res = invert(model, layer, image[None] if image.dim() == 3 else image[:1], steps=steps,
-                     seed=seed, progress=progress)
-        img = res[0] if isinstance(res, (tuple, list)) else getattr(res, "images", res)
-        outs.append(img.detach().float().cpu()[:1])
-    return torch.cat(outs)
+    x = image[None] if image.dim() == 3 else image[:1]
+    res = invert(model, list(layers), x, steps=steps, seed=seed, progress=progress)
+    imgs = getattr(res, "images", res[0] if isinstance(res, (tuple, list)) else res)
+    return imgs.detach().float().cpu().reshape(len(layers), *x.shape[1:]).clamp(0, 1)
 
 
 def view_attribution(model: nn.Module, images: Tensor, targets: Tensor, method: str,
@@ -960,7 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="FILE",
                    help="use this checkpoint (from `cnnvis train`) instead of training")
     p.add_argument("--epochs", type=_nonneg_int, default=12, help="training epochs")
-    p.add_argument("--steps", type=_positive_int, default=128,
+    p.add_argument("--steps", type=_positive_int, default=64,
                    help="optimization steps of activation maximization and inversion")
     p.add_argument("--images", type=_positive_int, default=4,
                    help="test images for feature maps, inversion and attribution")
