@@ -316,8 +316,8 @@ def unpool_conv_transpose(p: Tensor, switches: Optional[Tensor], weight: Tensor,
 
     Computes the same values as::
 
-        u = F.max_unpool2d(F.relu(p) if rectify else p, indices, pool_kernel, pool_stride,
-                           pool_padding, output_size)
+        u = F.max_unpool2d(p, indices, pool_kernel, pool_stride, pool_padding, output_size)
+        u = F.relu(u) if rectify else u
         F.conv_transpose2d(u, weight, None, stride, padding, output_padding, groups, dilation)
 
     where ``indices = switches_to_indices(switches, output_size, ...)`` and
@@ -334,9 +334,12 @@ def unpool_conv_transpose(p: Tensor, switches: Optional[Tensor], weight: Tensor,
 
     Unpooling is the adjoint of max pooling: where pooling windows overlap and
     two switches name one position, their values are **summed** (as in the
-    gradient of ``max_pool2d``; ``max_unpool2d`` would keep one of them).
-    Both agree whenever no two switches collide, always the case for
-    non-overlapping pools.
+    gradient of ``max_pool2d``; ``max_unpool2d`` would keep one of them), and
+    the rectification applies to the sum. Both agree whenever no two switches
+    collide, always the case for non-overlapping pools (where rectifying
+    before or after unpooling is the same). With this definition a chain of
+    these steps equals the gradient under a backward whose ReLUs pass
+    ``relu(grad)``.
 
     Args:
         p: pooled map :math:`(N, C_{out}, H_p, W_p)`, float32/float64 on CPU,

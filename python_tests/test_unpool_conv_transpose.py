@@ -91,6 +91,12 @@ def test_overlapping_collisions_sum():
     out = unpool_conv_transpose(p, sw, w, pool_kernel=(1, 3), pool_stride=(1, 2),
                                 output_size=(1, 5), input_size=(1, 5))
     assert out.flatten().tolist() == [0.0, 0.0, 5.0, 0.0, 0.0]
+    # ... and the rectification applies to the sum (Zeiler & Fergus: unpool, then rectify)
+    p = torch.tensor([[[[-2.0, 3.0]]]], dtype=torch.float64)
+    for algorithm in ("sparse", "dense"):
+        out = unpool_conv_transpose(p, sw, w, pool_kernel=(1, 3), pool_stride=(1, 2),
+                                    output_size=(1, 5), input_size=(1, 5), algorithm=algorithm)
+        assert out.flatten().tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_channels_last_and_non_contiguous_inputs():

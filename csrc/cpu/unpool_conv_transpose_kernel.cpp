@@ -46,6 +46,11 @@ void check_cpu(const at::Tensor& p) {
   TORCH_CHECK_VALUE(p.device().is_cpu(), "p: expected a CPU tensor, got ", p.device());
 }
 
+// Whether two pooling windows can share a position.
+bool overlapping(const UnpoolConvTGeometry& g) {
+  return !g.identity_pool && (g.pool_kh > g.pool_sh || g.pool_kw > g.pool_sw);
+}
+
 [[noreturn]] void bad_switch() {
   TORCH_CHECK_VALUE(false, "switches: some switch points outside its pooling window or outside "
                     "the output_size map; check output_size and the pooling arguments");
@@ -120,6 +125,10 @@ at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at
   const at::Tensor pc = p.contiguous(kCL);
   const bool has_sw = switches.has_value() && switches->defined();
   const at::Tensor sc = has_sw ? switches->contiguous(kCL) : at::Tensor();
+  // Rectify after unpooling. Without overlapping windows no two pooled values
+  // share a position, so rectifying p first is the same and cheaper.
+  const bool post = rectify && overlapping(g);
+  const bool pre = rectify && !post;
   at::Tensor out;
 
   AT_DISPATCH_FLOATING_TYPES(pc.scalar_type(), "unpool_conv_transpose_cpu", [&] {
@@ -143,7 +152,8 @@ at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at
     }
     if (!sparse) {
       at::Tensor u = at::empty({N, C, CH, CW}, pc.options().memory_format(kCL)).zero_();
-      unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, rectify);
+      unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, pre);
+      if (post) u.relu_();
       out = at::convolution(u, weight, c10::nullopt, stride, padding, dilation,
                             /*transposed=*/true, {g.oph, g.opw}, groups)
                 .contiguous(kCL);
@@ -161,7 +171,7 @@ at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at
           for (int64_t ow = 0; ow < PW; ++ow) {
             const int64_t off = (oh * PW + ow) * C;
             for (int64_t c = 0; c < C; ++c) {
-              const scalar_t v = rectify_value(pn[off + c], rectify);
+              const scalar_t v = rectify_value(pn[off + c], pre);
               if (v == scalar_t(0)) continue;
               int64_t y, x;
               if (!switch_position(oh, ow, sn ? sn[off + c] : 0, g.pool_sh, g.pool_sw, g.pool_ph,
@@ -177,6 +187,27 @@ at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at
       }
     });
     if (bad) bad_switch();
+    if (post) {
+      // Overlapping windows: sum the values that land on one position, then
+      // rectify the sums.
+      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          auto& list = nz[n];
+          std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) {
+            return a.c != b.c ? a.c < b.c : (a.y != b.y ? a.y < b.y : a.x < b.x);
+          });
+          size_t k = 0;
+          for (size_t i = 0; i < list.size();) {
+            auto e = list[i++];
+            while (i < list.size() && list[i].c == e.c && list[i].y == e.y && list[i].x == e.x)
+              e.v += list[i++].v;
+            e.v = rectify_value(e.v, true);
+            if (e.v != scalar_t(0)) list[k++] = e;
+          }
+          list.resize(k);
+        }
+      });
+    }
     // ... then scatter them through the filter taps. The taps are read from
     // a (C_used, kH, kW, cig) copy of the filters that occur, so that a
     // one-hot input does not pay for re-laying out the whole weight.
@@ -251,9 +282,15 @@ std::tuple<at::Tensor, at::Tensor> unpool_conv_transpose_backward_cpu(
   const bool has_sw = switches.has_value() && switches->defined();
   const at::Tensor sc = has_sw ? switches->contiguous(kCL) : at::Tensor();
 
+  const bool post = rectify && overlapping(g);
+  const bool pre = rectify && !post;
   AT_DISPATCH_FLOATING_TYPES(pc.scalar_type(), "unpool_conv_transpose_backward_cpu", [&] {
     const scalar_t* pp = pc.const_data_ptr<scalar_t>();
     const uint8_t* sp = has_sw ? sc.const_data_ptr<uint8_t>() : nullptr;
+    // The unpooled map (rectified unless rectification follows the sums).
+    at::Tensor u = at::empty({g.n, C, CH, CW}, pc.options().memory_format(kCL)).zero_();
+    unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, pre);
+    const scalar_t* upt = u.const_data_ptr<scalar_t>();
     if (output_mask[0]) {
       // The adjoint of the transposed convolution is the convolution.
       const at::Tensor gconv = at::convolution(go, weight, c10::nullopt, stride, padding, dilation,
@@ -274,16 +311,20 @@ std::tuple<at::Tensor, at::Tensor> unpool_conv_transpose_backward_cpu(
               const bool inside =
                   switch_position(oh, ow, sp ? sp[off + c] : 0, g.pool_sh, g.pool_sw, g.pool_ph,
                                   g.pool_pw, g.pool_kh, g.pool_kw, CH, CW, &y, &x);
+              // ReLU mask: p itself, or the sum at its position when rectifying after
+              // unpooling.
+              const scalar_t pv =
+                  post ? (inside ? upt[((n * CH + y) * CW + x) * C + c] : scalar_t(0))
+                       : pp[off + c];
               gp[off + c] = gather_switch_grad<scalar_t, scalar_t>(gcn, y, x, inside, CW, C, c,
-                                                                   pp[off + c], rectify);
+                                                                   pv, rectify);
             }
           }
         }
       });
     }
     if (output_mask[1]) {
-      at::Tensor u = at::empty({g.n, C, CH, CW}, pc.options().memory_format(kCL)).zero_();
-      unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, rectify);
+      if (post) u.relu_();
       auto grads = at::convolution_backward(go, u, weight, c10::nullopt, stride, padding, dilation,
                                             /*transposed=*/true, {g.oph, g.opw}, groups,
                                             {false, true, false});

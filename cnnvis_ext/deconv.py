@@ -1,0 +1,365 @@
+"""Zeiler & Fergus deconvnet projections: :func:`deconvnet` and :func:`top_activations`.
+
+A projection runs the forward pass once, recording the max-pooling switches
+of every pool below the chosen layer, keeps only the chosen activations at
+that layer and maps them back to pixel space: unpool with the switches,
+rectify, filter with the transposed weights, layer by layer. Each
+Conv2d(+ReLU)(+MaxPool2d) group, fused or not, is one call of
+:func:`cnnvis_ext.ops.unpool_conv_transpose`, whose sparse path makes the
+first steps of a single-unit projection nearly free.
+
+Many units of many images are projected in one batched pass: every
+(image, unit) pair is a batch entry of the backward chain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+from ._modules import StopForward, get_layer, model_device_dtype
+from .nn import ConvReLUPool2d
+
+__all__ = ["deconvnet", "top_activations", "TopActivations"]
+
+_SUPPORTED = ("Conv2d, ReLU, MaxPool2d, BatchNorm2d (eval), ConvReLUPool2d, ConvReLU2d, "
+              "Identity, Dropout (eval) and nn.Sequential nesting")
+
+
+# ----------------------------------------------------------------------------- tracing
+
+@dataclass
+class _Conv:
+    name: str
+    weight: Tensor
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    dilation: Tuple[int, int]
+    groups: int
+    in_size: Tuple[int, int]
+    out_size: Tuple[int, int]
+
+
+@dataclass
+class _ReLU:
+    name: str
+
+
+@dataclass
+class _Pool:
+    name: str
+    switches: Tensor  # uint8, (N_images, C, H_p, W_p)
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    in_size: Tuple[int, int]
+
+
+def _pair(v) -> Tuple[int, int]:
+    return tuple(ops._pair(v, "value"))  # type: ignore[return-value]
+
+
+def _conv_padding(conv: nn.Conv2d) -> Tuple[int, int]:
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0, 0)
+        tot = [d * (k - 1) for d, k in zip(_pair(conv.dilation), _pair(conv.kernel_size))]
+        if any(t % 2 for t in tot):
+            raise ValueError(f"deconvnet: {type(conv).__name__} with padding='same' and an even "
+                             "effective kernel (asymmetric padding) is not supported")
+        return (tot[0] // 2, tot[1] // 2)
+    return _pair(conv.padding)
+
+
+def _leaves(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, ConvReLUPool2d) or (len(m._modules) == 0 and n)]
+
+
+def _trace(model: nn.Module, layer: str, x: Tensor):
+    """Run ``model(x)`` up to ``layer`` recording the chain of modules below it.
+
+    Returns ``(steps, activation)``: the primitive steps (_Conv/_ReLU/_Pool)
+    from the input up, and the output of ``layer``.
+    """
+    target = get_layer(model, layer)
+    records = []
+    saved = []
+    handles = []
+    result = {}
+
+    def leaf_hook(name):
+        def hook(mod, inp, out):
+            extra = None
+            if isinstance(mod, ConvReLUPool2d) or isinstance(mod, nn.MaxPool2d):
+                out, extra = out
+            records.append((name, mod, inp[0] if inp else None, out, extra))
+            return out
+        return hook
+
+    def target_hook(_mod, _inp, out):
+        result["act"] = out
+        raise StopForward()
+
+    try:
+        for name, mod in _leaves(model):
+            if isinstance(mod, ConvReLUPool2d):
+                saved.append((mod, "return_switches", mod.return_switches))
+                mod.return_switches = True
+            elif isinstance(mod, nn.MaxPool2d):
+                saved.append((mod, "return_indices", mod.return_indices))
+                mod.return_indices = True
+            handles.append(mod.register_forward_hook(leaf_hook(name)))
+        handles.append(target.register_forward_hook(target_hook))
+        try:
+            model(x)
+        except StopForward:
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, attr, val in saved:
+            setattr(mod, attr, val)
+    if "act" not in result:
+        raise RuntimeError(f"layer: {layer!r} produced no output during the forward pass")
+    act = result["act"]
+    if isinstance(act, (tuple, list)):
+        act = act[0]
+
+    steps: List[object] = []
+    prev = x
+    for name, mod, inp, out, extra in records:
+        if inp is not prev:
+            raise ValueError(
+                f"deconvnet: module {name!r} ({type(mod).__name__}) does not take the output of "
+                "the module before it; only chains of modules (nn.Sequential-like models) "
+                "can be projected")
+        prev = out
+        if isinstance(mod, ConvReLUPool2d):
+            steps.append(_Conv(name, mod.weight, mod.stride, mod.padding, mod.dilation,
+                               mod.groups, tuple(inp.shape[-2:]), _conv_size(inp, mod)))
+            steps.append(_ReLU(name))
+            if (mod.pool_kernel_size, mod.pool_stride, mod.pool_padding) != ((1, 1),) * 2 + ((0, 0),):
+                steps.append(_Pool(name, extra, mod.pool_kernel_size, mod.pool_stride,
+                                   mod.pool_padding, steps[-2].out_size))
+        elif type(mod) is nn.Conv2d:
+            if mod.padding_mode != "zeros":
+                raise ValueError(f"deconvnet: module {name!r} (Conv2d) has padding_mode="
+                                 f"{mod.padding_mode!r}; only 'zeros' is supported")
+            steps.append(_Conv(name, mod.weight, _pair(mod.stride), _conv_padding(mod),
+                               _pair(mod.dilation), mod.groups, tuple(inp.shape[-2:]),
+                               tuple(out.shape[-2:])))
+        elif isinstance(mod, nn.BatchNorm2d):
+            if mod.training or not mod.track_running_stats:
+                raise ValueError(f"deconvnet: module {name!r} (BatchNorm2d) must be in eval mode "
+                                 "with running statistics to be folded into its convolution")
+            if not steps or not isinstance(steps[-1], _Conv) or steps[-1].name.endswith("+bn"):
+                raise ValueError(f"deconvnet: module {name!r} (BatchNorm2d) does not follow a "
+                                 "convolution; only BatchNorm2d right after Conv2d is supported")
+            scale = torch.rsqrt(mod.running_var + mod.eps)
+            if mod.weight is not None:
+                scale = scale * mod.weight
+            c = steps[-1]
+            c.weight = c.weight * scale.to(c.weight.dtype).view(-1, 1, 1, 1)
+            c.name = c.name + "+bn"
+        elif isinstance(mod, nn.ReLU):
+            steps.append(_ReLU(name))
+        elif type(mod) is nn.MaxPool2d:
+            if _pair(mod.dilation) != (1, 1):
+                raise ValueError(f"deconvnet: module {name!r} (MaxPool2d) is dilated; not supported")
+            k, s = _pair(mod.kernel_size), _pair(mod.stride if mod.stride is not None else mod.kernel_size)
+            p = _pair(mod.padding)
+            sw = ops.indices_to_switches(extra, tuple(inp.shape[-2:]), k, s, p)
+            steps.append(_Pool(name, sw, k, s, p, tuple(inp.shape[-2:])))
+        elif isinstance(mod, (nn.Identity, nn.Dropout, nn.Dropout2d)):
+            if isinstance(mod, (nn.Dropout, nn.Dropout2d)) and mod.training:
+                raise ValueError(f"deconvnet: module {name!r} ({type(mod).__name__}) is in "
+                                 "training mode; call model.eval()")
+        else:
+            raise ValueError(f"deconvnet: module {name!r} ({type(mod).__name__}) is not supported; "
+                             f"supported: {_SUPPORTED}")
+    if prev is not act:
+        raise ValueError(f"deconvnet: the output of layer {layer!r} is not the output of the "
+                         "chain of modules below it")
+    return steps, act
+
+
+def _conv_size(inp: Tensor, mod) -> Tuple[int, int]:
+    k = mod.weight.shape[-2:]
+    return tuple((inp.shape[-2 + i] + 2 * mod.padding[i] - mod.dilation[i] * (k[i] - 1) - 1)
+                 // mod.stride[i] + 1 for i in range(2))
+
+
+# ----------------------------------------------------------------------------- projection
+
+def _unpool(v: Tensor, pool: _Pool, sw: Tensor) -> Tensor:
+    idx = ops.switches_to_indices(sw, pool.in_size, pool.kernel, pool.stride, pool.padding)
+    n, c = v.shape[:2]
+    u = v.new_zeros(n, c, pool.in_size[0] * pool.in_size[1])
+    u.scatter_add_(2, idx.reshape(n, c, -1), v.reshape(n, c, -1))
+    return u.view(n, c, *pool.in_size)
+
+
+def _project(steps: Sequence[object], start: Tensor, image_of_entry: Tensor) -> Tensor:
+    """Map ``start`` (activations at the top of ``steps``) down to the input."""
+    v = start
+    i = len(steps) - 1
+    while i >= 0:
+        # Gather the ReLU / pool steps above the next convolution.
+        j, pool, rectify = i, None, False
+        while j >= 0 and not isinstance(steps[j], _Conv):
+            if isinstance(steps[j], _ReLU):
+                rectify = True
+            elif pool is None:
+                pool = steps[j]
+            else:
+                break
+            j -= 1
+        if j >= 0 and isinstance(steps[j], _Conv) and (pool is None or True):
+            conv = steps[j]
+            sw = None if pool is None else pool.switches[image_of_entry]
+            pk, ps, pp = (((1, 1), (1, 1), (0, 0)) if pool is None
+                          else (pool.kernel, pool.stride, pool.padding))
+            v = ops.unpool_conv_transpose(
+                v, sw, conv.weight.to(v.dtype), conv.stride, conv.padding, conv.dilation,
+                conv.groups, pk, ps, pp, conv.out_size, conv.in_size, rectify=rectify)
+            i = j - 1
+            continue
+        # No convolution below: apply what was gathered directly.
+        if rectify:
+            v = F.relu(v)
+        if pool is not None:
+            v = _unpool(v, pool, pool.switches[image_of_entry])
+        i = j
+    return v
+
+
+def _select(act: Tensor, units: Tensor, keep) -> Tuple[Tensor, Tensor]:
+    """Starting maps for every (image, unit) entry, image-major: (N*U, C, H, W)."""
+    n, c, h, w = act.shape
+    u = units.numel()
+    ch = act[:, units]  # (N, U, H, W)
+    if isinstance(keep, str):
+        if keep == "max":
+            flat = ch.reshape(n, u, h * w)
+            pos = flat.argmax(dim=2, keepdim=True)
+            sel = torch.zeros_like(flat).scatter_(2, pos, flat.gather(2, pos)).view(n, u, h, w)
+        elif keep == "all":
+            sel = ch
+        else:
+            raise ValueError(f"keep: expected 'max', 'all' or a boolean mask, got {keep!r}")
+    elif isinstance(keep, Tensor):
+        if keep.dtype != torch.bool:
+            raise TypeError(f"keep: a mask must be a bool tensor, got {keep.dtype}")
+        try:
+            mask = torch.broadcast_to(keep.to(act.device), act.shape)
+        except RuntimeError:
+            raise ValueError(f"keep: mask of shape {tuple(keep.shape)} does not broadcast to the "
+                             f"layer's activation shape {tuple(act.shape)}") from None
+        sel = torch.where(mask[:, units], ch, torch.zeros((), dtype=ch.dtype, device=ch.device))
+    else:
+        raise TypeError(f"keep: expected 'max', 'all' or a bool tensor, got {type(keep).__name__}")
+    start = act.new_zeros(n, u, c, h, w)
+    start[:, torch.arange(u, device=act.device), units] = sel
+    return start.view(n * u, c, h, w)
+
+
+def _units(units, channels: int, device) -> Tensor:
+    if units is None:
+        return torch.arange(channels, device=device)
+    if isinstance(units, int):
+        units = [units]
+    t = torch.as_tensor(units, device=device)
+    if t.dtype == torch.bool or t.is_floating_point() or t.dim() != 1:
+        raise TypeError("units: expected an int or a 1-D sequence of channel indices")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= channels):
+        raise ValueError(f"units: channel indices must lie in [0, {channels}), got "
+                         f"{t.tolist() if t.numel() < 20 else '...'}")
+    return t.long()
+
+
+@torch.no_grad()
+def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
+              units: Optional[Union[int, Sequence[int], Tensor]] = None,
+              keep: Union[str, Tensor] = "max", chunk_size: int = 64) -> Tensor:
+    r"""Zeiler & Fergus deconvnet projections of units of ``layer`` to pixel space.
+
+    Runs the forward pass once, recording the max-pooling switches of every
+    pool below ``layer`` (through :func:`~cnnvis_ext.ops.conv_relu_pool` for
+    fused modules, through ``max_pool2d`` indices otherwise), keeps only the
+    chosen activations at ``layer``, and projects them down: unpool with the
+    switches, rectify, filter with the transposed weights, layer by layer.
+    ``BatchNorm2d`` (eval) is folded into the convolution before it.
+
+    Every (image, unit) pair is one batch entry of the projection, so all
+    units of all images are projected together (in chunks of ``chunk_size``
+    entries to bound memory), not in a Python loop per unit.
+
+    Args:
+        model: a chain of modules up to ``layer`` (Conv2d, ReLU, MaxPool2d,
+            BatchNorm2d in eval mode, the fused modules of
+            :func:`cnnvis_ext.fuse`, Identity / Dropout in eval mode, nested
+            in nn.Sequential containers); anything else raises a ValueError
+            naming the module.
+        layer: name of the layer (as in ``model.named_modules()``).
+        images: :math:`(N, C, H, W)` input batch.
+        units: channel(s) of ``layer`` to project; all channels by default.
+        keep: ``"max"``: each chosen channel's strongest activation only;
+            ``"all"``: the whole channel; or a bool mask broadcastable to the
+            layer's activation :math:`(N, C_l, H_l, W_l)`: exactly the
+            activations of the chosen channels where it is True.
+        chunk_size: number of (image, unit) entries projected together.
+
+    Returns:
+        :math:`(N \cdot U, C, H, W)` reconstructions, image-major: entry
+        ``n * U + u`` is unit ``units[u]`` of image ``n`` (``U`` units).
+
+    Example:
+        >>> model = fuse(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        ...                            nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1)))
+        >>> deconvnet(model, "3", torch.randn(2, 3, 32, 32), units=[0, 5]).shape
+        torch.Size([4, 3, 32, 32])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(f"images: expected a 4-D (N, C, H, W) tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    device, dtype = model_device_dtype(model)
+    x = images.to(device=device, dtype=dtype)
+    steps, act = _trace(model, layer, x)
+    if act.dim() != 4:
+        raise ValueError(f"layer: {layer!r} gives a {act.dim()}-D output; a 4-D feature map is needed")
+    u = _units(units, act.shape[1], act.device)
+    n_img = act.shape[0]
+    entries = n_img * u.numel()
+    out = torch.empty(entries, *x.shape[1:], dtype=x.dtype, device=x.device)
+    if isinstance(keep, Tensor) and keep.dim() == 4 and keep.shape[0] == n_img:
+        keep_by_image = True
+    else:
+        keep_by_image = False
+    per_chunk_images = max(1, chunk_size // max(1, u.numel()))
+    # Chunk over images when many units, over units when many entries per image.
+    if u.numel() <= chunk_size:
+        for i0 in range(0, n_img, per_chunk_images):
+            i1 = min(n_img, i0 + per_chunk_images)
+            k = keep[i0:i1] if keep_by_image else keep
+            start = _select(act[i0:i1], u, k)
+            img = torch.arange(i0, i1, device=device).repeat_interleave(u.numel())
+            out[i0 * u.numel():i1 * u.numel()] = _project(steps, start, img)
+    else:
+        for n in range(n_img):
+            k = keep[n:n + 1] if keep_by_image else keep
+            for j0 in range(0, u.numel(), chunk_size):
+                uu = u[j0:j0 + chunk_size]
+                start = _select(act[n:n + 1], uu, k)
+                img = torch.full((uu.numel(),), n, device=device, dtype=torch.long)
+                o0 = n * u.numel() + j0
+                out[o0:o0 + uu.numel()] = _project(steps, start, img)
+    return out

@@ -1,0 +1,184 @@
+"""deconvnet(): against a hand-written projection and the deconvnet-modified gradient, batching,
+fused vs plain models, BatchNorm folding, keep modes, errors; top_activations()."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnvis_ext import _reference as ref
+from cnnvis_ext.deconv import deconvnet
+from cnnvis_ext.nn import fuse
+
+
+def _vgg(bn=False, overlap=False):
+    """A small VGG-style chain; ``overlap`` uses 3x3/2 pools (AlexNet style)."""
+    def pool():
+        return nn.MaxPool2d(3, 2, 1) if overlap else nn.MaxPool2d(2)
+    layers = [nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), pool(),
+              nn.Conv2d(6, 8, 3, padding=1)]
+    layers.append(nn.BatchNorm2d(8) if bn else nn.Identity())
+    layers += [nn.ReLU(), pool(),
+               nn.Sequential(nn.Conv2d(8, 10, 3, padding=1), nn.ReLU(inplace=True))]
+    m = nn.Sequential(*layers).double().eval()
+    if bn:
+        b = m[4]
+        b.running_mean.normal_()
+        b.running_var.uniform_(0.5, 2.0)
+        b.weight.data.uniform_(0.5, 2.0)
+    return m
+
+
+def _hand_projection(model, x, unit):
+    """Layer-by-layer deconvnet written out with stock ops, top layer = the last ReLU."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    bn = next((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), None)
+    # forward, recording indices
+    y0 = F.relu(F.conv2d(x, convs[0].weight, convs[0].bias, padding=1))
+    p0, i0 = F.max_pool2d(y0, pools[0].kernel_size, pools[0].stride, pools[0].padding,
+                          return_indices=True)
+    y1 = F.conv2d(p0, convs[1].weight, convs[1].bias, padding=1)
+    w1 = convs[1].weight
+    if bn is not None:
+        y1 = F.batch_norm(y1, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        w1 = w1 * (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(-1, 1, 1, 1)
+    y1 = F.relu(y1)
+    p1, i1 = F.max_pool2d(y1, pools[1].kernel_size, pools[1].stride, pools[1].padding,
+                          return_indices=True)
+    a = F.relu(F.conv2d(p1, convs[2].weight, convs[2].bias, padding=1))
+    # keep the strongest activation of `unit` per image
+    flat = a[:, unit].flatten(1)
+    pos = flat.argmax(1)
+    top = torch.zeros_like(a)
+    top[torch.arange(a.shape[0]), unit, pos // a.shape[3], pos % a.shape[3]] = flat.max(1).values
+    # project down
+    r = F.conv_transpose2d(F.relu(top), convs[2].weight, padding=1)
+    r = ref.unpool_conv_transpose(r, i1, w1, 1, 1, 1, 1, y1.shape[-2:], p0.shape[-2:])
+    r = ref.unpool_conv_transpose(r, i0, convs[0].weight, 1, 1, 1, 1, y0.shape[-2:], x.shape[-2:])
+    return r
+
+
+class _DeconvReLU(torch.autograd.Function):
+    """ReLU whose backward passes relu(grad): the deconvnet rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.clamp_min(0)
+
+
+def _modified_gradient(model, x, unit):
+    """value * d(unit's max activation)/dx under the deconvnet backward."""
+    x = x.clone().requires_grad_(True)
+    h = x
+    for m in [m for m in model.modules() if not isinstance(m, nn.Sequential)]:
+        if isinstance(m, nn.ReLU):
+            h = _DeconvReLU.apply(h)
+        else:
+            h = m(h)
+    flat = h[:, unit].flatten(1)
+    vals = flat.max(1).values
+    (g,) = torch.autograd.grad(vals.sum(), x)
+    return g * vals.view(-1, 1, 1, 1).detach()
+
+
+@pytest.mark.parametrize("bn", [False, True])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_matches_hand_projection_and_modified_gradient(bn, overlap):
+    torch.manual_seed(1)
+    model = _vgg(bn=bn, overlap=overlap)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    got = deconvnet(model, "7.1", x, units=[4])
+    torch.testing.assert_close(got, _hand_projection(model, x, 4))
+    torch.testing.assert_close(got, _modified_gradient(model, x, 4))
+    fused = fuse(copy.deepcopy(model))
+    torch.testing.assert_close(deconvnet(fused, "7.1", x, units=[4]), got)
+
+
+def test_batched_equals_per_unit():
+    torch.manual_seed(2)
+    model = fuse(_vgg())
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    units = [0, 3, 7, 9]
+    batched = deconvnet(model, "7", x, units=units).view(3, 4, 3, 16, 16)
+    for j, u in enumerate(units):
+        torch.testing.assert_close(batched[:, j], deconvnet(model, "7", x, units=u))
+        for n in range(3):
+            torch.testing.assert_close(batched[n, j], deconvnet(model, "7", x[n:n + 1], units=u)[0])
+    # small chunks: same result
+    torch.testing.assert_close(deconvnet(model, "7", x, units=units, chunk_size=3),
+                               batched.view(12, 3, 16, 16))
+    assert deconvnet(model, "7", x).shape == (30, 3, 16, 16)
+
+
+def test_keep_all_and_mask():
+    torch.manual_seed(3)
+    model = _vgg()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    a = model[:8](x)
+    # keep="all" of one unit is the sum of the projections of each of its positions (linearity
+    # holds because every value is >= 0 after the ReLU and the switches are fixed).
+    all_ = deconvnet(model, "7.1", x, units=[2], keep="all")
+    mask = torch.zeros(a.shape, dtype=torch.bool)
+    mask[:, 2] = True
+    torch.testing.assert_close(deconvnet(model, "7.1", x, units=[2], keep=mask), all_)
+    one = torch.zeros(a.shape, dtype=torch.bool)
+    flat = a[:, 2].flatten(1).argmax(1)
+    for n in range(2):
+        one[n, 2, flat[n] // 4, flat[n] % 4] = True
+    torch.testing.assert_close(deconvnet(model, "7.1", x, units=[2], keep=one),
+                               deconvnet(model, "7.1", x, units=[2], keep="max"))
+
+
+def test_intermediate_layers_and_plain_conv_top():
+    torch.manual_seed(4)
+    model = _vgg()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    for layer in ["0", "1", "2", "3", "6", "7.0"]:
+        out = deconvnet(model, layer, x, units=[1])
+        assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
+    # top = a pool output: projection equals conv_transpose(unpool(one-hot))
+    a, idx = F.max_pool2d(F.relu(model[0](x)), 2, return_indices=True)
+    flat = a[0, 1].flatten()
+    top = torch.zeros_like(a)
+    top[0, 1].view(-1)[flat.argmax()] = flat.max()
+    expected = F.conv_transpose2d(F.max_unpool2d(top, idx, 2), model[0].weight, padding=1)
+    torch.testing.assert_close(deconvnet(model, "2", x, units=[1]), expected)
+
+
+def test_errors():
+    model = _vgg()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    with pytest.raises(KeyError, match="layer"):
+        deconvnet(model, "nope", x)
+    with pytest.raises(ValueError, match="units"):
+        deconvnet(model, "7", x, units=[10])
+    with pytest.raises(ValueError, match="keep"):
+        deconvnet(model, "7", x, keep="mean")
+    with pytest.raises(TypeError, match="keep"):
+        deconvnet(model, "7", x, keep=torch.ones(1))
+    with pytest.raises(ValueError, match="images"):
+        deconvnet(model, "7", x[0])
+    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(), nn.Conv2d(4, 4, 3)).double()
+    with pytest.raises(ValueError, match=r"'1' \(LeakyReLU\) is not supported"):
+        deconvnet(bad, "2", x)
+    train_bn = _vgg(bn=True).train()
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        deconvnet(train_bn, "7", x)
+
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 3, 3, padding=1)
+            self.b = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(x + self.a(x))
+
+    with pytest.raises(ValueError, match="chain"):
+        deconvnet(Skip().double(), "b", x)
