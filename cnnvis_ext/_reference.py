@@ -40,3 +40,36 @@ def conv_output_size(x_shape: Sequence[int], weight_shape: Sequence[int], stride
     w = torch.empty(tuple(weight_shape), device="meta")
     groups = x.shape[1] // w.shape[1]
     return tuple(F.conv2d(x, w, None, stride, padding, dilation, groups).shape[-2:])
+
+
+# --------------------------------------------------------------------------
+# unpool_conv_transpose (issue 3: one deconvnet step)
+# --------------------------------------------------------------------------
+
+def unpool_conv_transpose(p: Tensor, indices: Optional[Tensor], weight: Tensor, stride=1,
+                          padding=0, dilation=1, groups: int = 1, output_size=None,
+                          input_size=None, rectify: bool = True) -> Tensor:
+    """``conv_transpose2d(relu(unpool(p)), weight)`` with int64 max_pool2d ``indices``.
+
+    Unpools with ``scatter_add`` (values of colliding indices add up, as in the
+    gradient of ``max_pool2d``; identical to ``F.max_unpool2d`` when no two
+    indices collide), then rectifies. ``indices=None`` means no pooling.
+    ``output_padding`` is chosen so the result is ``input_size`` (the
+    smallest size when ``None``).
+    """
+    n, c = p.shape[:2]
+    if indices is None:
+        u = p
+    else:
+        h, w = output_size
+        u = torch.zeros(n, c, h * w, dtype=p.dtype, device=p.device)
+        u.scatter_add_(2, indices.reshape(n, c, -1), p.reshape(n, c, -1))
+        u = u.view(n, c, h, w)
+    if rectify:
+        u = F.relu(u)
+    pair = lambda a: (a, a) if isinstance(a, int) else tuple(a)  # noqa: E731
+    st, pd, dl = pair(stride), pair(padding), pair(dilation)
+    smallest = [(u.shape[2 + i] - 1) * st[i] - 2 * pd[i] + dl[i] * (weight.shape[2 + i] - 1) + 1
+                for i in range(2)]
+    op = (0, 0) if input_size is None else tuple(input_size[i] - smallest[i] for i in range(2))
+    return F.conv_transpose2d(u, weight, None, st, pd, op, groups, dl)
