@@ -182,3 +182,30 @@ def test_errors():
 
     with pytest.raises(ValueError, match="chain"):
         deconvnet(Skip().double(), "b", x)
+
+
+# ----------------------------------------------------------------------------- top_activations
+
+def test_top_activations_matches_brute_force_and_deconvnet():
+    from cnnvis_ext.deconv import top_activations
+    torch.manual_seed(5)
+    model = fuse(_vgg())
+    data = torch.randn(11, 3, 16, 16, dtype=torch.float64)
+    data[7] = data[3]  # a tie: index 3 must come first
+    ds = torch.utils.data.TensorDataset(data)
+    res = top_activations(model, "7", ds, k=3, units=[1, 4], batch_size=4, progress=False)
+    a = model(data)
+    for j, unit in enumerate([1, 4]):
+        m = a[:, unit].flatten(1).max(1).values
+        order = sorted(range(11), key=lambda i: (-m[i].item(), i))[:3]
+        assert res.indices[j].tolist() == order
+        torch.testing.assert_close(res.values[j], m[order])
+        for r, i in enumerate(order):
+            proj = deconvnet(model, "7", data[i:i + 1], units=[unit])[0]
+            torch.testing.assert_close(res.projections[j, r], proj)
+    assert (res.indices[:, :2] != 7).all() or 3 in res.indices.tolist()[0]
+    # iterable of batches (images kept in memory) gives the same
+    res2 = top_activations(model, "7", [data[:5], data[5:]], k=3, units=[1, 4], progress=False)
+    assert torch.equal(res2.indices, res.indices)
+    torch.testing.assert_close(res2.patches, res.patches)
+    assert res.patches.shape[:3] == (2, 3, 3)
