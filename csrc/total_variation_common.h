@@ -35,6 +35,16 @@ HOST_DEVICE_INLINE A tv_sign(A v) {
   return v > A(0) ? A(1) : (v < A(0) ? A(-1) : A(0));
 }
 
+// pow in the accumulation type (powf for float on the host, not pow(double)).
+template <typename A>
+HOST_DEVICE_INLINE A tv_pow(A base, A e) {
+#if defined(__CUDA_ARCH__)
+  return pow(base, e);
+#else
+  return std::pow(base, e);
+#endif
+}
+
 // t = dx^2 + dy^2 + eps, the argument of the isotropic power.
 template <typename A>
 HOST_DEVICE_INLINE A tv_t(A dx, A dy, A eps) {
@@ -55,8 +65,8 @@ HOST_DEVICE_INLINE A tv_term(A dx, A dy, A t, A root, A half_beta, A beta, A* a,
     v = root;
     g = A(1) / root;
   } else if (K == kTVGeneral) {
-    v = pow(t, half_beta);
-    if (WithGrad) g = t > A(0) ? beta * v / t : beta * pow(t, half_beta - A(1));
+    v = tv_pow(t, half_beta);
+    if (WithGrad) g = t > A(0) ? beta * v / t : beta * tv_pow(t, half_beta - A(1));
   } else {
     if (WithGrad) {
       *a = tv_sign(dx);

@@ -93,6 +93,28 @@ __global__ void tv_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__
   }
 }
 
+// The kernel instance for the formula kind (a runtime value).
+template <typename scalar_t, bool V, bool G>
+void launch_tv_kind(int kind, dim3 grid, dim3 block, cudaStream_t stream, const scalar_t* xp,
+                    scalar_t* gp, at::acc_type<scalar_t, true>* pp, const float* sp,
+                    int64_t planes, int64_t C, int H, int W, float hb, float bt, float ep) {
+  switch (kind) {
+    case kTVBeta2:
+      tv_kernel<scalar_t, kTVBeta2, V, G><<<grid, block, 0, stream>>>(xp, gp, pp, sp, planes, C, H, W, hb, bt, ep);
+      break;
+    case kTVBeta1:
+      tv_kernel<scalar_t, kTVBeta1, V, G><<<grid, block, 0, stream>>>(xp, gp, pp, sp, planes, C, H, W, hb, bt, ep);
+      break;
+    case kTVGeneral:
+      tv_kernel<scalar_t, kTVGeneral, V, G><<<grid, block, 0, stream>>>(xp, gp, pp, sp, planes, C, H, W, hb, bt, ep);
+      break;
+    default:
+      tv_kernel<scalar_t, kTVAniso, V, G><<<grid, block, 0, stream>>>(xp, gp, pp, sp, planes, C, H, W, hb, bt, ep);
+      break;
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 void check_cuda(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.is_cuda(), "x: expected a CUDA tensor, got ", x.device());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble ||
@@ -126,17 +148,8 @@ at::Tensor tv_launch(const at::Tensor& xc, at::Tensor* grad, const at::Tensor* s
     const float* sp = G ? scales->const_data_ptr<float>() : nullptr;
     const float hb = static_cast<float>(o.beta / 2), bt = static_cast<float>(o.beta),
                 ep = static_cast<float>(o.eps);
-#define CNNVIS_TV_LAUNCH(KIND)                                                              \
-  tv_kernel<scalar_t, KIND, V, G><<<grid, block, 0, stream>>>(xp, gp, pp, sp, planes, C,    \
-                                                              (int)H, (int)W, hb, bt, ep); \
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-    switch (o.kind) {
-      case kTVBeta2: CNNVIS_TV_LAUNCH(kTVBeta2) break;
-      case kTVBeta1: CNNVIS_TV_LAUNCH(kTVBeta1) break;
-      case kTVGeneral: CNNVIS_TV_LAUNCH(kTVGeneral) break;
-      default: CNNVIS_TV_LAUNCH(kTVAniso) break;
-    }
-#undef CNNVIS_TV_LAUNCH
+    launch_tv_kind<scalar_t, V, G>(o.kind, grid, block, stream, xp, gp, pp, sp, planes, C,
+                                   static_cast<int>(H), static_cast<int>(W), hb, bt, ep);
   });
   if (!V) return at::Tensor();
   return partial.view({N, C * tiles_h * tiles_w}).sum(1);
