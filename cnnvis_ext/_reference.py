@@ -73,3 +73,143 @@ def unpool_conv_transpose(p: Tensor, indices: Optional[Tensor], weight: Tensor, 
                 for i in range(2)]
     op = (0, 0) if input_size is None else tuple(input_size[i] - smallest[i] for i in range(2))
     return F.conv_transpose2d(u, weight, None, st, pd, op, groups, dl)
+
+
+# ==========================================================================
+# total_variation  (issue 4)
+# ==========================================================================
+
+def _tv_reduce(per_image: Tensor, numel: int, reduction: str) -> Tensor:
+    if reduction == "none":
+        return per_image
+    if reduction == "mean":
+        return per_image.sum() / numel
+    return per_image.sum()
+
+
+def total_variation(x: Tensor, beta: float = 2.0, eps: float = 1e-8, reduction: str = "sum",
+                    mode: str = "isotropic") -> Tensor:
+    """TV of ``x`` (N, C, H, W) with forward differences zero past the last row / column.
+
+    isotropic: sum ((dx^2 + dy^2 + eps)^(beta/2)); anisotropic: sum |dx| + |dy|.
+    ``reduction``: "sum", "mean" (sum / x.numel()) or "none" (per image).
+    """
+    dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
+    dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    if mode == "isotropic":
+        terms = (dx * dx + dy * dy + eps).pow(beta / 2)
+    elif mode == "anisotropic":
+        terms = dx.abs() + dy.abs()
+    else:
+        raise ValueError(f"mode: {mode!r}")
+    return _tv_reduce(terms.sum((1, 2, 3)), x.numel(), reduction)
+
+
+def total_variation_kornia(x: Tensor) -> Tensor:
+    """kornia.losses.total_variation(x, reduction="sum") written out: shape (N, C)."""
+    d1 = x[..., 1:, :] - x[..., :-1, :]
+    d2 = x[..., :, 1:] - x[..., :, :-1]
+    return d1.abs().flatten(-2).sum(-1) + d2.abs().flatten(-2).sum(-1)
+
+
+# ==========================================================================
+# gaussian_blur  (issue 4)
+# ==========================================================================
+
+import math  # noqa: E402
+
+def gaussian_kernel1d(sigma: float, kernel_size: int, dtype=torch.float64, device=None) -> Tensor:
+    """torchvision's ``_get_gaussian_kernel1d``: normalized exp(-0.5 (x / sigma)^2)."""
+    half = (kernel_size - 1) * 0.5
+    xs = torch.linspace(-half, half, steps=kernel_size, dtype=dtype, device=device)
+    if sigma == 0:
+        return (xs == 0).to(dtype)
+    pdf = torch.exp(-0.5 * (xs / sigma).pow(2))
+    return pdf / pdf.sum()
+
+
+def reflect_fold_index(n: int, radius: int, device=None) -> Tensor:
+    """Indices of the padded positions -radius .. n-1+radius under repeated reflection."""
+    p = torch.arange(-radius, n + radius, device=device)
+    if n == 1:
+        return torch.zeros_like(p)
+    period = 2 * (n - 1)
+    m = torch.remainder(p, period)
+    return torch.where(m < n, m, period - m)
+
+
+def gaussian_blur(x: Tensor, sigma, kernel_size: Optional[int] = None) -> Tensor:
+    """Depthwise separable blur, per-(N, C) sigma, repeated-reflection padding.
+
+    Padding is an index_select with folded indices (differentiable, so
+    autograd gives the adjoint), then a vertical and a horizontal depthwise
+    conv2d in float64.
+    """
+    n, c, h, w = x.shape
+    s = torch.as_tensor(sigma, dtype=torch.float64).expand(n, c).reshape(-1).tolist()
+    if kernel_size is None:
+        kernel_size = 2 * math.ceil(3 * max(s + [0.0])) + 1
+    r = kernel_size // 2
+    taps = torch.stack([gaussian_kernel1d(v, kernel_size) for v in s]) if s else \
+        torch.zeros(0, kernel_size, dtype=torch.float64)
+    taps = taps.to(x.device)
+    xp = x.to(torch.float64).reshape(1, n * c, h, w)
+    xp = xp.index_select(2, reflect_fold_index(h, r, x.device))
+    xp = xp.index_select(3, reflect_fold_index(w, r, x.device))
+    y = F.conv2d(xp, taps.view(n * c, 1, kernel_size, 1), groups=n * c) if n * c else xp[..., r:h + r, :]
+    y = F.conv2d(y, taps.view(n * c, 1, 1, kernel_size), groups=n * c) if n * c else y[..., r:w + r]
+    return y.reshape(n, c, h, w).to(x.dtype)
+
+
+def gaussian_blur_torchvision(x: Tensor, sigma: float, kernel_size: int) -> Tensor:
+    """torchvision.transforms.functional.gaussian_blur written out (scalar sigma, square kernel).
+
+    2-D kernel = outer product of the 1-D taps, "reflect" padding of
+    kernel_size // 2, depthwise conv2d. Needs kernel_size // 2 < H and W.
+    """
+    k1 = gaussian_kernel1d(sigma, kernel_size, dtype=x.dtype, device=x.device)
+    k2 = torch.mm(k1[:, None], k1[None, :])
+    c = x.shape[1]
+    r = kernel_size // 2
+    xp = F.pad(x, [r, r, r, r], mode="reflect")
+    return F.conv2d(xp, k2.expand(c, 1, kernel_size, kernel_size), groups=c)
+
+
+def gaussian_blur_separable(x: Tensor, sigma: float, kernel_size: int) -> Tensor:
+    """Eager separable blur: reflect pad + depthwise (K,1) and (1,K) conv2d (benchmark baseline)."""
+    k1 = gaussian_kernel1d(sigma, kernel_size, dtype=x.dtype, device=x.device)
+    c = x.shape[1]
+    r = kernel_size // 2
+    xp = F.pad(x, [r, r, r, r], mode="reflect")
+    y = F.conv2d(xp, k1.view(1, 1, -1, 1).expand(c, 1, kernel_size, 1), groups=c)
+    return F.conv2d(y, k1.view(1, 1, 1, -1).expand(c, 1, 1, kernel_size), groups=c)
+
+
+# ==========================================================================
+# regularize_  (issue 4)
+# ==========================================================================
+
+def regularize_(x: Tensor, grad: Tensor, lr: float = 1.0, decay: float = 0.0,
+                blur_sigma: float = 0.0, norm_pct: float = 0.0, contrib_pct: float = 0.0,
+                lo: float = float("-inf"), hi: float = float("inf")) -> Tensor:
+    """The prior step of cnnvis_ext.ops.regularize_, one eager op per part (in place)."""
+    n, c, h, w = x.shape
+    if x.numel() == 0:
+        return x
+    if lr != 0:
+        x.add_(grad, alpha=lr)
+    if decay != 0:
+        x.mul_(1 - decay)
+    if blur_sigma > 0:
+        x.copy_(gaussian_blur(x, blur_sigma))
+    if norm_pct > 0:
+        norms = x.pow(2).sum(1).sqrt().reshape(n, h * w)
+        thr = torch.quantile(norms, norm_pct / 100, dim=1, keepdim=True)
+        x.masked_fill_((norms < thr).reshape(n, 1, h, w), 0)
+    if contrib_pct > 0:
+        contrib = (x * grad).sum(1).reshape(n, h * w)
+        thr = torch.quantile(contrib, contrib_pct / 100, dim=1, keepdim=True)
+        x.masked_fill_((contrib < thr).reshape(n, 1, h, w), 0)
+    if lo > float("-inf") or hi < float("inf"):
+        x.clamp_(lo, hi)
+    return x
