@@ -76,17 +76,23 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def per_step_ms(run, steps, device, reps):
-    """Median over ``reps`` runs of (wall time of ``run(steps)``) / steps, after one warm-up."""
-    run(max(1, steps // 4))
+def per_step_ms(runs, steps, device, reps, per=1):
+    """Median ms per step of each ``run(steps)`` in ``runs`` (a dict), divided by ``per``.
+
+    The runs are timed round-robin (one of each per round, after a warm-up of
+    each) so that a change in the machine's load hits every variant alike.
+    """
+    for run in runs.values():
+        run(max(1, steps // 4))
     sync(device)
-    times = []
+    times = {k: [] for k in runs}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        run(steps)
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3 / steps)
-    return statistics.median(times)
+        for k, run in runs.items():
+            t0 = time.perf_counter()
+            run(steps)
+            sync(device)
+            times[k].append((time.perf_counter() - t0) * 1e3 / steps / per)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def saved_mb(fn, params):
@@ -213,15 +219,6 @@ def main():
         objs = [vis.channel(LAYER, c) for c in channels]
         return vis.activation_maximization(model, objs, steps=steps_, **{**yos, **kw})
 
-    rows = []
-    t_ours = per_step_ms(lambda s: ours(s), steps, device, reps)
-    m_ours = saved_mb(lambda: ours(1), params)
-    rows.append(("(i) 1 channel, Yosinski-style loop", "ours (model as is)", t_ours, m_ours, None))
-    t_f = per_step_ms(lambda s: ours(s, model=fused), steps, device, reps)
-    rows.append(("", "ours on cnnvis_ext.fuse(model)", t_f, saved_mb(lambda: ours(1, model=fused), params), t_ours))
-    t_np = per_step_ms(lambda s: ours(s, prune=False), steps, device, reps)
-    rows.append(("", "ours without channel pruning", t_np, None, t_ours))
-
     full = eager_loop(hooked_full_forward(vgg), device, dtype)
     stop_fwd = vgg.features[:11]
     stop = eager_loop(stop_fwd, device, dtype)
@@ -230,45 +227,69 @@ def main():
         x = torch.zeros(1, 3, SIZE, SIZE, device=device, requires_grad=True)
         fwd(x + 0.5)[:, CHANNEL].mean().backward()
 
-    t_full = per_step_ms(full, steps, device, reps)
-    rows.append(("", "eager full network", t_full, saved_mb(lambda: one_eager_step(hooked_full_forward(copy.deepcopy(vgg))), params + list(vgg.parameters())), t_ours))
-    t_stop = per_step_ms(stop, steps, device, reps)
-    rows.append(("", "eager stop at layer", t_stop, saved_mb(lambda: one_eager_step(stop_fwd), params), t_ours))
+    variants = {
+        "ours": lambda s: ours(s),
+        "fused": lambda s: ours(s, model=fused),
+        "noprune": lambda s: ours(s, prune=False),
+        "full": full,
+        "stop": stop,
+    }
+    compiled_note = "torch.compile, stop at layer (run with --compile)"
     if args.compile:
         try:
-            cfwd = torch.compile(stop_fwd)
-            t_c = per_step_ms(eager_loop(cfwd, device, dtype), steps, device, reps)
-            rows.append(("", "torch.compile, stop at layer", t_c, None, t_ours))
+            variants["compiled"] = eager_loop(torch.compile(stop_fwd), device, dtype)
+            compiled_note = "torch.compile, stop at layer"
         except Exception as e:  # noqa: BLE001
-            rows.append(("", f"torch.compile failed ({type(e).__name__})", None, None, t_ours))
-    else:
-        rows.append(("", "torch.compile, stop at layer (run with --compile)", None, None, t_ours))
+            compiled_note = f"torch.compile failed ({type(e).__name__})"
+    try:
+        t = per_step_ms(variants, steps, device, reps)
+    except Exception as e:  # noqa: BLE001  (a compile failure at first call)
+        variants.pop("compiled", None)
+        compiled_note = f"torch.compile failed ({type(e).__name__})"
+        t = per_step_ms(variants, steps, device, reps)
+    rows = [
+        ("(i) 1 channel, Yosinski-style loop", "ours (model as is)", t["ours"], saved_mb(lambda: ours(1), params), None),
+        ("", "ours on cnnvis_ext.fuse(model)", t["fused"], saved_mb(lambda: ours(1, model=fused), params), t["ours"]),
+        ("", "ours without channel pruning", t["noprune"], saved_mb(lambda: ours(1, prune=False), params), t["ours"]),
+        ("", "eager full network", t["full"],
+         saved_mb(lambda: one_eager_step(hooked_full_forward(copy.deepcopy(vgg))), params + list(vgg.parameters())),
+         t["ours"]),
+        ("", "eager stop at layer", t["stop"], saved_mb(lambda: one_eager_step(stop_fwd), params), t["ours"]),
+        ("", compiled_note, t.get("compiled"), None, t["ours"]),
+    ]
 
     # Lucid-like settings: ours against torch-lucent
     lucid = dict(size=SIZE, param="fourier", transforms="standard", optimizer="adam", lr=0.05,
                  normalize=([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
-    t_ours_l = per_step_ms(lambda s: vis.activation_maximization(vgg, [vis.channel(LAYER, CHANNEL)], steps=s, **lucid),
-                           steps, device, reps)
-    rows.append(("(i) 1 channel, Lucid-style loop", "ours (Fourier, standard transforms, Adam)", t_ours_l, None, None))
+    lv = {"ours": lambda s: vis.activation_maximization(vgg, [vis.channel(LAYER, CHANNEL)], steps=s, **lucid)}
+    notes = {}
     for fixed, label in ((SIZE, "lucent render_vis, fixed_image_size=128"), (None, "lucent render_vis, default (224 px)")):
         run, desc = lucent_runner(copy.deepcopy(vgg), device, fixed)
-        if run is None:
-            rows.append(("", f"{label}: {desc}", None, None, t_ours_l))
-        else:
-            try:
-                rows.append(("", label, per_step_ms(run, steps, device, reps), None, t_ours_l))
-            except Exception as e:  # noqa: BLE001
-                rows.append(("", f"{label}: failed ({type(e).__name__}: {e})", None, None, t_ours_l))
+        notes[label] = desc
+        if run is not None:
+            lv[label] = run
+    try:
+        tl = per_step_ms(lv, steps, device, reps)
+    except Exception as e:  # noqa: BLE001
+        notes = {k: f"failed ({type(e).__name__}: {e})" for k in notes}
+        lv = {"ours": lv["ours"]}
+        tl = per_step_ms(lv, steps, device, reps)
+    rows.append(("(i) 1 channel, Lucid-style loop", "ours (Fourier, standard transforms, Adam)", tl["ours"], None, None))
+    for label, desc in notes.items():
+        rows.append(("", label if label in tl else f"{label}: {desc}", tl.get(label), None, tl["ours"]))
+    if any(label in tl for label in notes):
+        print(f"lucent: {next(iter(notes.values()))}\n")
 
     # (ii) batched channels against sequential single-channel runs
     chans = list(range(args.channels))
-    t_batch = per_step_ms(lambda s: ours(s, channels=chans), max(2, steps // 2), device, max(1, reps - 2))
-    per_img_batch = t_batch / len(chans)
 
     def seq(s):
         for c in range(n_seq):
             ours(s, channels=(c,))
-    t_seq = per_step_ms(seq, max(2, steps // 2), device, max(1, reps - 2)) / n_seq
+    tb = per_step_ms({"batch": lambda s: ours(s, channels=chans)}, max(2, steps // 2), device,
+                     max(1, reps - 2), per=len(chans))
+    ts = per_step_ms({"seq": seq}, max(2, steps // 2), device, max(1, reps - 2), per=n_seq)
+    per_img_batch, t_seq = tb["batch"], ts["seq"]
     rows.append((f"(ii) {len(chans)} channels, per image-step", f"ours, one batch of {len(chans)}", per_img_batch,
                  saved_mb(lambda: ours(1, channels=chans), params), None))
     rows.append(("", f"ours, sequential single-channel runs (timed {n_seq})", t_seq, None, per_img_batch))

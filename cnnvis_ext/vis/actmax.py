@@ -297,7 +297,7 @@ def activation_maximization(
     if steps is None:
         steps = preset.steps if preset is not None else 512
     if lr is None:
-        lr = preset.lr if preset is not None else 0.05
+        lr = preset.lr if (preset is not None and optimizer == "sgd") else 0.05
     if isinstance(transforms, str) and transforms == "default":
         transforms = None if preset is not None else "standard"
     lr_policy = preset.lr_policy if (preset is not None and optimizer == "sgd") else "constant"
