@@ -124,7 +124,7 @@ class FourierParam(ImageParam):
                                norm="ortho").to(self.spectrum.dtype)
         img = img / 4.0
         if self.color is not None:
-            img = torch.einsum("ij,njhw->nihw", self.color, img)
+            img = torch.nn.functional.conv2d(img, self.color[:, :, None, None])  # 1x1: colour mixing
         return torch.sigmoid(img)
 
 
