@@ -770,9 +770,10 @@ def regularize_(x: Tensor, grad: Tensor, lr: float = 1.0, decay: float = 0.0,
     computed in x's dtype, and a pixel is zeroed when its value is *strictly*
     below it, so ``pct = 0`` zeroes nothing and ``pct = 100`` keeps only the
     pixels equal to the maximum. The selection is exact (the same pixels as
-    the torch.quantile formulation, up to rounding ties) and uses
-    ``std::nth_element`` on CPU (linear time, no sort) and ``torch.kthvalue``
-    on CUDA. An image whose values contain NaN is not clipped. The
+    the torch.quantile formulation, up to rounding ties) and uses a radix
+    selection on CPU (linear time, no sort; norms are selected as squared
+    norms and compared against the exact squared cut of the threshold) and
+    ``torch.kthvalue`` on CUDA (float32 statistics for half/bfloat16). An image whose values contain NaN is not clipped. The
     contribution is the signed channel sum of ``x * grad``, as the issue
     specifies (Yosinski et al. clip by its size; use ``grad.neg()`` or
     pre-process ``grad`` for other conventions).

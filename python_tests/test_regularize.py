@@ -155,3 +155,24 @@ def test_cuda_matches_reference(kw, dtype):
     else:  # low precision may move a pixel across a threshold: compare the bulk
         close = (xc.double().cpu() - ref).abs() <= 0.05 + 0.02 * ref.abs()
         assert close.float().mean() > 0.97
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["narrow", "quantized", "signed_zero", "huge_range"])
+def test_selection_on_hard_distributions(dtype, kind):
+    # narrow ranges share their top bits (radix refinement), quantized values
+    # tie, contributions are signed and include -0.0 / 0.0
+    n, c, h, w = 2, 3, 30, 40
+    if kind == "narrow":
+        x = 1 + 1e-3 * torch.rand(n, c, h, w, dtype=dtype)
+    elif kind == "quantized":
+        x = torch.randint(-3, 4, (n, c, h, w)).to(dtype)
+    elif kind == "signed_zero":
+        x = torch.randint(-1, 2, (n, c, h, w)).to(dtype) * 0.5
+    else:
+        x = torch.randn(n, c, h, w, dtype=dtype) * torch.logspace(-20, 20, w, dtype=dtype)
+    g = torch.randn_like(x)
+    for pct in (5, 37.5, 50, 95):
+        a, b = _run_both(x, g, lr=0.0, norm_pct=pct, contrib_pct=pct)
+        assert torch.equal(a == 0, b == 0), pct
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

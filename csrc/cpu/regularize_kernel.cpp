@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -53,7 +54,7 @@ struct RegPass {
   const A* g;     // same position in grad (or nullptr)
   A* sq;          // per-pixel squared norm (or nullptr), from p0
   A* ct;          // per-pixel contribution (or nullptr), from p0
-  const A* nthr_vals;  // per-pixel norm (for the final pass)
+  const A* nthr_vals;  // per-pixel squared norm (for the final pass)
   const A* cthr_vals;  // per-pixel contribution (for the final pass)
   int64_t C, HW, len;
   A lr, keep, lo, hi, nthr, cthr;
@@ -139,21 +140,137 @@ void run_finish(const RegPass<A>& p) {
   finish_default(p);
 }
 
-// torch.quantile(values, q, interpolation="linear") of m values, by
-// selection: nth_element on a scratch copy, then the smallest value above.
-// NaN anywhere gives NaN (as torch.quantile), which clips nothing.
+// ---- exact selection -------------------------------------------------------
+// k-th smallest of m floating-point values (no NaN) by radix selection on
+// their order-preserving integer keys: a histogram of the top 11 bits finds
+// the bucket holding rank k, its members are gathered, and the next 11 bits
+// refine until few candidates are left (then std::nth_element on them). Two
+// linear passes over the data, against ~12 ns per element for
+// std::nth_element on the whole image.
 template <typename A>
-A exact_quantile(const A* values, int64_t m, A q, std::vector<A>& scratch) {
-  scratch.assign(values, values + m);
-  for (int64_t i = 0; i < m; ++i)
-    if (std::isnan(scratch[i])) return std::numeric_limits<A>::quiet_NaN();
+struct RadixKey;
+template <>
+struct RadixKey<float> {
+  using U = uint32_t;
+};
+template <>
+struct RadixKey<double> {
+  using U = uint64_t;
+};
+
+template <typename A>
+inline typename RadixKey<A>::U to_key(A v) {
+  using U = typename RadixKey<A>::U;
+  constexpr int bits = sizeof(U) * 8;
+  U u;
+  std::memcpy(&u, &v, sizeof(U));
+  return (u >> (bits - 1)) ? ~u : (u | (U(1) << (bits - 1)));
+}
+
+template <typename A>
+inline A from_key(typename RadixKey<A>::U k) {
+  using U = typename RadixKey<A>::U;
+  constexpr int bits = sizeof(U) * 8;
+  const U u = (k >> (bits - 1)) ? (k & ~(U(1) << (bits - 1))) : ~k;
+  A v;
+  std::memcpy(&v, &u, sizeof(U));
+  return v;
+}
+
+template <typename A>
+A radix_select(const A* vals, int64_t m, int64_t k, std::vector<typename RadixKey<A>::U>& cand,
+               std::vector<typename RadixKey<A>::U>& next) {
+  using U = typename RadixKey<A>::U;
+  constexpr int bits = sizeof(U) * 8, B = 11;
+  uint32_t hist[1 << B];
+  int shift = bits - B;
+  // first digit, straight from the values
+  std::fill(hist, hist + (1 << B), 0u);
+  for (int64_t i = 0; i < m; ++i) ++hist[to_key(vals[i]) >> shift];
+  int64_t b = 0;
+  for (;; ++b) {
+    if (k < hist[b]) break;
+    k -= hist[b];
+  }
+  cand.clear();
+  for (int64_t i = 0; i < m; ++i) {
+    const U key = to_key(vals[i]);
+    if (static_cast<int64_t>(key >> shift) == b) cand.push_back(key);
+  }
+  while (cand.size() > 64 && shift > 0) {
+    const int width = std::min(B, shift);
+    const int nshift = shift - width;
+    const U dmask = (U(1) << width) - 1;
+    std::fill(hist, hist + (1 << width), 0u);
+    for (const U key : cand) ++hist[(key >> nshift) & dmask];
+    int64_t d = 0;
+    for (;; ++d) {
+      if (k < hist[d]) break;
+      k -= hist[d];
+    }
+    next.clear();
+    for (const U key : cand)
+      if (static_cast<int64_t>((key >> nshift) & dmask) == d) next.push_back(key);
+    cand.swap(next);
+    shift = nshift;
+  }
+  std::nth_element(cand.begin(), cand.begin() + k, cand.end());
+  return from_key<A>(cand[k]);
+}
+
+// The (k+1)-th smallest given vb, the k-th: vb again when more than k+1
+// values are <= vb, else the smallest value above vb.
+template <typename A>
+A next_order_statistic(const A* vals, int64_t m, int64_t k, A vb) {
+  int64_t le = 0;
+  A mn[8];
+  for (auto& v : mn) v = std::numeric_limits<A>::infinity();
+  int64_t i = 0;
+  for (; i + 8 <= m; i += 8)
+    for (int l = 0; l < 8; ++l) {
+      const A v = vals[i + l];
+      le += v <= vb;
+      const A c = v > vb ? v : std::numeric_limits<A>::infinity();
+      mn[l] = c < mn[l] ? c : mn[l];
+    }
+  for (; i < m; ++i) {
+    le += vals[i] <= vb;
+    if (vals[i] > vb && vals[i] < mn[0]) mn[0] = vals[i];
+  }
+  if (le > k + 1) return vb;
+  A best = mn[0];
+  for (int l = 1; l < 8; ++l) best = mn[l] < best ? mn[l] : best;
+  return best;
+}
+
+// The two order statistics torch.quantile(values, q, "linear") interpolates,
+// *vb (rank below) and *va (rank above), and the weight. False when a value
+// is NaN (torch.quantile is NaN then, which clips nothing).
+template <typename A>
+bool quantile_order_stats(const A* values, int64_t m, A q, A* vb, A* va, A* weight,
+                          std::vector<typename RadixKey<A>::U>& s1,
+                          std::vector<typename RadixKey<A>::U>& s2) {
+  bool nan = false;
+  for (int64_t i = 0; i < m; ++i) nan |= values[i] != values[i];
+  if (nan) return false;
   int64_t below, above;
-  A weight;
-  quantile_rank(m, q, &below, &above, &weight);
-  std::nth_element(scratch.begin(), scratch.begin() + below, scratch.end());
-  const A vb = scratch[below];
-  const A va = above == below ? vb : *std::min_element(scratch.begin() + below + 1, scratch.end());
-  return quantile_lerp(vb, va, weight);
+  quantile_rank(m, q, &below, &above, weight);
+  *vb = radix_select(values, m, below, s1, s2);
+  *va = above == below ? *vb : next_order_statistic(values, m, below, *vb);
+  return true;
+}
+
+// The smallest s >= 0 with sqrt(s) >= thr, so that for squared norms sq,
+// sqrt(sq) < thr  <=>  sq < s (sqrt is monotonic): the norm clip then
+// compares squared norms, and no per-pixel sqrt is needed.
+template <typename A>
+A squared_cut(A thr) {
+  if (!(thr > A(0))) return A(0);
+  if (std::isinf(thr)) return thr;
+  A s = thr * thr;
+  while (s > A(0) && std::sqrt(std::nextafter(s, A(0))) >= thr) s = std::nextafter(s, A(0));
+  while (std::sqrt(s) < thr) s = std::nextafter(s, std::numeric_limits<A>::infinity());
+  return s;
 }
 
 template <typename A>
@@ -215,23 +332,30 @@ void regularize_run(A* x, const A* g, int64_t N, int64_t C, int64_t HW, const at
     }
   }
   if (!clip) return;
-  // 3. per-image thresholds
-  std::vector<A> nthr(N, -INFINITY), cthr(N, -INFINITY);
-  for (auto& v : norms) v = std::sqrt(v);
+  // 3. per-image thresholds. Norms are selected as squared norms (the order
+  // statistics of sqrt(sq) are sqrt of those of sq), and the clip compares
+  // sq with the exact squared cut of the norm threshold.
+  std::vector<A> ncut(N, A(0)), cthr(N, -std::numeric_limits<A>::infinity());
   at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-    std::vector<A> scratch;
+    std::vector<typename RadixKey<A>::U> s1, s2;
     for (int64_t n = b; n < e; ++n) {
+      A vb, va, w;
       if (nclip) {
-        A* nv = norms.data() + n * HW;
-        nthr[n] = exact_quantile(nv, HW, static_cast<A>(norm_pct / 100.0), scratch);
+        A* sq = norms.data() + n * HW;
+        if (quantile_order_stats(sq, HW, static_cast<A>(norm_pct / 100.0), &vb, &va, &w, s1, s2)) {
+          ncut[n] = squared_cut(quantile_lerp(std::sqrt(vb), std::sqrt(va), w));
+        }
         if (cclip) {  // the contribution of a pixel zeroed by the norm clip is 0
           A* cv = contribs.data() + n * HW;
-          for (int64_t i = 0; i < HW; ++i) cv[i] = nv[i] < nthr[n] ? A(0) : cv[i];
+          const A cut = ncut[n];
+          for (int64_t i = 0; i < HW; ++i) cv[i] = sq[i] < cut ? A(0) : cv[i];
         }
       }
-      if (cclip)
-        cthr[n] = exact_quantile(contribs.data() + n * HW, HW,
-                                 static_cast<A>(contrib_pct / 100.0), scratch);
+      if (cclip) {
+        const A* cv = contribs.data() + n * HW;
+        if (quantile_order_stats(cv, HW, static_cast<A>(contrib_pct / 100.0), &vb, &va, &w, s1, s2))
+          cthr[n] = quantile_lerp(vb, va, w);
+      }
     }
   });
   // 4. zero + clamp
@@ -241,7 +365,7 @@ void regularize_run(A* x, const A* g, int64_t N, int64_t C, int64_t HW, const at
       RegPass<A> p = make(xs, n, p0, p1);
       p.nthr_vals = nclip ? norms.data() + n * HW + p0 : nullptr;
       p.cthr_vals = cclip ? contribs.data() + n * HW + p0 : nullptr;
-      p.nthr = nthr[n];
+      p.nthr = ncut[n];
       p.cthr = cthr[n];
       run_finish(p);
     }
