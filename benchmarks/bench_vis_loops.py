@@ -22,7 +22,8 @@ parameterization, gradient ascent with L2 decay 1e-4 and a Gaussian blur
                       upsampling to 224 px; compared with ours under the Lucid-like defaults
                       (Fourier param, standard transforms, Adam) on the same 128 px images
 (ii) 64 channels of features.10: one batch of 64 images against 64 sequential single-channel
-    runs, reported per image-step.
+    runs, reported per image-step; and the Lucid-style loop on one batch of 64 against
+    torch-lucent (one image per run) per image-step.
 
 Also printed: the memory autograd saves for backward in one step (parameters excluded).
 
@@ -293,6 +294,12 @@ def main():
     rows.append((f"(ii) {len(chans)} channels, per image-step", f"ours, one batch of {len(chans)}", per_img_batch,
                  saved_mb(lambda: ours(1, channels=chans), params), None))
     rows.append(("", f"ours, sequential single-channel runs (timed {n_seq})", t_seq, None, per_img_batch))
+    tlb = per_step_ms({"lb": lambda s: vis.activation_maximization(
+        vgg, [vis.channel(LAYER, c) for c in chans], steps=s, **lucid)}, max(2, steps // 2), device,
+        max(1, reps - 2), per=len(chans))["lb"]
+    rows.append(("", f"ours Lucid-style, one batch of {len(chans)}", tlb, None, None))
+    lab = "lucent render_vis, fixed_image_size=128"
+    rows.append(("", f"{lab} (from (i))" if lab in tl else f"{lab}: absent", tl.get(lab), None, tlb))
 
     hdr = ["case", "variant", "median ms/step", "saved for backward (MB)", "ratio (this / ours)"]
     out = []

@@ -198,6 +198,30 @@ def test_custom_transforms_normalize_and_channels():
     assert res.images.shape == (1, 5, 12, 18)
 
 
+def test_standard_transform_single_resampling_matches_composed():
+    from cnnvis_ext.vis.transforms import Compose, StandardTransform
+    torch.manual_seed(0)
+    x = torch.rand(3, 2, 20, 20, dtype=torch.float64)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    # integer shifts only: the single resampling equals pad + two crops exactly
+    fast = StandardTransform(5, 4, [1.0], [0.0], 2)
+    slow = Compose([Pad(5), Jitter(4), RandomScale([1.0]), RandomRotate([0.0]), Jitter(2)])
+    torch.testing.assert_close(fast(x, gens(), 1), slow(x, gens(), 1), rtol=0, atol=1e-9)
+    # with zoom and rotation: same random draws; on a smooth image, equal away from the borders
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    x = torch.stack([torch.sin(0.3 * yy + 0.2 * xx), torch.cos(0.25 * xx - 0.1 * yy)]).double()
+    x = (0.5 + 0.4 * x).expand(3, 2, 40, 40).contiguous()
+    fast = vis.transforms.standard_transforms()
+    slow = vis.transforms.standard_transforms(fused=False)
+    a, b = fast(x, gens(), 1), slow(x, gens(), 1)
+    assert a.shape == b.shape == (3, 2, 52, 52)
+    inner = (slice(None), slice(None), slice(16, 36), slice(16, 36))  # away from the image's edges
+    assert (a[inner] - b[inner]).abs().max() < 0.03  # one bilinear resampling instead of two
+    # per-image: an image's result does not depend on the others
+    one = fast(x[1:2], [torch.Generator().manual_seed(1)], 1)
+    torch.testing.assert_close(one[0], a[1])
+
+
 def test_works_on_fused_model():
     m = cnnvis_ext.fuse(tiny())
     res = vis.activation_maximization(m, ["2:0", "4:3"], size=16, steps=3, transforms=None)

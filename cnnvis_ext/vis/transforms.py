@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["Transform", "Pad", "Jitter", "RandomScale", "RandomRotate", "Compose",
-           "standard_transforms"]
+           "StandardTransform", "standard_transforms"]
 
 
 def _draw(gens: Sequence[torch.Generator], k: int, n_choices: int) -> Tensor:
@@ -130,13 +130,76 @@ class Compose(Transform):
         return f"Compose({self.transforms})"
 
 
-def standard_transforms() -> Compose:
-    """Lucid's standard set: pad 12, jitter 8, scale 0.9..1.1, rotate -10..10 degrees, jitter 4."""
+class StandardTransform(Transform):
+    """Pad, jitter, random scale, random rotation and jitter again, in ONE resampling.
+
+    Draws, per image, the same random parameters in the same order as
+    ``Compose([Pad(pad), Jitter(jitter1), RandomScale(scales), RandomRotate(angles),
+    Jitter(jitter2)])`` and composes them into a single affine map, so each
+    step runs one ``grid_sample`` (and its backward) instead of two
+    resamplings and two gathers. Points that fall outside the image take
+    ``pad_value`` (the constant padding). The output is
+    ``H + 2 * pad - jitter1 - jitter2`` pixels high (and as wide).
+    """
+
+    def __init__(self, pad: int = 12, jitter1: int = 8, scales: Sequence[float] = (1.0,),
+                 angles: Sequence[float] = (0.0,), jitter2: int = 4, pad_value: float = 0.5):
+        self.pad, self.j1, self.j2 = int(pad), int(jitter1), int(jitter2)
+        self.scales = torch.tensor([float(v) for v in scales], dtype=torch.float64)
+        self.angles = torch.tensor([float(v) for v in angles], dtype=torch.float64)
+        self.pad_value = float(pad_value)
+
+    def __call__(self, x, gens, k):
+        n, c, h, w = x.shape
+        p, j1, j2 = self.pad, self.j1, self.j2
+        h1, w1 = h + 2 * p - j1, w + 2 * p - j1
+        ho, wo = h1 - j2, w1 - j2
+        # per-generator draw order of the composed transforms
+        oy1 = _draw(gens, k, j1 + 1) if j1 > 0 else torch.zeros(n, dtype=torch.long)
+        ox1 = _draw(gens, k, j1 + 1) if j1 > 0 else torch.zeros(n, dtype=torch.long)
+        s = self.scales[_draw(gens, k, len(self.scales))]
+        a = self.angles[_draw(gens, k, len(self.angles))] * (math.pi / 180.0)
+        oy2 = _draw(gens, k, j2 + 1) if j2 > 0 else torch.zeros(n, dtype=torch.long)
+        ox2 = _draw(gens, k, j2 + 1) if j2 > 0 else torch.zeros(n, dtype=torch.long)
+        dev = x.device
+        f64 = dict(device=dev, dtype=torch.float64)
+        col = lambda t: t.to(**f64).reshape(n, 1, 1)  # noqa: E731
+        # output pixel centres -> the (h1, w1) frame after the first jitter (normalized coords)
+        qy = torch.arange(ho, **f64).reshape(1, ho, 1) + 0.5 + col(oy2)
+        qx = torch.arange(wo, **f64).reshape(1, 1, wo) + 0.5 + col(ox2)
+        ny, nx = 2 * qy / h1 - 1, 2 * qx / w1 - 1
+        cos, sin = col(torch.cos(a)), col(torch.sin(a))
+        # rotation (output -> its input), then the zoom: n_in = R n / s
+        rx = (cos * nx - sin * ny) / col(s)
+        ry = (sin * nx + cos * ny) / col(s)
+        # back to pixels of the padded frame, then of the image, then normalized for grid_sample
+        px = (rx + 1) * w1 / 2 + col(ox1) - p
+        py = (ry + 1) * h1 / 2 + col(oy1) - p
+        grid = torch.stack([2 * px / w - 1, 2 * py / h - 1], dim=-1).to(x.dtype)
+        out = F.grid_sample(x - self.pad_value, grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        return out + self.pad_value
+
+    def __repr__(self):
+        return (f"StandardTransform(pad={self.pad}, jitter1={self.j1}, {len(self.scales)} scales, "
+                f"{len(self.angles)} angles, jitter2={self.j2})")
+
+
+def standard_transforms(fused: bool = True) -> Transform:
+    """Lucid's standard set: pad 12 (grey), jitter 8, scale 0.9..1.1, rotate -10..10 degrees, jitter 4.
+
+    ``fused=True`` (default) gives the single-resampling :class:`StandardTransform`;
+    ``fused=False`` the equivalent :class:`Compose` of the separate transforms.
+    """
+    scales = [1 + (i - 5) / 50.0 for i in range(11)]
+    angles = list(range(-10, 11)) + 5 * [0]
+    if fused:
+        return StandardTransform(12, 8, scales, angles, 4, 0.5)
     return Compose([
         Pad(12, mode="constant", value=0.5),
         Jitter(8),
-        RandomScale([1 + (i - 5) / 50.0 for i in range(11)]),
-        RandomRotate(list(range(-10, 11)) + 5 * [0]),
+        RandomScale(scales),
+        RandomRotate(angles),
         Jitter(4),
     ])
 
