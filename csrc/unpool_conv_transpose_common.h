@@ -75,6 +75,19 @@ HOST_DEVICE_INLINE void scatter_taps(A v, const T* CNNVIS_RESTRICT wt, int64_t y
   }
 }
 
+// One tap of the transposed convolution: the output (= forward input)
+// position that conv-output position (y, x) reaches through filter tap
+// (kh, kw). Returns false when it falls in the padding. The sparse CUDA
+// kernel scatters one (value, tap, channel) per thread with it; scatter_taps
+// above is the same formula, looped over the taps.
+HOST_DEVICE_INLINE bool tap_target(int64_t y, int64_t x, int64_t kh, int64_t kw, int64_t sh,
+                                   int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                                   int64_t H, int64_t W, int64_t* iy, int64_t* ix) {
+  *iy = y * sh - ph + kh * dh;
+  *ix = x * sw - pw + kw * dw;
+  return *iy >= 0 && *iy < H && *ix >= 0 && *ix < W;
+}
+
 // Dense unpooling as a gather: the unpooled value at conv position (y, x)
 // for `nc` channels is the sum of the (rectified) pooled values of every
 // window containing it ([ph_lo, ph_hi) x [pw_lo, pw_hi), see
@@ -98,13 +111,13 @@ HOST_DEVICE_INLINE void gather_unpool(const T* CNNVIS_RESTRICT pn, const uint8_t
       const T* pv = pn + off;
       if (sn == nullptr) {
         CNNVIS_IVDEP
-        for (int64_t c = 0; c < nc; ++c) acc[c] += static_cast<A>(rectify_value(pv[c], rectify));
+        for (int64_t c = 0; c < nc; ++c) acc[c] += rectify_value(static_cast<A>(pv[c]), rectify);
       } else {
         const uint8_t* s = sn + off;
         CNNVIS_IVDEP
         for (int64_t c = 0; c < nc; ++c) {
           const bool hit = s[c] == k;
-          acc[c] += hit ? static_cast<A>(rectify_value(pv[c], rectify)) : A(0);
+          acc[c] += hit ? rectify_value(static_cast<A>(pv[c]), rectify) : A(0);
         }
       }
     }
@@ -120,7 +133,7 @@ HOST_DEVICE_INLINE A gather_switch_grad(const T* CNNVIS_RESTRICT gconv_n, int64_
                                         bool inside, int64_t W, int64_t C, int64_t c, T pv,
                                         bool rectify) {
   if (!inside) return A(0);
-  if (rectify && pv <= T(0)) return A(0);
+  if (rectify && static_cast<A>(pv) <= A(0)) return A(0);
   return static_cast<A>(gconv_n[(y * W + x) * C + c]);
 }
 

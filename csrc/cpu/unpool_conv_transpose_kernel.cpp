@@ -6,8 +6,10 @@
 //     (scatter_taps); cost ~ nnz * kH * kW * C_in, independent of the map
 //     size except for one read of p. Parallel over (image, channel block,
 //     output row band), so no two threads write the same element.
-//   dense: relu(p) is unpooled into a zeroed channels-last buffer and ATen's
-//     transposed convolution (oneDNN / GEMM) filters it.
+//   dense: relu(p) is unpooled into a channels-last buffer by a gather that
+//     writes each element once (no zero-fill; gather_unpool, shared with the
+//     CUDA backend) and ATen's transposed convolution (oneDNN / GEMM, faster
+//     channels-last than NCHW at every measured shape) filters it.
 // "auto" takes the sparse path when nnz / (N * C_out * H_conv * W_conv) is
 // below kSparseDensityThresholdCPU (measured: the axpy formulation runs at a
 // fraction of GEMM speed, so it wins only when most of the map is zero).
@@ -24,6 +26,7 @@
 #include <atomic>
 #include <vector>
 
+#include "../conv_relu_pool_common.h"
 #include "../unpool_conv_transpose.h"
 #include "../unpool_conv_transpose_common.h"
 
@@ -31,7 +34,6 @@ namespace cnnvis {
 namespace {
 
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
-constexpr int64_t kChannelBlock = 64;   // unpooling: channels per task
 constexpr int64_t kScatterBlock = 256;  // sparse scatter: output channels per task
 
 template <typename T>
@@ -57,53 +59,75 @@ bool overlapping(const UnpoolConvTGeometry& g) {
   abort();
 }
 
-// u (NHWC (N, CH, CW, C), zeroed) += unpool(rectify(p)): each nonzero
-// pooled value is added at the position its switch names. Parallel over
-// (image, channel block), so concurrent tasks never write the same element
-// and the order of the additions is fixed (deterministic sums where
-// overlapping windows share a position). Raises if a switch points outside
-// its window or the map (that value would otherwise be dropped).
+// Raises if a switch points outside its window or outside the conv map (the
+// gather below would silently drop that value). When every window lies
+// inside the map (no pool padding, no ceil-mode overhang) only the window
+// bound needs checking: one vectorizable max over the uint8 switches.
+void check_switches(const uint8_t* sp, const UnpoolConvTGeometry& g) {
+  if (sp == nullptr) return;
+  const int64_t PH = g.pooled_h, PW = g.pooled_w, C = g.c_out;
+  const int64_t area = g.pool_kh * g.pool_kw;
+  const bool inside = g.pool_ph == 0 && g.pool_pw == 0 &&
+                      (PH - 1) * g.pool_sh + g.pool_kh <= g.conv_h &&
+                      (PW - 1) * g.pool_sw + g.pool_kw <= g.conv_w;
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, g.n * PH, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, PW * C)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end && !bad; ++row) {
+      const uint8_t* s = sp + row * PW * C;
+      if (inside) {
+        uint8_t m = 0;
+        for (int64_t i = 0; i < PW * C; ++i) m = std::max(m, s[i]);
+        if (m >= area) bad = true;
+        continue;
+      }
+      const int64_t oh = row % PH;
+      for (int64_t ow = 0; ow < PW; ++ow)
+        for (int64_t c = 0; c < C; ++c) {
+          int64_t y, x;
+          if (!switch_position(oh, ow, s[ow * C + c], g.pool_sh, g.pool_sw, g.pool_ph, g.pool_pw,
+                               g.pool_kh, g.pool_kw, g.conv_h, g.conv_w, &y, &x))
+            bad = true;
+        }
+    }
+  });
+  if (bad) bad_switch();
+}
+
+// u (NHWC (N, CH, CW, C)) = unpool(rectify_pre(p)), rectified after the sum
+// when `post`: a gather (gather_unpool, the body the CUDA backend runs too)
+// that writes every element of u exactly once, with the whole channel
+// vector per call (contiguous, vectorized), so u needs no zero-fill and is
+// produced in a single pass. Overlapping windows are summed in the fixed
+// (oh, ow) order. Parallel over (image, row). The switches must have been
+// checked (check_switches).
 template <typename scalar_t>
 void unpool_dense(const scalar_t* pp, const uint8_t* sp, scalar_t* up,
-                  const UnpoolConvTGeometry& g, bool rectify) {
+                  const UnpoolConvTGeometry& g, bool pre, bool post) {
   const int64_t C = g.c_out, PH = g.pooled_h, PW = g.pooled_w, CH = g.conv_h, CW = g.conv_w;
-  const int64_t nb = (C + kChannelBlock - 1) / kChannelBlock;
-  const int64_t area = g.pool_kh * g.pool_kw;
-  // Offset of each switch value inside the window (no division per element).
-  std::vector<int64_t> dy(256, 0), dx(256, 0);
-  for (int64_t k = 0; k < area; ++k) {
-    dy[k] = k / g.pool_kw;
-    dx[k] = k % g.pool_kw;
-  }
-  std::atomic<bool> bad{false};
-  at::parallel_for(0, g.n * nb, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / nb;
-      const int64_t c0 = (item % nb) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
+  at::parallel_for(0, g.n * CH, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, CW * C)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / CH, y = row % CH;
       const scalar_t* pn = pp + n * PH * PW * C;
       const uint8_t* sn = sp ? sp + n * PH * PW * C : nullptr;
-      scalar_t* un = up + n * CH * CW * C;
-      for (int64_t oh = 0; oh < PH; ++oh) {
-        const int64_t y0 = oh * g.pool_sh - g.pool_ph;
-        for (int64_t ow = 0; ow < PW; ++ow) {
-          const int64_t x0 = ow * g.pool_sw - g.pool_pw;
-          const int64_t off = (oh * PW + ow) * C;
-          for (int64_t c = c0; c < c1; ++c) {
-            const scalar_t v = rectify_value(pn[off + c], rectify);
-            if (v == scalar_t(0)) continue;
-            const int64_t k = sn ? sn[off + c] : 0;
-            const int64_t y = y0 + dy[k], x = x0 + dx[k];
-            if (k >= area || y < 0 || y >= CH || x < 0 || x >= CW) {
-              bad = true;
-              continue;
-            }
-            un[(y * CW + x) * C + c] += v;
-          }
+      int64_t ph_lo, ph_hi;
+      windows_containing(y, g.pool_sh, g.pool_ph, g.pool_kh, PH, &ph_lo, &ph_hi);
+      scalar_t* ur = up + row * CW * C;
+      for (int64_t x = 0; x < CW; ++x) {
+        int64_t pw_lo, pw_hi;
+        windows_containing(x, g.pool_sw, g.pool_pw, g.pool_kw, PW, &pw_lo, &pw_hi);
+        scalar_t* acc = ur + x * C;
+        gather_unpool<scalar_t, scalar_t>(pn, sn, PW * C, C, y, x, ph_lo, ph_hi, pw_lo, pw_hi,
+                                          g.pool_sh, g.pool_sw, g.pool_ph, g.pool_pw, g.pool_kw,
+                                          C, pre, acc);
+        if (post) {
+          CNNVIS_IVDEP
+          for (int64_t c = 0; c < C; ++c) acc[c] = rectify_value(acc[c], true);
         }
       }
     }
   });
-  if (bad) bad_switch();
 }
 
 at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at::Tensor>& switches,
@@ -151,9 +175,9 @@ at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at
                kSparseDensityThresholdCPU * static_cast<double>(N * C * CH * CW);
     }
     if (!sparse) {
-      at::Tensor u = at::empty({N, C, CH, CW}, pc.options().memory_format(kCL)).zero_();
-      unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, pre);
-      if (post) u.relu_();
+      check_switches(sp, g);
+      at::Tensor u = at::empty({N, C, CH, CW}, pc.options().memory_format(kCL));
+      unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, pre, post);
       out = at::convolution(u, weight, c10::nullopt, stride, padding, dilation,
                             /*transposed=*/true, {g.oph, g.opw}, groups)
                 .contiguous(kCL);
@@ -288,8 +312,9 @@ std::tuple<at::Tensor, at::Tensor> unpool_conv_transpose_backward_cpu(
     const scalar_t* pp = pc.const_data_ptr<scalar_t>();
     const uint8_t* sp = has_sw ? sc.const_data_ptr<uint8_t>() : nullptr;
     // The unpooled map (rectified unless rectification follows the sums).
-    at::Tensor u = at::empty({g.n, C, CH, CW}, pc.options().memory_format(kCL)).zero_();
-    unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, pre);
+    check_switches(sp, g);
+    at::Tensor u = at::empty({g.n, C, CH, CW}, pc.options().memory_format(kCL));
+    unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, pre, /*post=*/false);
     const scalar_t* upt = u.const_data_ptr<scalar_t>();
     if (output_mask[0]) {
       // The adjoint of the transposed convolution is the convolution.
