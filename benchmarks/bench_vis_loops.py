@@ -77,6 +77,16 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+class Timing(float):
+    """A median in ms that also carries ``.min``, the fastest run (the least disturbed by other
+    load on a shared machine)."""
+
+    def __new__(cls, median, fastest):
+        t = super().__new__(cls, median)
+        t.min = fastest
+        return t
+
+
 def per_step_ms(runs, steps, device, reps, per=1):
     """Median ms per step of each ``run(steps)`` in ``runs`` (a dict), divided by ``per``.
 
@@ -93,7 +103,7 @@ def per_step_ms(runs, steps, device, reps, per=1):
             run(steps)
             sync(device)
             times[k].append((time.perf_counter() - t0) * 1e3 / steps / per)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: Timing(statistics.median(v), min(v)) for k, v in times.items()}
 
 
 def saved_mb(fn, params):
@@ -301,12 +311,17 @@ def main():
     lab = "lucent render_vis, fixed_image_size=128"
     rows.append(("", f"{lab} (from (i))" if lab in tl else f"{lab}: absent", tl.get(lab), None, tlb))
 
-    hdr = ["case", "variant", "median ms/step", "saved for backward (MB)", "ratio (this / ours)"]
+    hdr = ["case", "variant", "median ms/step", "min ms/step", "saved for backward (MB)",
+           "ratio (this / ours)", "ratio of mins"]
     out = []
     for case, variant, t, mb, ref in rows:
+        tmin = getattr(t, "min", None)
+        rmin = getattr(ref, "min", None)
         out.append([case, variant, "absent" if t is None else f"{t:.2f}",
+                    "-" if tmin is None else f"{tmin:.2f}",
                     "-" if mb is None else f"{mb:.1f}",
-                    "-" if (t is None or ref is None) else f"{t / ref:.2f}x"])
+                    "-" if (t is None or ref is None) else f"{t / ref:.2f}x",
+                    "-" if (tmin is None or rmin is None) else f"{tmin / rmin:.2f}x"])
     widths = [max(len(h), *(len(r[i]) for r in out)) for i, h in enumerate(hdr)]
     fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     print(fmt(hdr))
