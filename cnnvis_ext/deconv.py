@@ -204,9 +204,122 @@ def _unpool(v: Tensor, pool: _Pool, sw: Tensor) -> Tensor:
     return u.view(n, c, *pool.in_size)
 
 
-def _project(steps: Sequence[object], start: Tensor, image_of_entry: Tensor) -> Tensor:
-    """Map ``start`` (activations at the top of ``steps``) down to the input."""
+# A projection from one unit is nonzero only inside the unit's receptive
+# field. _project therefore carries, for every batch entry, a window of the
+# current map (rows [y0, y0 + h), cols [x0, x0 + w) of the full map; all
+# entries share h and w, each has its own offset) and runs each deconvnet
+# step on the windows only: the switches are cropped per entry, the step is
+# computed without conv padding (so the window may overhang the map by the
+# padding, where it is zero), and its result is re-windowed to the part that
+# lies inside the map below. The windows follow the geometry (the bound of
+# the receptive field), so no data-dependent work is needed after the start.
+
+
+def _rewindow(v: Tensor, y0: Tensor, x0: Tensor, lo_y: Tensor, hi_y: Tensor, lo_x: Tensor,
+              hi_x: Tensor, full: Tuple[int, int]):
+    """Re-crop ``v`` (windows at ``(y0, x0)`` of a ``full`` map) to the rows ``[lo_y, hi_y)`` and
+    columns ``[lo_x, hi_x)`` of each entry (inside the map), with one common window size.
+
+    Returns ``(v', y0', x0')``; values of ``v'`` outside the old window are zero.
+    """
+    H, W = full
+    h, w = v.shape[-2:]
+    nh = max(1, int((hi_y - lo_y).max()))
+    nw = max(1, int((hi_x - lo_x).max()))
+    ny0 = torch.minimum(lo_y, torch.full_like(lo_y, H - nh))
+    nx0 = torch.minimum(lo_x, torch.full_like(lo_x, W - nw))
+    if nh == h and nw == w and torch.equal(ny0, y0) and torch.equal(nx0, x0):
+        return v, y0, x0
+    dev = v.device
+    rows = (ny0 - y0).view(-1, 1) + torch.arange(nh).view(1, -1)  # (B, nh) rows of v
+    cols = (nx0 - x0).view(-1, 1) + torch.arange(nw).view(1, -1)
+    rin = (rows >= 0) & (rows < h)
+    cin = (cols >= 0) & (cols < w)
+    b = torch.arange(v.shape[0], device=dev).view(-1, 1, 1)
+    r = rows.clamp(0, h - 1).to(dev)
+    c = cols.clamp(0, w - 1).to(dev)
+    out = v[b, :, r[:, :, None], c[:, None, :]]  # (B, nh, nw, C)
+    mask = (rin[:, :, None] & cin[:, None, :]).to(dev)[..., None]
+    out = torch.where(mask, out, torch.zeros((), dtype=v.dtype, device=dev))
+    return out.permute(0, 3, 1, 2), ny0, nx0
+
+
+def _valid(y0: Tensor, h: int, H: int) -> Tuple[Tensor, Tensor]:
+    """The part ``[lo, hi)`` of windows ``[y0, y0 + h)`` that lies inside ``[0, H)``."""
+    lo = y0.clamp(0, H)
+    hi = (y0 + h).clamp(0, H)
+    return lo, torch.maximum(hi, lo)
+
+
+def _nonzero_box(v: Tensor):
+    """Per entry: the bounding box ``(lo_y, hi_y, lo_x, hi_x)`` of the nonzeros of ``v``."""
+    nz = v != 0
+    rows = nz.any(dim=3).any(dim=1).cpu()  # (B, H)
+    cols = nz.any(dim=2).any(dim=1).cpu()  # (B, W)
+
+    def span(m):
+        n = m.shape[1]
+        idx = torch.arange(n)
+        lo = torch.where(m, idx, n).min(dim=1).values
+        hi = torch.where(m, idx + 1, 0).max(dim=1).values
+        empty = ~m.any(dim=1)
+        return torch.where(empty, 0, lo), torch.where(empty, 0, hi)
+
+    return (*span(rows), *span(cols))
+
+
+def _crop_step(v: Tensor, y0: Tensor, x0: Tensor, conv: _Conv, pool: Optional[_Pool],
+               image_of_entry: Tensor, rectify: bool):
+    """One deconvnet step on windows ``v`` at ``(y0, x0)`` of the pooled map.
+
+    Returns the result's windows and their offsets in the conv input map.
+    """
+    hp, wp = v.shape[-2:]
+    full_p = tuple(pool.switches.shape[-2:]) if pool is not None else conv.out_size
+    w = conv.weight.to(v.dtype)
+    if (hp, wp) == tuple(full_p):
+        # The window is the whole map: the plain step (offsets are 0).
+        sw = None if pool is None else pool.switches[image_of_entry]
+        pk, ps, pp = (((1, 1), (1, 1), (0, 0)) if pool is None
+                      else (pool.kernel, pool.stride, pool.padding))
+        out = ops.unpool_conv_transpose(v, sw, w, conv.stride, conv.padding, conv.dilation,
+                                        conv.groups, pk, ps, pp, conv.out_size, conv.in_size,
+                                        rectify=rectify)
+        return out, torch.zeros_like(y0), torch.zeros_like(x0)
+    if pool is None:
+        sw, pk, ps = None, (1, 1), (1, 1)
+        uy0, ux0, hu, wu = y0, x0, hp, wp
+    else:
+        pk, ps, pp = pool.kernel, pool.stride, pool.padding
+        dev = pool.switches.device
+        rows = (y0.view(-1, 1) + torch.arange(hp).view(1, -1)).to(dev)
+        cols = (x0.view(-1, 1) + torch.arange(wp).view(1, -1)).to(dev)
+        img = image_of_entry.to(dev).view(-1, 1, 1)
+        sw = pool.switches[img, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        # Windows of the crop start at their full-map origins: no pool padding.
+        uy0, ux0 = y0 * ps[0] - pp[0], x0 * ps[1] - pp[1]
+        hu, wu = (hp - 1) * ps[0] + pk[0], (wp - 1) * ps[1] + pk[1]
+    k = conv.weight.shape[-2:]
+    ih = (hu - 1) * conv.stride[0] + conv.dilation[0] * (k[0] - 1) + 1
+    iw = (wu - 1) * conv.stride[1] + conv.dilation[1] * (k[1] - 1) + 1
+    out = ops.unpool_conv_transpose(v, sw, w, conv.stride, 0, conv.dilation, conv.groups, pk, ps,
+                                    0, (hu, wu), (ih, iw), rectify=rectify)
+    return out, uy0 * conv.stride[0] - conv.padding[0], ux0 * conv.stride[1] - conv.padding[1]
+
+
+def _project(steps: Sequence[object], start: Tensor, image_of_entry: Tensor,
+             crop: bool = True) -> Tensor:
+    """Map ``start`` (activations at the top of ``steps``) down to the input.
+
+    With ``crop`` every step runs only on the window of each entry that can be
+    nonzero (see above); without, on whole maps. Both give the same values.
+    """
+    full = tuple(start.shape[-2:])
+    zero = torch.zeros(start.shape[0], dtype=torch.long)
+    y0 = x0 = zero
     v = start
+    if crop:
+        v, y0, x0 = _rewindow(v, y0, x0, *_nonzero_box(start), full)
     i = len(steps) - 1
     while i >= 0:
         # Gather the ReLU / pool steps above the next convolution.
@@ -219,23 +332,23 @@ def _project(steps: Sequence[object], start: Tensor, image_of_entry: Tensor) -> 
             else:
                 break
             j -= 1
-        if j >= 0 and isinstance(steps[j], _Conv) and (pool is None or True):
+        if j >= 0 and isinstance(steps[j], _Conv):
             conv = steps[j]
-            sw = None if pool is None else pool.switches[image_of_entry]
-            pk, ps, pp = (((1, 1), (1, 1), (0, 0)) if pool is None
-                          else (pool.kernel, pool.stride, pool.padding))
-            v = ops.unpool_conv_transpose(
-                v, sw, conv.weight.to(v.dtype), conv.stride, conv.padding, conv.dilation,
-                conv.groups, pk, ps, pp, conv.out_size, conv.in_size, rectify=rectify)
+            v, y0, x0 = _crop_step(v, y0, x0, conv, pool, image_of_entry, rectify)
+            full = conv.in_size
+            v, y0, x0 = _rewindow(v, y0, x0, *_valid(y0, v.shape[-2], full[0]),
+                                  *_valid(x0, v.shape[-1], full[1]), full)
             i = j - 1
             continue
-        # No convolution below: apply what was gathered directly.
+        # No convolution below: apply what was gathered directly, on whole maps.
+        v, y0, x0 = _rewindow(v, y0, x0, zero, zero + full[0], zero, zero + full[1], full)
         if rectify:
             v = F.relu(v)
         if pool is not None:
             v = _unpool(v, pool, pool.switches[image_of_entry])
+            full = pool.in_size
         i = j
-    return v
+    return _rewindow(v, y0, x0, zero, zero + full[0], zero, zero + full[1], full)[0]
 
 
 def _select(act: Tensor, units: Tensor, keep) -> Tuple[Tensor, Tensor]:
@@ -285,7 +398,8 @@ def _units(units, channels: int, device) -> Tensor:
 @torch.no_grad()
 def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
               units: Optional[Union[int, Sequence[int], Tensor]] = None,
-              keep: Union[str, Tensor] = "max", chunk_size: int = 64) -> Tensor:
+              keep: Union[str, Tensor] = "max", chunk_size: int = 64,
+              crop: bool = True) -> Tensor:
     r"""Zeiler & Fergus deconvnet projections of units of ``layer`` to pixel space.
 
     Runs the forward pass once, recording the max-pooling switches of every
@@ -313,6 +427,11 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
             layer's activation :math:`(N, C_l, H_l, W_l)`: exactly the
             activations of the chosen channels where it is True.
         chunk_size: number of (image, unit) entries projected together.
+        crop: compute each step only on the window of each entry that can be
+            nonzero (the bound of the unit's receptive field, followed layer by
+            layer) instead of on whole maps; the values are the same (up to the
+            order of floating-point sums), the cost is that of the receptive
+            field, not of the image.
 
     Returns:
         :math:`(N \cdot U, C, H, W)` reconstructions, image-major: entry
@@ -352,7 +471,7 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
             k = keep[i0:i1] if keep_by_image else keep
             start = _select(act[i0:i1], u, k)
             img = torch.arange(i0, i1, device=device).repeat_interleave(u.numel())
-            out[i0 * u.numel():i1 * u.numel()] = _project(steps, start, img)
+            out[i0 * u.numel():i1 * u.numel()] = _project(steps, start, img, crop)
     else:
         for n in range(n_img):
             k = keep[n:n + 1] if keep_by_image else keep
@@ -361,7 +480,7 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
                 start = _select(act[n:n + 1], uu, k)
                 img = torch.full((uu.numel(),), n, device=device, dtype=torch.long)
                 o0 = n * u.numel() + j0
-                out[o0:o0 + uu.numel()] = _project(steps, start, img)
+                out[o0:o0 + uu.numel()] = _project(steps, start, img, crop)
     return out
 
 

@@ -209,3 +209,44 @@ def test_top_activations_matches_brute_force_and_deconvnet():
     assert torch.equal(res2.indices, res.indices)
     torch.testing.assert_close(res2.patches, res.patches)
     assert res.patches.shape[:3] == (2, 3, 3)
+
+
+# ----------------------------------------------------------------------------- cropping
+
+def _odd_net():
+    """Strided, dilated, grouped, overlapping and ceil-mode pools, odd sizes: every crop edge case."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1, groups=2), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 10, (3, 1), padding=(1, 0)), nn.ReLU()).double().eval()
+
+
+@pytest.mark.parametrize("net, layer, size", [(_vgg, "7.1", (16, 16)), (_odd_net, "9", (29, 23))])
+@pytest.mark.parametrize("keep", ["max", "all", "mask"])
+def test_cropped_equals_uncropped(net, layer, size, keep):
+    torch.manual_seed(6)
+    model = net()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    if keep == "mask":
+        a = model(x) if layer == "9" else model[:8](x)
+        keep = torch.zeros(a.shape, dtype=torch.bool)
+        keep[0, :, 0, -1] = True  # a corner
+        keep[1, :, 1:3, 0] = True  # two rows at an edge
+    full = deconvnet(model, layer, x, keep=keep, crop=False)
+    got = deconvnet(model, layer, x, keep=keep, crop=True)
+    assert got.abs().sum() > 0
+    torch.testing.assert_close(got, full, rtol=1e-12, atol=1e-12)
+    # a few entries per chunk: windows of different sizes and offsets per chunk
+    torch.testing.assert_close(deconvnet(model, layer, x, keep=keep, chunk_size=3), full,
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_cuda_cropped_matches_cpu():
+    torch.manual_seed(7)
+    model = _odd_net()
+    x = torch.randn(2, 3, 29, 23, dtype=torch.float64)
+    expected = deconvnet(model, "9", x, crop=False)
+    got = deconvnet(copy.deepcopy(model).cuda(), "9", x.cuda())
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-10)

@@ -244,3 +244,43 @@ def test_cuda_backward():
     top, wt = top.cuda().requires_grad_(True), wt.cuda().requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda a, b: unpool_conv_transpose(a, sw.cuda(), b, **kw), (top, wt))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_cuda_float64_every_config(cfg, algorithm):
+    top, sw, wt, kw, idx = _sample(cfg, density=0.2)
+    expected = _expected(top, idx, wt, kw)
+    got = unpool_conv_transpose(top.cuda(), None if sw is None else sw.cuda(), wt.cuda(), **kw,
+                                algorithm=algorithm)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.cuda
+def test_cuda_one_hot_empty_and_bad_switches():
+    top, sw, wt, kw, idx = _sample(CONFIGS[0], dtype=torch.float32, signed=False)
+    one_hot = torch.zeros_like(top)
+    one_hot[1, 2, 3, 4] = top[1, 2, 3, 4]
+    got = unpool_conv_transpose(one_hot.cuda(), sw.cuda(), wt.cuda(), **kw)  # auto: sparse
+    torch.testing.assert_close(got.cpu(), _expected(one_hot, idx, wt, kw), rtol=1e-5, atol=1e-5)
+    assert unpool_conv_transpose(top[:0].cuda(), sw[:0].cuda(), wt.cuda(), **kw).shape == (0, 3, 12, 12)
+    with pytest.raises(ValueError, match="switches"):
+        unpool_conv_transpose(top.cuda(), torch.full_like(sw, 7).cuda(), wt.cuda(), **kw)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_backward_low_precision(dtype):
+    top, sw, wt, kw, idx = _sample(CONFIGS[1], dtype=torch.float32, density=0.7)
+    top.requires_grad_(True)
+    wt.requires_grad_(True)
+    g = torch.randn(top.shape[0], wt.shape[1], *kw["input_size"])
+    ep, ew = torch.autograd.grad(_expected(top, idx, wt, kw), (top, wt), g)
+    tc = top.detach().cuda().to(dtype).requires_grad_(True)
+    wc = wt.detach().cuda().to(dtype).requires_grad_(True)
+    gp, gw = torch.autograd.grad(unpool_conv_transpose(tc, sw.cuda(), wc, **kw), (tc, wc),
+                                 g.cuda().to(dtype))
+    torch.testing.assert_close(gp.float().cpu(), ep, rtol=5e-2, atol=5e-1)
+    torch.testing.assert_close(gw.float().cpu(), ew, rtol=5e-2, atol=5e-1)
