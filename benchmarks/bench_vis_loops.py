@@ -9,10 +9,11 @@ parameterization, gradient ascent with L2 decay 1e-4 and a Gaussian blur
 (sigma 1) every 4 steps (Yosinski et al. 2015, Table 1, row 3), no transforms.
 
 (i) one channel, milliseconds per step:
-    ours              ``vis.activation_maximization`` on the model: the forward stops at the
-                      objective's layer, only the objective's channel of the last conv is
-                      computed, no weight gradients, one fused ``regularize_`` prior step; also
-                      on ``cnnvis_ext.fuse(vgg)`` (fused conv+relu+pool op) and without pruning
+    ours              ``vis.activation_maximization`` on ``cnnvis_ext.fuse(vgg)`` (fused
+                      conv+relu+pool op): the forward stops at the objective's layer, only the
+                      objective's channel of the last conv is computed, no weight gradients, one
+                      fused ``regularize_`` prior step; also on the unfused model and without
+                      channel pruning
     eager full        plain PyTorch loop: full forward (hook on features.10), loss.backward(),
                       then decay / blur / clamp as separate ops
     eager stop        the same loop with the forward cut at features.10 (``vgg.features[:11]``)
@@ -226,7 +227,7 @@ def main():
     regs = vis.Regularizers(decay=DECAY, blur_sigma=SIGMA, blur_every=EVERY)
     yos = dict(size=SIZE, lr=LR, optimizer="sgd", param="pixel", transforms=None, regularizers=regs)
 
-    def ours(steps_, channels=(CHANNEL,), model=vgg, **kw):
+    def ours(steps_, channels=(CHANNEL,), model=fused, **kw):
         objs = [vis.channel(LAYER, c) for c in channels]
         return vis.activation_maximization(model, objs, steps=steps_, **{**yos, **kw})
 
@@ -240,7 +241,7 @@ def main():
 
     variants = {
         "ours": lambda s: ours(s),
-        "fused": lambda s: ours(s, model=fused),
+        "asis": lambda s: ours(s, model=vgg),
         "noprune": lambda s: ours(s, prune=False),
         "full": full,
         "stop": stop,
@@ -259,8 +260,8 @@ def main():
         compiled_note = f"torch.compile failed ({type(e).__name__})"
         t = per_step_ms(variants, steps, device, reps)
     rows = [
-        ("(i) 1 channel, Yosinski-style loop", "ours (model as is)", t["ours"], saved_mb(lambda: ours(1), params), None),
-        ("", "ours on cnnvis_ext.fuse(model)", t["fused"], saved_mb(lambda: ours(1, model=fused), params), t["ours"]),
+        ("(i) 1 channel, Yosinski-style loop", "ours (on cnnvis_ext.fuse(model))", t["ours"], saved_mb(lambda: ours(1), params), None),
+        ("", "ours on the model as is (unfused)", t["asis"], saved_mb(lambda: ours(1, model=vgg), params), t["ours"]),
         ("", "ours without channel pruning", t["noprune"], saved_mb(lambda: ours(1, prune=False), params), t["ours"]),
         ("", "eager full network", t["full"],
          saved_mb(lambda: one_eager_step(hooked_full_forward(copy.deepcopy(vgg))), params + list(vgg.parameters())),
@@ -272,7 +273,7 @@ def main():
     # Lucid-like settings: ours against torch-lucent
     lucid = dict(size=SIZE, param="fourier", transforms="standard", optimizer="adam", lr=0.05,
                  normalize=([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
-    lv = {"ours": lambda s: vis.activation_maximization(vgg, [vis.channel(LAYER, CHANNEL)], steps=s, **lucid)}
+    lv = {"ours": lambda s: vis.activation_maximization(fused, [vis.channel(LAYER, CHANNEL)], steps=s, **lucid)}
     notes = {}
     for fixed, label in ((SIZE, "lucent render_vis, fixed_image_size=128"), (None, "lucent render_vis, default (224 px)")):
         run, desc = lucent_runner(copy.deepcopy(vgg), device, fixed)
@@ -305,7 +306,7 @@ def main():
                  saved_mb(lambda: ours(1, channels=chans), params), None))
     rows.append(("", f"ours, sequential single-channel runs (timed {n_seq})", t_seq, None, per_img_batch))
     tlb = per_step_ms({"lb": lambda s: vis.activation_maximization(
-        vgg, [vis.channel(LAYER, c) for c in chans], steps=s, **lucid)}, max(2, steps // 2), device,
+        fused, [vis.channel(LAYER, c) for c in chans], steps=s, **lucid)}, max(2, steps // 2), device,
         max(1, reps - 2), per=len(chans))["lb"]
     rows.append(("", f"ours Lucid-style, one batch of {len(chans)}", tlb, None, None))
     lab = "lucent render_vis, fixed_image_size=128"
