@@ -545,7 +545,7 @@ def _batches(dataset, batch_size: int):
 def top_activations(model: nn.Module, layer: str, dataset, k: int = 9, *,
                     units: Optional[Union[int, Sequence[int], Tensor]] = None,
                     batch_size: int = 64, project: bool = True,
-                    progress: bool = True) -> TopActivations:
+                    progress: bool = True, distributed: Optional[bool] = None) -> TopActivations:
     r"""The ``k`` images that most strongly activate each unit of ``layer``, with projections.
 
     Scans ``dataset`` once, keeping for every unit (channel) its ``k``
@@ -569,10 +569,22 @@ def top_activations(model: nn.Module, layer: str, dataset, k: int = 9, *,
             projections.
         project: compute the deconvnet projections.
         progress: show a tqdm progress bar.
+        distributed: split the scan across the ranks of the default
+            ``torch.distributed`` process group and merge the per-unit lists with
+            collectives (every rank gets the result of a one-process scan; see
+            :func:`cnnvis_ext.distributed.distributed_top_activations`).
+            ``None`` (default): when a process group with several ranks is initialized.
 
     Returns:
         :class:`TopActivations`.
     """
+    if distributed is None or distributed:
+        from . import distributed as _dist
+
+        if distributed or (_dist.is_distributed() and _dist.get_world_size() > 1):
+            return _dist.distributed_top_activations(
+                top_activations, model, layer, dataset, k, units=units, batch_size=batch_size,
+                project=project, progress=progress)
     from tqdm.auto import tqdm
 
     if not isinstance(k, int) or k < 1:
