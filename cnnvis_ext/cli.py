@@ -575,7 +575,9 @@ def view_deconv_top(model: nn.Module, layer: str, images: Tensor, *, k: int, uni
             kwargs["progress"] = progress
     except (TypeError, ValueError):
         pass
-    res = top(model, layer, images.to(dev), **kwargs)
+    if isinstance(images, Tensor):  # batches of batch_size, not one image at a time
+        images = torch.utils.data.TensorDataset(images.to(dev))
+    res = top(model, layer, images, **kwargs)
     out = []
     patches, projections = _top_fields(res)
     for j, u in enumerate(units):
@@ -617,7 +619,10 @@ def _out_dir(args) -> Path:
 
 
 def _say(args, msg: str) -> None:
-    print(msg, flush=True)
+    from .distributed import get_rank
+
+    if get_rank() == 0:  # one voice under torchrun
+        print(msg, flush=True)
 
 
 def cmd_train(args) -> int:
@@ -720,6 +725,10 @@ def _actmax_objectives(args, lm: LoadedModel) -> Tuple[list, List[str]]:
 
 def cmd_actmax(args) -> int:
     _, lm = _ctx(args)
+    from .distributed import get_world_size
+
+    if args.layers or args.all_channels or get_world_size() > 1:
+        return _actmax_job(args, lm)
     objectives, names = _actmax_objectives(args, lm)
     imgs = view_actmax(lm.model, objectives, size=args.size or lm.input_size, steps=args.steps,
                        lr=args.lr, param=args.param, seed=args.seed, progress=not args.quiet,
@@ -733,22 +742,166 @@ def cmd_actmax(args) -> int:
     return 0
 
 
+JOB_CHUNK = 16
+
+
+def _is_main() -> bool:
+    from .distributed import is_main_process
+
+    return is_main_process()
+
+
+def _split_names(values: Optional[Sequence[str]]) -> List[str]:
+    """``["a,b", "c"]`` → ``["a", "b", "c"]`` (layer lists may use commas or spaces)."""
+    return [n for v in (values or []) for n in v.split(",") if n]
+
+
+def hashlib_digest(t: Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _job_spec(args, lm: LoadedModel) -> Dict[str, Any]:
+    """What makes two runs of a resumable subcommand the same job (model, weights, seed, ...)."""
+    def stamp(p):
+        try:
+            st = Path(p).stat()
+            return [str(Path(p).resolve()), st.st_size, int(st.st_mtime)]
+        except (OSError, TypeError):
+            return p
+    return dict(command=args.command, model=stamp(args.model), weights=stamp(args.weights),
+                input_size=lm.input_size, seed=args.seed)
+
+
+def _channel_runs(chans: Sequence[int], chunk: int) -> List[List[int]]:
+    """Consecutive channels in pieces of at most ``chunk`` (a piece's seeds are one offset)."""
+    runs: List[List[int]] = []
+    for c in chans:
+        if runs and c == runs[-1][-1] + 1 and len(runs[-1]) < chunk:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return runs
+
+
+def _actmax_job(args, lm: LoadedModel) -> int:
+    """``actmax --layers L1,L2 --all-channels``: one image per channel, resumable, split across
+    ranks. Channel ``c`` of layer ``L`` gets the image that one batch of all channels of ``L``
+    would give it with seed ``layer_seed(seed, L)``, whatever the ranks and the chunking."""
+    from .distributed import JobDir, WorkUnit, atomic_save, layer_seed, offset_seed, run_units
+
+    obj = importlib.import_module("cnnvis_ext.vis.objectives")
+    _vis_attr("activation_maximization",
+              "activation maximization (cnnvis_ext.vis.activation_maximization)")
+    _needs_hooks(lm, "activation maximization of a layer")
+    if args.objective or args.classes:
+        raise CLIError("--layers/--all-channels (and torchrun) render channels of layers; "
+                       "drop --objective/--classes")
+    model = lm.model
+    names = _split_names(args.layers) or ([args.layer] if args.layer else conv_layers(model))
+    if not names:
+        raise CLIError("--layers: the model has no convolution layer; name layers with --layers")
+    layers = [_check_layer(model, l) for l in dict.fromkeys(names)]
+    chunk = args.batch_size or JOB_CHUNK
+    size = args.size or lm.input_size
+    units, per_layer = [], {}
+    for layer in layers:
+        c = _layer_channels(model, layer, lm)
+        chans = list(range(c)) if (args.all_channels or not args.units) else _select_units(args, c)
+        per_layer[layer] = chans
+        for run in _channel_runs(chans, chunk):
+            units.append(WorkUnit(f"{layer}:{run[0]}-{run[-1]}", len(run), (layer, run)))
+    out = _out_dir(args)
+    spec = dict(_job_spec(args, lm), layers=per_layer, steps=args.steps, lr=args.lr, size=size,
+                param=args.param, chunk=chunk)
+    job = JobDir(out, "actmax", spec)
+
+    def compute(u):
+        layer, run = u.data
+        seed = offset_seed(layer_seed(args.seed, layer), run[0])
+        imgs = view_actmax(model, [obj.channel(layer, c) for c in run], size=size,
+                           steps=args.steps, lr=args.lr, param=args.param, seed=seed,
+                           progress=False)
+        return imgs.cpu()
+
+    def write(u, imgs):
+        layer, run = u.data
+        d = out / "actmax" / _fname(layer)
+        files = [atomic_save({"layer": layer, "channels": run, "images": imgs},
+                             d / f"c{run[0]:04d}-{run[-1]:04d}.pt")]
+        for c, img in zip(run, imgs):
+            files.append(_save(img, d / f"c{c:04d}.png", scale=_upscale_for(size)))
+        return files
+
+    run_units(units, compute, write, job, progress=not args.quiet,
+              desc=f"actmax {len(units)} units", log=lambda m: _say(args, m))
+    if _is_main():
+        lines = ["# activation maximization", "",
+                 f"seed {args.seed}, {args.steps} steps, lr {args.lr}, {args.param} "
+                 f"parameterization, {size}x{size} images", "",
+                 "| layer | channels | grid | per channel |", "|---|---|---|---|"]
+        for layer in layers:
+            d = out / "actmax" / _fname(layer)
+            parts = [torch.load(d / f"c{u.data[1][0]:04d}-{u.data[1][-1]:04d}.pt",
+                                weights_only=True)["images"]
+                     for u in units if u.data[0] == layer]
+            imgs = torch.cat(parts)
+            g = _save(_make_grid(imgs, normalize=False), out / f"actmax_{_fname(layer)}.png",
+                      scale=_upscale_for(size))
+            lines.append(f"| {layer} | {len(per_layer[layer])} | {g.name} | "
+                         f"actmax/{_fname(layer)}/cNNNN.png |")
+            _say(args, f"{layer}: {len(per_layer[layer])} channels: wrote {g}")
+        from .distributed import atomic_write_bytes
+
+        atomic_write_bytes(out / "actmax_report.md", ("\n".join(lines) + "\n").encode())
+        job.mark_complete()
+        _say(args, f"activation maximization of {sum(u.size for u in units)} channels of "
+                   f"{len(layers)} layers: wrote {out / 'actmax_report.md'}")
+    return 0
+
+
 def cmd_invert(args) -> int:
+    """Invert every image at every layer: one work unit per image, dealt to the ranks under
+    torchrun, written as it finishes and skipped when run again with the same arguments."""
+    from .distributed import JobDir, WorkUnit, atomic_save, offset_seed, run_units
+
     _, lm = _ctx(args)
     _needs_hooks(lm, "invert")
-    layers = [_check_layer(lm.model, l) for l in args.layers] if args.layers else conv_layers(lm.model)
+    names = _split_names(args.layers)
+    layers = [_check_layer(lm.model, l) for l in names] if names else conv_layers(lm.model)
     if not layers:
         raise CLIError("--layers: the model has no convolution layer; name layers with --layers")
     images, caps, _ = _load_images(args, lm)
     dev = next(iter(lm.model.parameters()), torch.empty(0)).device
     out = _out_dir(args)
-    for i in range(len(images)):
-        rec = view_invert(lm.model, images[i].to(dev), layers, steps=args.steps, seed=args.seed,
-                          progress=not args.quiet)
+    spec = dict(_job_spec(args, lm), layers=layers, steps=args.steps,
+                images=hashlib_digest(images), n=len(images))
+    job = JobDir(out, "invert", spec)
+
+    def compute(u):
+        i = u.data
+        # image i draws the noise it would draw as image i of one batch, on any rank
+        rec = view_invert(lm.model, images[i].to(dev), layers, steps=args.steps,
+                          seed=offset_seed(args.seed, i), progress=False)
+        return rec.cpu()
+
+    def write(u, rec):
+        i = u.data
         grid = _make_grid(torch.cat([images[i:i + 1].cpu(), rec]), ncol=len(layers) + 1,
                           normalize=False)
+        t = atomic_save({"image": i, "layers": layers, "reconstructions": rec},
+                        out / "invert" / f"input{i}.pt")
         p = _save(grid, out / f"invert_input{i}.png", scale=_upscale_for(lm.input_size))
         _say(args, f"{caps[i]}: original, then reconstructions from {', '.join(layers)}: wrote {p}")
+        return [t, p]
+
+    units = [WorkUnit(f"input{i}", 1, i) for i in range(len(images))]
+    done = run_units(units, compute, write, job, progress=not args.quiet, desc="invert",
+                     log=lambda m: _say(args, m))
+    if done is not None and _is_main():
+        job.mark_complete()
+        _say(args, f"inverted {len(units)} images at {len(layers)} layers: {out}")
     return 0
 
 
@@ -773,13 +926,29 @@ def cmd_deconv(args) -> int:
         return 0
     from .data import load_dataset
 
+    from .distributed import JobDir, barrier, _broadcast_object
+
     data = load_dataset(args.data, size=lm.input_size, channels=lm.in_channels,
-                        progress=not args.quiet)
-    for u, patches, projections in view_deconv_top(model, layer, data.test_images, k=args.top,
-                                                   units=units, progress=not args.quiet):
-        p1 = _save(patches, out / f"deconv_{_fname(layer)}_unit{u}_patches.png", scale=4)
-        p2 = _save(projections, out / f"deconv_{_fname(layer)}_unit{u}_projections.png", scale=4)
-        _say(args, f"{layer} unit {u}: top-{args.top} patches {p1}, projections {p2}")
+                        progress=not args.quiet and _is_main())
+    spec = dict(_job_spec(args, lm), layer=layer, units=units, top=args.top,
+                data=str(args.data), n=len(data.test_images))
+    job = JobDir(out, f"deconv_{_fname(layer)}", spec)
+    done = _broadcast_object(sorted(job.load()) if _is_main() else None)
+    if all(f"unit{u}" in done for u in units):
+        _say(args, f"{job.path.name}: all {len(units)} units already written; nothing to do")
+        return 0
+    # every rank scans its share of the test set (top_activations merges them)
+    grids = view_deconv_top(model, layer, data.test_images, k=args.top, units=units,
+                            progress=not args.quiet)
+    if _is_main():
+        for u, patches, projections in grids:
+            p1 = _save(patches, out / f"deconv_{_fname(layer)}_unit{u}_patches.png", scale=4)
+            p2 = _save(projections, out / f"deconv_{_fname(layer)}_unit{u}_projections.png",
+                       scale=4)
+            job.mark_done(f"unit{u}", [p1, p2])
+            _say(args, f"{layer} unit {u}: top-{args.top} patches {p1}, projections {p2}")
+        job.mark_complete()
+    barrier()
     return 0
 
 
@@ -1003,6 +1172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("actmax", parents=[common, model, out], formatter_class=fmt,
                        help="activation maximization of classes or channels (batched)")
     p.add_argument("--layer", help="maximize channels of this layer (default: the class logits)")
+    p.add_argument("--layers", nargs="+", metavar="L1,L2",
+                   help="job mode: every channel (or --units) of each of these layers, one PNG "
+                        "per channel under --out, resumable, split across ranks under torchrun")
+    p.add_argument("--all-channels", action="store_true",
+                   help="job mode over all channels of --layers (default: every convolution)")
     p.add_argument("--units", type=_nonneg_int, nargs="+", help="channels of --layer "
                    "(default: all)")
     p.add_argument("--classes", type=_nonneg_int, nargs="+",
@@ -1013,12 +1187,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--size", type=_positive_int, help="image size (default: the model's input)")
     p.add_argument("--param", choices=["fourier", "pixel"], default="fourier")
-    p.add_argument("--batch-size", type=_positive_int, help="objectives per batch (default: all)")
+    p.add_argument("--batch-size", type=_positive_int, help="objectives per batch (default: all; "
+                   f"job mode: {JOB_CHUNK}, the work unit dealt to a rank)")
     p.set_defaults(func=cmd_actmax)
 
     p = sub.add_parser("invert", parents=[common, model, images, out], formatter_class=fmt,
-                       help="reconstruct images from their representation at each layer")
-    p.add_argument("--layers", nargs="+", help="layer names (default: every convolution)")
+                       help="reconstruct images from their representation at each layer",
+                       description="Mahendran & Vedaldi inversion of each image at each layer. "
+                       "One work unit per image: under torchrun the images are split across "
+                       "ranks; run again with the same arguments to finish a killed job.")
+    p.add_argument("--layers", nargs="+", metavar="L1,L2",
+                   help="layer names (default: every convolution)")
     p.add_argument("--steps", type=_positive_int, default=200)
     p.set_defaults(func=cmd_invert)
 
@@ -1059,6 +1238,17 @@ def _one_line(e: BaseException) -> str:
     return first
 
 
+def _run_command(args) -> int:
+    """Run the subcommand, inside a torch.distributed process group when launched by torchrun."""
+    from .distributed import distributed_session, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        return int(args.func(args) or 0)
+    dev = resolve_device(getattr(args, "device", "cpu") or "cpu")
+    with distributed_session(dev):
+        return int(args.func(args) or 0)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``cnnvis``; returns the exit status."""
     parser = build_parser()
@@ -1068,8 +1258,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     traceback = args.traceback or os.environ.get("CNNVIS_TRACEBACK") == "1"
     name = f"{PROG} {args.command}"
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and "RANK" in os.environ:
+        name += f" [rank {os.environ['RANK']}]"
     try:
-        return int(args.func(args) or 0)
+        return _run_command(args)
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
