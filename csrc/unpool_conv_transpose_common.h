@@ -102,22 +102,39 @@ HOST_DEVICE_INLINE void gather_unpool(const T* CNNVIS_RESTRICT pn, const uint8_t
                                       int64_t pool_sh, int64_t pool_sw, int64_t pool_ph,
                                       int64_t pool_pw, int64_t pool_kw, int64_t nc, bool rectify,
                                       A* CNNVIS_RESTRICT acc) {
-  for (int64_t c = 0; c < nc; ++c) acc[c] = A(0);
+  const A zero(0);
+  for (int64_t c = 0; c < nc; ++c) acc[c] = zero;
   for (int64_t oh = ph_lo; oh < ph_hi; ++oh) {
     const int64_t kh_off = (y - (oh * pool_sh - pool_ph)) * pool_kw;
     for (int64_t ow = pw_lo; ow < pw_hi; ++ow) {
       const uint8_t k = static_cast<uint8_t>(kh_off + (x - (ow * pool_sw - pool_pw)));
       const int64_t off = oh * ps_h + ow * ps_w;
       const T* pv = pn + off;
+      // Branch-free channel loops (if-converted selects) so that they vectorize;
+      // `v < 0 ? 0 : v` is rectify_value (NaN passes).
       if (sn == nullptr) {
-        CNNVIS_IVDEP
-        for (int64_t c = 0; c < nc; ++c) acc[c] += rectify_value(static_cast<A>(pv[c]), rectify);
+        if (rectify) {
+          CNNVIS_IVDEP
+          for (int64_t c = 0; c < nc; ++c) {
+            const A v = static_cast<A>(pv[c]);
+            acc[c] += v < zero ? zero : v;
+          }
+        } else {
+          CNNVIS_IVDEP
+          for (int64_t c = 0; c < nc; ++c) acc[c] += static_cast<A>(pv[c]);
+        }
       } else {
         const uint8_t* s = sn + off;
-        CNNVIS_IVDEP
-        for (int64_t c = 0; c < nc; ++c) {
-          const bool hit = s[c] == k;
-          acc[c] += hit ? rectify_value(static_cast<A>(pv[c]), rectify) : A(0);
+        if (rectify) {
+          CNNVIS_IVDEP
+          for (int64_t c = 0; c < nc; ++c) {
+            const A v = static_cast<A>(pv[c]);
+            const A r = v < zero ? zero : v;
+            acc[c] += s[c] == k ? r : zero;
+          }
+        } else {
+          CNNVIS_IVDEP
+          for (int64_t c = 0; c < nc; ++c) acc[c] += s[c] == k ? static_cast<A>(pv[c]) : zero;
         }
       }
     }

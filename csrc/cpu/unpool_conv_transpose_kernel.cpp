@@ -165,7 +165,13 @@ at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at
         for (int64_t n = begin; n < end; ++n) {
           const scalar_t* pn = pp + n * PH * PW * C;
           int64_t cnt = 0;
-          for (int64_t i = 0; i < PH * PW * C; ++i) cnt += rectify_value(pn[i], rectify) != 0;
+          // Branch-free (vectorizes): nonzero after the rectification, NaN included.
+          if (rectify) {
+            for (int64_t i = 0; i < PH * PW * C; ++i)
+              cnt += static_cast<int64_t>((pn[i] > scalar_t(0)) | (pn[i] != pn[i]));
+          } else {
+            for (int64_t i = 0; i < PH * PW * C; ++i) cnt += static_cast<int64_t>(pn[i] != scalar_t(0));
+          }
           counts[n] = cnt;
         }
       });
