@@ -94,7 +94,9 @@ struct TVParams {
 };
 
 // Terms of row i: a, b (derivatives, when G) and the row's sum (when V).
-// xn is row i+1, or nullptr for the last row (dy = 0).
+// xn is row i+1, or nullptr for the last row (dy = 0). Differences, t and the
+// term are computed in one loop over the row (two around the vectorized sqrt
+// for beta = 1); the last column (dx = 0) is peeled.
 template <typename A, int K, bool V, bool G, bool Avx2>
 CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_RESTRICT xn,
                                    int64_t W, const TVParams& p, A* CNNVIS_RESTRICT dx,
@@ -103,22 +105,50 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
                                    A* CNNVIS_RESTRICT a, A* CNNVIS_RESTRICT b) {
   const A hb = static_cast<A>(p.half_beta), beta = static_cast<A>(p.beta),
           eps = static_cast<A>(p.eps);
-  for (int64_t j = 0; j + 1 < W; ++j) dx[j] = xi[j + 1] - xi[j];
-  dx[W - 1] = A(0);
-  if (xn != nullptr) {
-    for (int64_t j = 0; j < W; ++j) dy[j] = xn[j] - xi[j];
+  const A* CNNVIS_RESTRICT xd = xn != nullptr ? xn : xi;  // dy = 0 on the last row
+  if (K == kTVBeta1) {
+    for (int64_t j = 0; j + 1 < W; ++j) {
+      dx[j] = xi[j + 1] - xi[j];
+      dy[j] = xd[j] - xi[j];
+      t[j] = tv_t(dx[j], dy[j], eps);
+    }
+    dx[W - 1] = A(0);
+    dy[W - 1] = xd[W - 1] - xi[W - 1];
+    t[W - 1] = tv_t(A(0), dy[W - 1], eps);
+    sqrt_row<A, Avx2>(t, root, W);
+    for (int64_t j = 0; j < W; ++j) {
+      A aj = A(0), bj = A(0);
+      const A vj = tv_term<K, G>(dx[j], dy[j], t[j], root[j], hb, beta, &aj, &bj);
+      if (V) v[j] = vj;
+      if (G) {
+        a[j] = aj;
+        b[j] = bj;
+      }
+    }
   } else {
-    for (int64_t j = 0; j < W; ++j) dy[j] = A(0);
-  }
-  if (K != kTVAniso)
-    for (int64_t j = 0; j < W; ++j) t[j] = tv_t(dx[j], dy[j], eps);
-  if (K == kTVBeta1) sqrt_row<A, Avx2>(t, root, W);
-  for (int64_t j = 0; j < W; ++j) {
-    A aj = A(0), bj = A(0);
-    v[j] = tv_term<K, G>(dx[j], dy[j], t[j], K == kTVBeta1 ? root[j] : A(0), hb, beta, &aj, &bj);
-    if (G) {
-      a[j] = aj;
-      b[j] = bj;
+    for (int64_t j = 0; j + 1 < W; ++j) {
+      const A dxj = xi[j + 1] - xi[j];
+      const A dyj = xd[j] - xi[j];
+      A aj = A(0), bj = A(0);
+      const A vj = tv_term<K, G>(dxj, dyj, K == kTVAniso ? A(0) : tv_t(dxj, dyj, eps), A(0), hb,
+                                 beta, &aj, &bj);
+      if (V) v[j] = vj;
+      if (G) {
+        a[j] = aj;
+        b[j] = bj;
+      }
+    }
+    {  // last column: dx = 0
+      const int64_t j = W - 1;
+      const A dyj = xd[j] - xi[j];
+      A aj = A(0), bj = A(0);
+      const A vj = tv_term<K, G>(A(0), dyj, K == kTVAniso ? A(0) : tv_t(A(0), dyj, eps), A(0), hb,
+                                 beta, &aj, &bj);
+      if (V) v[j] = vj;
+      if (G) {
+        a[j] = aj;
+        b[j] = bj;
+      }
     }
   }
   return V ? sum_row(v, W) : 0.0;
