@@ -129,10 +129,14 @@ def distributed_session(device: Union[str, torch.device, None] = None, *,
                         backend: Optional[str] = None):
     """Context manager: :func:`init_distributed` on entry, destroy the group on exit if it made it."""
     owned = init_distributed(device, backend=backend)
+    ok = False
     try:
         yield get_world_size()
+        ok = True
     finally:
         if owned and is_distributed():
+            if ok:  # leave together: no rank tears down connections a peer still uses
+                dist.barrier()
             dist.destroy_process_group()
 
 
