@@ -15,6 +15,7 @@ from .attribution import deconvnet_attribution, grad_cam, guided_backprop, salie
 from .lrp import FIRST_LAYER, AlphaBeta, Epsilon, Gamma, LRPResult, Rule, ZBox, lrp
 from .views import feature_maps, kernels, make_grid
 from .inversion import InversionResult, invert
+from .learned import GeneratorParam, UpConvInverter, invert_learned, train_inverter
 from .export import COLORMAPS, colormap, heatmap, overlay, save_image, to_uint8
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "saliency", "guided_backprop", "deconvnet_attribution", "grad_cam",
     "lrp", "LRPResult", "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "FIRST_LAYER",
     "invert", "InversionResult",
+    "UpConvInverter", "train_inverter", "invert_learned", "GeneratorParam",
     "feature_maps", "kernels", "make_grid",
     "COLORMAPS", "colormap", "heatmap", "overlay", "save_image", "to_uint8",
 ]

@@ -213,6 +213,7 @@ def activation_maximization(
     lr: Optional[float] = None,
     optimizer=None,
     param=None,
+    generator=None,
     transforms="default",
     regularizers=None,
     seed: Optional[int] = 0,
@@ -242,8 +243,15 @@ def activation_maximization(
             callable ``(params, lr) -> torch.optim.Optimizer``.
         param: ``"fourier"`` (default: Lucid's decorrelated Fourier
             parameterization), ``"pixel"`` (the default with pixel-space
-            priors), an :class:`~cnnvis_ext.vis.param.ImageParam` or a factory
+            priors), ``"generator"`` (a code at the layer of ``generator``, decoded
+            by it: Nguyen et al. 2016; the default when ``generator`` is given), an
+            :class:`~cnnvis_ext.vis.param.ImageParam` or a factory
             ``(channels, size, generators, per_generator, device, dtype)``.
+        generator: an :class:`~cnnvis_ext.vis.learned.UpConvInverter` (see
+            :func:`~cnnvis_ext.vis.train_inverter`) used as the image prior of
+            ``param="generator"``: its code is optimized, decays (L2) and is clipped
+            to the range seen on real data; ``size`` defaults to its image size and
+            ``transforms`` to none.
         transforms: ``"default"`` (Lucid's ``"standard"`` pad/jitter/scale/rotate;
             none with a Yosinski preset), ``"standard"``, ``None`` (no
             transforms) or a list of :mod:`~cnnvis_ext.vis.transforms`
@@ -290,6 +298,8 @@ def activation_maximization(
     if k < 1:
         raise ValueError(f"images_per_objective: expected >= 1, got {images_per_objective}")
 
+    if param is None and generator is not None:
+        param = "generator"
     if param is None:
         param = "pixel" if (preset is not None or regs.in_place) else "fourier"
     if optimizer is None:
@@ -299,14 +309,16 @@ def activation_maximization(
     if lr is None:
         lr = preset.lr if (preset is not None and optimizer == "sgd") else 0.05
     if isinstance(transforms, str) and transforms == "default":
-        transforms = None if preset is not None else "standard"
+        transforms = None if (preset is not None or param == "generator") else "standard"
     lr_policy = preset.lr_policy if (preset is not None and optimizer == "sgd") else "constant"
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps: expected >= 0, got {steps}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr: expected a positive number, got {lr!r}")
-    h, w = _size(128 if size is None else size)
+    if size is None:
+        size = tuple(generator.image_shape[1:]) if param == "generator" and generator is not None else 128
+    h, w = _size(size)
     device, dtype = model_device_dtype(model)
     c_in = channels if channels is not None else input_channels(model)
     tfm = make_transforms(transforms)
@@ -333,7 +345,8 @@ def activation_maximization(
             idx = range(start, start + len(chunk))
             dev_gens = [make_generator(seed, i, 0, device) for i in idx]
             host_gens = [make_generator(seed, i, 1, "cpu") for i in idx]
-            p = make_param(param, c_in, (h, w), dev_gens, k, device, dtype, decorrelate)
+            p = make_param(param, c_in, (h, w), dev_gens, k, device, dtype, decorrelate,
+                           generator=generator)
             chan = (torch.tensor([o.index for o in chunk], device=device)
                     if pruned is not None else None)
             if regs.in_place and not getattr(p, "pixel_space", False):
@@ -374,6 +387,8 @@ def activation_maximization(
                             _priors.regularize_(p.raw, grads[0], lr=0.0, decay=regs.decay,
                                                 blur_sigma=blur, norm_pct=regs.norm_pct,
                                                 contrib_pct=regs.contrib_pct, lo=p.lo, hi=p.hi)
+                    if hasattr(p, "after_step"):  # e.g. the generator prior's decay and clipping
+                        p.after_step()
             with torch.no_grad():
                 all_images.append(p.image().clamp(0, 1).detach())
             all_values.append(torch.stack(values) if values else

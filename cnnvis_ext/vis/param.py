@@ -129,7 +129,7 @@ class FourierParam(ImageParam):
 
 
 def make_param(param, channels: int, size, generators, per_generator: int, device, dtype,
-               decorrelate: bool = True) -> ImageParam:
+               decorrelate: bool = True, generator=None) -> ImageParam:
     if isinstance(param, ImageParam):
         return param
     if callable(param) and not isinstance(param, str):
@@ -139,4 +139,10 @@ def make_param(param, channels: int, size, generators, per_generator: int, devic
     if param == "fourier":
         return FourierParam(channels, size, generators, per_generator, device=device, dtype=dtype,
                             decorrelate=decorrelate)
-    raise ValueError(f"param: expected 'pixel', 'fourier', an ImageParam or a factory, got {param!r}")
+    if param == "generator":
+        from .learned import make_generator_param
+
+        return make_generator_param(generator, channels, size, generators, per_generator, device,
+                                    dtype)
+    raise ValueError(f"param: expected 'pixel', 'fourier', 'generator', an ImageParam or a "
+                     f"factory, got {param!r}")
