@@ -41,7 +41,7 @@ template <typename scalar_t, typename A>
 __global__ void blur_fused_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                                   const A* __restrict__ taps, int64_t planes, int H, int W,
                                   int R) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   A* tin = reinterpret_cast<A*>(smem_raw);
   const int span = kTile + 2 * R;
   A* mid = tin + span * span;
