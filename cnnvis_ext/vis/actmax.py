@@ -317,7 +317,8 @@ def activation_maximization(
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr: expected a positive number, got {lr!r}")
     if size is None:
-        size = tuple(generator.image_shape[1:]) if param == "generator" and generator is not None else 128
+        gshape = getattr(generator, "image_shape", None) if param == "generator" else None
+        size = tuple(gshape[1:]) if gshape is not None else 128
     h, w = _size(size)
     device, dtype = model_device_dtype(model)
     c_in = channels if channels is not None else input_channels(model)

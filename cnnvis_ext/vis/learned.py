@@ -307,11 +307,12 @@ class _Source:
             if len(data) == 0:
                 raise ValueError("data: no images")
             self.tensor = data
-        elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        elif (not isinstance(data, (list, tuple)) and hasattr(data, "__getitem__")
+              and hasattr(data, "__len__")):
             if len(data) == 0:
                 raise ValueError("data: the dataset is empty")
             self.dataset = data
-        elif isinstance(data, Iterable):
+        elif isinstance(data, Iterable):  # a list of batches, a DataLoader, ...
             if iter(data) is data:
                 raise TypeError("data: a one-shot iterator can be read only once; pass a tensor, "
                                 "a Dataset or a re-iterable (a list of batches, a DataLoader)")
