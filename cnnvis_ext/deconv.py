@@ -230,18 +230,16 @@ def _rewindow(v: Tensor, y0: Tensor, x0: Tensor, lo_y: Tensor, hi_y: Tensor, lo_
     nx0 = torch.minimum(lo_x, torch.full_like(lo_x, W - nw))
     if nh == h and nw == w and torch.equal(ny0, y0) and torch.equal(nx0, x0):
         return v, y0, x0
-    dev = v.device
-    rows = (ny0 - y0).view(-1, 1) + torch.arange(nh).view(1, -1)  # (B, nh) rows of v
-    cols = (nx0 - x0).view(-1, 1) + torch.arange(nw).view(1, -1)
-    rin = (rows >= 0) & (rows < h)
-    cin = (cols >= 0) & (cols < w)
-    b = torch.arange(v.shape[0], device=dev).view(-1, 1, 1)
-    r = rows.clamp(0, h - 1).to(dev)
-    c = cols.clamp(0, w - 1).to(dev)
-    out = v[b, :, r[:, :, None], c[:, None, :]]  # (B, nh, nw, C)
-    mask = (rin[:, :, None] & cin[:, None, :]).to(dev)[..., None]
-    out = torch.where(mask, out, torch.zeros((), dtype=v.dtype, device=dev))
-    return out.permute(0, 3, 1, 2), ny0, nx0
+    # One slice copy per entry (cheaper than advanced indexing with a mask).
+    out = torch.empty((v.shape[0], v.shape[1], nh, nw), dtype=v.dtype, device=v.device,
+                      memory_format=torch.channels_last).zero_()
+    dy, dx = (ny0 - y0).tolist(), (nx0 - x0).tolist()
+    for e in range(v.shape[0]):
+        r0, r1 = max(0, -dy[e]), min(nh, h - dy[e])
+        c0, c1 = max(0, -dx[e]), min(nw, w - dx[e])
+        if r1 > r0 and c1 > c0:
+            out[e, :, r0:r1, c0:c1] = v[e, :, r0 + dy[e]:r1 + dy[e], c0 + dx[e]:c1 + dx[e]]
+    return out, ny0, nx0
 
 
 def _valid(y0: Tensor, h: int, H: int) -> Tuple[Tensor, Tensor]:
@@ -291,11 +289,8 @@ def _crop_step(v: Tensor, y0: Tensor, x0: Tensor, conv: _Conv, pool: Optional[_P
         uy0, ux0, hu, wu = y0, x0, hp, wp
     else:
         pk, ps, pp = pool.kernel, pool.stride, pool.padding
-        dev = pool.switches.device
-        rows = (y0.view(-1, 1) + torch.arange(hp).view(1, -1)).to(dev)
-        cols = (x0.view(-1, 1) + torch.arange(wp).view(1, -1)).to(dev)
-        img = image_of_entry.to(dev).view(-1, 1, 1)
-        sw = pool.switches[img, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        sw = torch.stack([pool.switches[i, :, a:a + hp, b:b + wp] for i, a, b in
+                          zip(image_of_entry.tolist(), y0.tolist(), x0.tolist())])
         # Windows of the crop start at their full-map origins: no pool padding.
         uy0, ux0 = y0 * ps[0] - pp[0], x0 * ps[1] - pp[1]
         hu, wu = (hp - 1) * ps[0] + pk[0], (wp - 1) * ps[1] + pk[1]
@@ -308,7 +303,7 @@ def _crop_step(v: Tensor, y0: Tensor, x0: Tensor, conv: _Conv, pool: Optional[_P
 
 
 def _project(steps: Sequence[object], start: Tensor, image_of_entry: Tensor,
-             crop: bool = True) -> Tensor:
+             crop: bool = True, skip_dead: bool = True) -> Tensor:
     """Map ``start`` (activations at the top of ``steps``) down to the input.
 
     With ``crop`` every step runs only on the window of each entry that can be
@@ -319,7 +314,19 @@ def _project(steps: Sequence[object], start: Tensor, image_of_entry: Tensor,
     y0 = x0 = zero
     v = start
     if crop:
-        v, y0, x0 = _rewindow(v, y0, x0, *_nonzero_box(start), full)
+        box = _nonzero_box(start)
+        live = box[1] > box[0]
+        if skip_dead and not bool(live.all()):
+            # Entries that start from all zeros (a dead unit) project to zeros: skip them.
+            idx = live.nonzero().squeeze(1) if bool(live.any()) else torch.zeros(1, dtype=torch.long)
+            idx = idx.to(start.device)
+            # (with none live, one entry is projected only for the output's shape)
+            res = _project(steps, start[idx], image_of_entry[idx], crop, skip_dead=False)
+            out = res.new_zeros((start.shape[0],) + tuple(res.shape[1:]))
+            if bool(live.any()):
+                out[idx] = res
+            return out
+        v, y0, x0 = _rewindow(v, y0, x0, *box, full)
     i = len(steps) - 1
     while i >= 0:
         # Gather the ReLU / pool steps above the next convolution.
@@ -475,13 +482,30 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
     else:
         for n in range(n_img):
             k = keep[n:n + 1] if keep_by_image else keep
+            order = (_order_by_window(steps, act[n], u, x.shape[-2:])
+                     if crop and isinstance(keep, str) and keep == "max" else None)
             for j0 in range(0, u.numel(), chunk_size):
-                uu = u[j0:j0 + chunk_size]
-                start = _select(act[n:n + 1], uu, k)
-                img = torch.full((uu.numel(),), n, device=device, dtype=torch.long)
-                o0 = n * u.numel() + j0
-                out[o0:o0 + uu.numel()] = _project(steps, start, img, crop)
+                if order is None:
+                    sel = torch.arange(j0, min(u.numel(), j0 + chunk_size), device=device)
+                else:
+                    sel = order[j0:j0 + chunk_size].to(device)
+                start = _select(act[n:n + 1], u[sel], k)
+                img = torch.full((sel.numel(),), n, device=device, dtype=torch.long)
+                out[n * u.numel() + sel] = _project(steps, start, img, crop)
     return out
+
+
+def _order_by_window(steps, act: Tensor, units: Tensor, size) -> Tensor:
+    """Units ordered by the (height, width) of their strongest activation's receptive field
+    clipped to the image, so that a chunk of consecutive units shares a tight window."""
+    w_l = act.shape[-1]
+    pos = act[units].flatten(1).argmax(1).tolist()
+    keys = []
+    dead = (act[units].flatten(1).amax(1) == 0).tolist()  # zero projections, skipped
+    for p, d in zip(pos, dead):
+        t, l, b, r = _receptive_box(steps, p // w_l, p % w_l)
+        keys.append((0, 0) if d else (min(b, size[0]) - max(t, 0), min(r, size[1]) - max(l, 0)))
+    return torch.tensor(sorted(range(len(pos)), key=lambda j: keys[j]), dtype=torch.long)
 
 
 # ----------------------------------------------------------------------------- top activations

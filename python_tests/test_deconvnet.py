@@ -250,3 +250,18 @@ def test_cuda_cropped_matches_cpu():
     expected = deconvnet(model, "9", x, crop=False)
     got = deconvnet(copy.deepcopy(model).cuda(), "9", x.cuda())
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_dead_units_project_to_zeros():
+    torch.manual_seed(8)
+    model = _vgg()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    a = model[:8](x)
+    none = torch.zeros(a.shape, dtype=torch.bool)
+    out = deconvnet(model, "7.1", x, units=[1, 2], keep=none)
+    assert out.shape == (4, 3, 16, 16) and not out.any()
+    some = none.clone()
+    some[1, 2] = True  # only entry (image 1, unit 2) is live
+    got = deconvnet(model, "7.1", x, units=[1, 2], keep=some)
+    torch.testing.assert_close(got, deconvnet(model, "7.1", x, units=[1, 2], keep=some, crop=False))
+    assert not got[:3].any() and got[3].any()
