@@ -361,7 +361,9 @@ def unpool_conv_transpose(p: Tensor, switches: Optional[Tensor], weight: Tensor,
             smallest.
         rectify: apply ReLU to ``p`` first (the deconvnet's rectification).
         algorithm: ``"auto"`` (sparse below a measured density, dense above),
-            ``"sparse"`` or ``"dense"``; all give the same values.
+            ``"sparse"`` or ``"dense"``; all give the same values (on CUDA the
+            sparse path adds with atomics, so its last bits may vary from run
+            to run).
 
     Returns:
         :math:`(N, C_{in}, H, W)` tensor (channels-last memory format).
