@@ -16,6 +16,7 @@ from .deconv import deconvnet, top_activations  # noqa: F401
 from . import nn
 from .nn import ConvReLUPool2d, fuse
 from . import vis
+from . import models
 
 __version__ = _C.build_info()["version"]
 
@@ -35,9 +36,18 @@ __all__ = [
     "build_info",
     "ops",
     "nn",
+    "vis",
+    "models",
     "conv_relu_pool",
     "switches_to_indices",
     "indices_to_switches",
+    "unpool_conv_transpose",
+    "total_variation",
+    "total_variation_and_grad",
+    "gaussian_blur",
+    "regularize_",
+    "deconvnet",
+    "top_activations",
     "ConvReLUPool2d",
     "fuse",
 ]
