@@ -1,8 +1,8 @@
 """The ``cnnvis`` command line (also ``python -m cnnvis_ext``).
 
-Subcommands: ``demo``, ``train``, ``kernels``, ``maps``, ``actmax``, ``invert``,
-``deconv``, ``attribute`` and ``bench``; ``cnnvis <subcommand> --help`` documents
-each. Nothing here touches the network: the default data are bundled, models
+Subcommands: ``demo``, ``train``, ``train-inverter``, ``kernels``, ``maps``,
+``actmax``, ``invert``, ``deconv``, ``attribute`` and ``bench``; ``cnnvis
+<subcommand> --help`` documents each. Nothing here touches the network: the default data are bundled, models
 and weights come from local files.
 
 Errors a user can cause (a missing file, an unknown layer, CUDA asked for but
@@ -354,6 +354,37 @@ def _default_conv_layer(model: nn.Module, last: bool) -> str:
     return convs[-1] if last else convs[0]
 
 
+def _load_inverter(path: str, lm: "LoadedModel", flag: str):
+    """Load an ``UpConvInverter`` file for ``lm``'s model, onto its device, or a one-line error.
+
+    The errors name ``flag`` (``--learned`` / ``--prior``): a missing file, a file that is
+    not an inverter, an inverter of a layer the model lacks or whose shape differs.
+    """
+    cls = _vis_attr("UpConvInverter", "learned inversion (cnnvis_ext.vis.UpConvInverter)")
+    _needs_hooks(lm, flag)
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{flag}: no such file: {path!r} (train one with `cnnvis train-inverter "
+                       "--model ... --layer L --out FILE.pt`)")
+    dev = next(iter(lm.model.parameters()), torch.empty(0)).device
+    try:
+        inv = cls.load(p, map_location=dev)
+    except ValueError as e:
+        raise CLIError(f"{flag}: {_one_line(e).removeprefix('inverter: ')}") from None
+    try:
+        inv.check_model(lm.model)
+    except KeyError as e:
+        raise CLIError(f"{flag}: {p.name} inverts layer {inv.layer!r}, which the model does not "
+                       f"have ({_one_line(e)})") from None
+    except ValueError as e:
+        raise CLIError(f"{flag}: {p.name} does not fit the model: "
+                       f"{_one_line(e).removeprefix('model: ')}") from None
+    except RuntimeError as e:  # e.g. the model cannot even take the inverter's image shape
+        raise CLIError(f"{flag}: {p.name} was trained for {tuple(inv.image_shape)} images, "
+                       f"which the model cannot take ({_one_line(e)})") from None
+    return inv
+
+
 # --------------------------------------------------------------------------- devices
 
 def resolve_device(spec: str) -> torch.device:
@@ -463,13 +494,24 @@ def view_feature_maps(model: nn.Module, image: Tensor, layers: Sequence[str],
 
 
 def view_actmax(model: nn.Module, objectives: list, *, size: int, steps: int, lr: float,
-                param: str, seed: int, progress: bool, batch_size: Optional[int] = None) -> Tensor:
-    """Activation maximization of ``objectives`` (one image each, batched): ``(N, C, H, W)``."""
+                param: str, seed: int, progress: bool, batch_size: Optional[int] = None,
+                generator: Optional[nn.Module] = None) -> Tensor:
+    """Activation maximization of ``objectives`` (one image each, batched): ``(N, C, H, W)``.
+
+    ``param="generator"`` optimizes a code of ``generator`` (an ``UpConvInverter``)
+    instead of pixels (Nguyen et al. 2016): no transforms, the code's own L2 decay
+    and clipping to the range of real codes.
+    """
     am = _vis_attr("activation_maximization",
                    "activation maximization (cnnvis_ext.vis.activation_maximization)")
     kw: Dict[str, Any] = dict(size=size, steps=steps, lr=lr, param=param, seed=seed,
                               progress=progress, batch_size=batch_size)
-    if param == "pixel":
+    if param == "generator":
+        if generator is None:
+            raise CLIError("--param generator needs --prior INVERTER.pt (from `cnnvis "
+                           "train-inverter`)")
+        kw.update(generator=generator, transforms=None)
+    elif param == "pixel":
         kw.update(transforms=None, regularizers=dict(decay=0.01, blur_sigma=0.5, blur_every=4))
     else:
         try:
@@ -723,6 +765,23 @@ def _actmax_objectives(args, lm: LoadedModel) -> Tuple[list, List[str]]:
     return [obj.class_logit(c) for c in classes], [f"class {names[c]}" for c in classes]
 
 
+def _actmax_param(args, lm: LoadedModel) -> Tuple[str, Optional[nn.Module], Any]:
+    """``(param, generator, size)`` of actmax: ``--prior`` loads the generator and fixes the size."""
+    if not args.prior:
+        if args.param == "generator":
+            raise CLIError("--param generator needs --prior INVERTER.pt (from `cnnvis "
+                           "train-inverter`)")
+        return args.param or "fourier", None, args.size or lm.input_size
+    if args.param not in (None, "generator"):
+        raise CLIError(f"--param {args.param}: --prior optimizes a code of the generator, not "
+                       "an image; drop --param")
+    inv = _load_inverter(args.prior, lm, "--prior")
+    _, h, w = inv.image_shape
+    if args.size and (args.size, args.size) != (h, w):
+        raise CLIError(f"--size: the --prior generator makes {h}x{w} images; drop --size")
+    return "generator", inv, (h, w) if h != w else h
+
+
 def cmd_actmax(args) -> int:
     _, lm = _ctx(args)
     from .distributed import get_world_size
@@ -730,15 +789,20 @@ def cmd_actmax(args) -> int:
     if args.layers or args.all_channels or get_world_size() > 1:
         return _actmax_job(args, lm)
     objectives, names = _actmax_objectives(args, lm)
-    imgs = view_actmax(lm.model, objectives, size=args.size or lm.input_size, steps=args.steps,
-                       lr=args.lr, param=args.param, seed=args.seed, progress=not args.quiet,
-                       batch_size=args.batch_size)
+    param, gen, size = _actmax_param(args, lm)
+    imgs = view_actmax(lm.model, objectives, size=size, steps=args.steps, lr=args.lr,
+                       param=param, seed=args.seed, progress=not args.quiet,
+                       batch_size=args.batch_size, generator=gen)
     out = _out_dir(args)
     tag = _fname(args.layer) if args.layer else ("objectives" if args.objective else "classes")
+    if gen is not None:
+        tag += f"_prior_{_fname(gen.layer)}"
     p = _save(_make_grid(imgs, normalize=False), out / f"actmax_{tag}.png",
               scale=_upscale_for(imgs.shape[-1]))
+    how = (f", through the generator prior of {gen.layer} ({Path(args.prior).name})"
+           if gen is not None else "")
     _say(args, f"activation maximization of {len(names)} objectives ({', '.join(names[:8])}"
-               f"{', ...' if len(names) > 8 else ''}), {args.steps} steps: wrote {p}")
+               f"{', ...' if len(names) > 8 else ''}), {args.steps} steps{how}: wrote {p}")
     return 0
 
 
@@ -762,16 +826,19 @@ def hashlib_digest(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+def _file_stamp(p):
+    """``[resolved path, size, mtime]`` of a file (a job spec entry), or ``p`` itself."""
+    try:
+        st = Path(p).stat()
+        return [str(Path(p).resolve()), st.st_size, int(st.st_mtime)]
+    except (OSError, TypeError):
+        return p
+
+
 def _job_spec(args, lm: LoadedModel) -> Dict[str, Any]:
     """What makes two runs of a resumable subcommand the same job (model, weights, seed, ...)."""
-    def stamp(p):
-        try:
-            st = Path(p).stat()
-            return [str(Path(p).resolve()), st.st_size, int(st.st_mtime)]
-        except (OSError, TypeError):
-            return p
-    return dict(command=args.command, model=stamp(args.model), weights=stamp(args.weights),
-                input_size=lm.input_size, seed=args.seed)
+    return dict(command=args.command, model=_file_stamp(args.model),
+                weights=_file_stamp(args.weights), input_size=lm.input_size, seed=args.seed)
 
 
 def _channel_runs(chans: Sequence[int], chunk: int) -> List[List[int]]:
@@ -804,7 +871,7 @@ def _actmax_job(args, lm: LoadedModel) -> int:
         raise CLIError("--layers: the model has no convolution layer; name layers with --layers")
     layers = [_check_layer(model, l) for l in dict.fromkeys(names)]
     chunk = args.batch_size or JOB_CHUNK
-    size = args.size or lm.input_size
+    param, gen, size = _actmax_param(args, lm)
     units, per_layer = [], {}
     for layer in layers:
         c = _layer_channels(model, layer, lm)
@@ -814,15 +881,17 @@ def _actmax_job(args, lm: LoadedModel) -> int:
             units.append(WorkUnit(f"{layer}:{run[0]}-{run[-1]}", len(run), (layer, run)))
     out = _out_dir(args)
     spec = dict(_job_spec(args, lm), layers=per_layer, steps=args.steps, lr=args.lr, size=size,
-                param=args.param, chunk=chunk)
+                param=param, chunk=chunk)
+    if gen is not None:
+        spec["prior"] = _file_stamp(args.prior)
     job = JobDir(out, "actmax", spec)
 
     def compute(u):
         layer, run = u.data
         seed = offset_seed(layer_seed(args.seed, layer), run[0])
         imgs = view_actmax(model, [obj.channel(layer, c) for c in run], size=size,
-                           steps=args.steps, lr=args.lr, param=args.param, seed=seed,
-                           progress=False)
+                           steps=args.steps, lr=args.lr, param=param, seed=seed,
+                           progress=False, generator=gen)
         return imgs.cpu()
 
     def write(u, imgs):
@@ -831,15 +900,17 @@ def _actmax_job(args, lm: LoadedModel) -> int:
         files = [atomic_save({"layer": layer, "channels": run, "images": imgs},
                              d / f"c{run[0]:04d}-{run[-1]:04d}.pt")]
         for c, img in zip(run, imgs):
-            files.append(_save(img, d / f"c{c:04d}.png", scale=_upscale_for(size)))
+            files.append(_save(img, d / f"c{c:04d}.png", scale=_upscale_for(img.shape[-1])))
         return files
 
     run_units(units, compute, write, job, progress=not args.quiet,
               desc=f"actmax {len(units)} units", log=lambda m: _say(args, m))
     if _is_main():
+        side = f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
+        what = (f"generator parameterization ({Path(args.prior).name}, layer {gen.layer})"
+                if gen is not None else f"{param} parameterization")
         lines = ["# activation maximization", "",
-                 f"seed {args.seed}, {args.steps} steps, lr {args.lr}, {args.param} "
-                 f"parameterization, {size}x{size} images", "",
+                 f"seed {args.seed}, {args.steps} steps, lr {args.lr}, {what}, {side} images", "",
                  "| layer | channels | grid | per channel |", "|---|---|---|---|"]
         for layer in layers:
             d = out / "actmax" / _fname(layer)
@@ -848,7 +919,7 @@ def _actmax_job(args, lm: LoadedModel) -> int:
                      for u in units if u.data[0] == layer]
             imgs = torch.cat(parts)
             g = _save(_make_grid(imgs, normalize=False), out / f"actmax_{_fname(layer)}.png",
-                      scale=_upscale_for(size))
+                      scale=_upscale_for(imgs.shape[-1]))
             lines.append(f"| {layer} | {len(per_layer[layer])} | {g.name} | "
                          f"actmax/{_fname(layer)}/cNNNN.png |")
             _say(args, f"{layer}: {len(per_layer[layer])} channels: wrote {g}")
@@ -868,6 +939,8 @@ def cmd_invert(args) -> int:
 
     _, lm = _ctx(args)
     _needs_hooks(lm, "invert")
+    if args.learned:
+        return _invert_learned(args, lm)
     names = _split_names(args.layers)
     layers = [_check_layer(lm.model, l) for l in names] if names else conv_layers(lm.model)
     if not layers:
@@ -902,6 +975,111 @@ def cmd_invert(args) -> int:
     if done is not None and _is_main():
         job.mark_complete()
         _say(args, f"inverted {len(units)} images at {len(layers)} layers: {out}")
+    return 0
+
+
+def _invert_learned(args, lm: LoadedModel) -> int:
+    """``invert --learned INV.pt [--learned INV2.pt ...]``: one forward pass per inverter
+    (Dosovitskiy & Brox) instead of an optimization per image and layer."""
+    from dataclasses import replace
+
+    from .distributed import atomic_save
+
+    invert_learned = _vis_attr("invert_learned", "learned inversion (cnnvis_ext.vis.invert_learned)")
+    invs = [_load_inverter(f, lm, "--learned") for f in args.learned]
+    layers = [inv.layer for inv in invs]
+    names = _split_names(args.layers)
+    if names and set(names) != set(layers):
+        raise CLIError(f"--layers: with --learned the layers are the inverters' "
+                       f"({', '.join(layers)}); drop --layers")
+    shapes = sorted({tuple(inv.image_shape) for inv in invs})
+    if len(shapes) > 1:
+        raise CLIError(f"--learned: the inverters were trained for different image shapes "
+                       f"({', '.join(map(str, shapes))}); invert them in separate runs")
+    c, h, w = shapes[0]
+    if h != w:
+        raise CLIError(f"--learned: the inverters make {h}x{w} images; only square images can be "
+                       "read from --data/--image")
+    if (lm.in_channels, lm.input_size) != (c, h):
+        if args.input_size and args.input_size != h:
+            raise CLIError(f"--input-size: the --learned inverters were trained on {h}x{w} "
+                           "images; drop --input-size")
+        lm = replace(lm, input_size=h, in_channels=c)
+    images, caps, _ = _load_images(args, lm)
+    dev = next(iter(lm.model.parameters()), torch.empty(0)).device
+    x = images.to(dev)
+    t0 = time.perf_counter()
+    recs = [invert_learned(inv, lm.model, x, check=False) for inv in invs]
+    dt = time.perf_counter() - t0
+    recs = [r.detach().float().cpu().clamp(0, 1) for r in recs]
+    if not _is_main():  # one writer under torchrun (the work is one forward pass)
+        return 0
+    out = _out_dir(args)
+    images = images.float().cpu()
+    for i in range(len(images)):
+        row = torch.cat([images[i:i + 1]] + [r[i:i + 1] for r in recs])
+        p = _save(_make_grid(row, ncol=len(layers) + 1, normalize=False),
+                  out / f"invert_learned_input{i}.png", scale=_upscale_for(h))
+        mse = ", ".join(f"{l} {float((r[i] - images[i]).pow(2).mean()):.4f}"
+                        for l, r in zip(layers, recs))
+        _say(args, f"{caps[i]}: original, then learned reconstructions from {', '.join(layers)} "
+                   f"(pixel MSE {mse}): wrote {p}")
+    t = atomic_save({"layers": layers, "inverters": [str(f) for f in args.learned],
+                     "images": images, "reconstructions": torch.stack(recs, 1)},
+                    out / "invert_learned.pt")
+    n = len(images) * len(invs)
+    _say(args, f"reconstructed {len(images)} images from {len(layers)} layer(s) with learned "
+               f"inverters in {dt * 1e3:.0f} ms ({n / max(dt, 1e-9):.0f} reconstructions/s); "
+               f"tensors (N, layers, C, H, W): wrote {t}")
+    return 0
+
+
+def cmd_train_inverter(args) -> int:
+    """Train an up-convolutional inverter (Dosovitskiy & Brox) of one layer and save it."""
+    from .data import load_dataset
+    from .distributed import get_world_size
+
+    if get_world_size() > 1:
+        raise CLIError("train-inverter trains in one process; run it without torchrun")
+    dev, lm = _ctx(args)
+    _needs_hooks(lm, "train-inverter")
+    train_inverter = _vis_attr("train_inverter", "learned inversion (cnnvis_ext.vis.train_inverter)")
+    invert_learned = _vis_attr("invert_learned", "learned inversion (cnnvis_ext.vis.invert_learned)")
+    model = lm.model
+    layer = _check_layer(model, args.layer) if args.layer else _default_conv_layer(model, last=True)
+    out = Path(args.out) if args.out else Path(f"inverter_{_fname(layer)}.pt")
+    if out.is_dir():
+        out = out / f"inverter_{_fname(layer)}.pt"
+    for parent in out.parents:  # fail now, not after training
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"--out: {str(parent)!r} is not a folder")
+            break
+    if lm.in_channels not in (1, 3):
+        raise CLIError(f"the model takes {lm.in_channels}-channel input; only 1- and 3-channel "
+                       "images can be read")
+    data = load_dataset(None if args.data in (None, "digits") else args.data,
+                        size=lm.input_size, channels=lm.in_channels, progress=not args.quiet)
+    _say(args, f"data: {data}")
+    t0 = time.perf_counter()
+    inv = train_inverter(model, layer, data.train_images, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+                         width=args.width, seed=args.seed, progress=not args.quiet,
+                         log=lambda m: _say(args, m))
+    train_s = time.perf_counter() - t0
+    _say(args, f"inverter of {layer}: codes {tuple(inv.code_shape)} -> images "
+               f"{tuple(inv.image_shape)}, {inv.depth} up-convolution(s), "
+               f"{sum(p.numel() for p in inv.parameters()):,} parameters; {args.epochs} epochs "
+               f"({args.loss} loss) on {len(data.train_images)} images in {train_s:.1f}s on {dev}")
+    x = data.test_images
+    if len(x):
+        rec = invert_learned(inv, model, x.to(dev), batch_size=256, check=False).float().cpu()
+        mse = float((rec - x).pow(2).mean())
+        base = float((data.train_images.mean(0) - x).pow(2).mean())
+        _say(args, f"held-out pixel MSE {mse:.5f} on {len(x)} test images (the mean training "
+                   f"image: {base:.5f})")
+    path = inv.save(out)
+    _say(args, f"wrote {path}")
     return 0
 
 
@@ -1052,6 +1230,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
 def _nonneg_int(s: str) -> int:
     try:
         v = int(s)
@@ -1156,6 +1344,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write training curves and the confusion matrix to --out")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("train-inverter", parents=[common, model], formatter_class=fmt,
+                       help="train an up-convolutional inverter of a layer (learned inversion "
+                            "and the generator prior of actmax)",
+                       description="Train an up-convolutional network that maps the frozen "
+                       "model's representation at --layer back to images (Dosovitskiy & Brox "
+                       "2016) on the training split of --data, print its held-out error, and "
+                       "save it. Use it with `cnnvis invert --learned FILE` (reconstructions in "
+                       "one forward pass) and `cnnvis actmax --prior FILE` (activation "
+                       "maximization through the generator, Nguyen et al. 2016).")
+    p.add_argument("--layer", help="layer to invert (default: the last convolution)")
+    p.add_argument("--data", metavar="DIR|digits", help="folder of class sub-folders of "
+                   "PNG/JPEG images (or with train/ and test/ folders of them), or digits: the "
+                   "bundled digits (default)")
+    p.add_argument("--out", metavar="FILE.pt", help="inverter file to write (default: "
+                   "inverter_<layer>.pt; a folder: <folder>/inverter_<layer>.pt)")
+    p.add_argument("--epochs", type=_nonneg_int, default=10,
+                   help="passes over the training images")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per step")
+    p.add_argument("--lr", type=_positive_float, default=2e-3,
+                   help="peak learning rate (Adam, one-cycle)")
+    p.add_argument("--loss", choices=["pixel", "pixel+feature"], default="pixel",
+                   help="pixel MSE, or plus the distance between the representations of the "
+                        "reconstruction and of the image (slower: runs the model every step)")
+    p.add_argument("--width", type=_positive_int, metavar="C",
+                   help="channels of the decoder's first stage (default: twice the code's "
+                        "channels, in [32, 256])")
+    p.set_defaults(func=cmd_train_inverter)
+
     p = sub.add_parser("kernels", parents=[common, model, out], formatter_class=fmt,
                        help="draw the learned kernels of a layer")
     p.add_argument("--layer", help="layer name (default: the first convolution)")
@@ -1186,7 +1402,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=256)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--size", type=_positive_int, help="image size (default: the model's input)")
-    p.add_argument("--param", choices=["fourier", "pixel"], default="fourier")
+    p.add_argument("--param", choices=["fourier", "pixel", "generator"],
+                   help="image parameterization (default: fourier; generator with --prior)")
+    p.add_argument("--prior", metavar="INVERTER.pt",
+                   help="generator prior (Nguyen et al. 2016, DGN-AM): optimize a code at the "
+                        "layer of this inverter (from `cnnvis train-inverter`) and decode it, "
+                        "instead of pixels")
     p.add_argument("--batch-size", type=_positive_int, help="objectives per batch (default: all; "
                    f"job mode: {JOB_CHUNK}, the work unit dealt to a rank)")
     p.set_defaults(func=cmd_actmax)
@@ -1195,10 +1416,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reconstruct images from their representation at each layer",
                        description="Mahendran & Vedaldi inversion of each image at each layer. "
                        "One work unit per image: under torchrun the images are split across "
-                       "ranks; run again with the same arguments to finish a killed job.")
+                       "ranks; run again with the same arguments to finish a killed job. "
+                       "With --learned: Dosovitskiy & Brox reconstructions by trained "
+                       "up-convolutional inverters, one forward pass for all images.")
     p.add_argument("--layers", nargs="+", metavar="L1,L2",
                    help="layer names (default: every convolution)")
     p.add_argument("--steps", type=_positive_int, default=200)
+    p.add_argument("--learned", action="append", metavar="INVERTER.pt",
+                   help="reconstruct with this trained inverter (from `cnnvis train-inverter`) "
+                        "in one forward pass instead of optimizing (repeatable: one per layer); "
+                        "writes invert_learned_input<i>.png")
     p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("deconv", parents=[common, model, images, out], formatter_class=fmt,
