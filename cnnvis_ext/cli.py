@@ -1306,8 +1306,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train the example CNN and write an HTML report of every view",
                        description="Train the survey's example CNN on the bundled digits (about "
                        "a minute on 2 CPU cores), report its test accuracy, and write kernels, "
-                       "feature maps, activation maximization, deconvnet top-9 projections, "
-                       "inversions and attribution maps with an index.html.")
+                       "feature maps, activation maximization (in input space and through "
+                       "a learned generator prior), deconvnet top-9 projections, inversions "
+                       "(optimized and by learned up-convolutional inverters) and attribution "
+                       "maps with an index.html.")
     p.add_argument("--out", default="cnnvis_demo", metavar="DIR", help="output folder")
     p.add_argument("--data", metavar="DIR", help="folder of class sub-folders of PNG/JPEG "
                    "images instead of the digits")
@@ -1321,6 +1323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-units", type=_positive_int, default=64,
                    help="channels of the last conv layer shown with top-9 deconvnet projections")
     p.add_argument("--top", type=_positive_int, default=9, help="top-k images per unit")
+    p.add_argument("--inverter-epochs", type=_nonneg_int, metavar="N",
+                   help="training epochs of each learned inverter (default: 2, or --epochs "
+                        "when smaller; 0: untrained decoders, for smoke tests)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", parents=[common, out], formatter_class=fmt,

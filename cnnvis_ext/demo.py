@@ -1,11 +1,15 @@
 """``cnnvis demo``: train the survey's example CNN and write every view into one HTML report.
 
 The report (``OUT/index.html``) shows, with captions: the training curves and
-the confusion matrix; test images with their predictions; the first layer's
-kernels; feature maps of a test image at every layer; activation maximization
-of every class and of every channel of each conv layer; deconvnet projections
-of the top-9 activations of every channel of the last conv layer beside their
-input patches; inversion of a test image from every layer; and saliency,
+the confusion matrix; test images with their predictions; the training of
+up-convolutional inverters of the last two conv layers (Dosovitskiy & Brox),
+saved as ``OUT/inverter_<layer>.pt``; the first layer's kernels; feature maps
+of a test image at every layer; activation maximization of every class and of
+every channel of each conv layer, and of every class through the learned
+generator prior (Nguyen et al., DGN-AM) beside the input-space images;
+deconvnet projections of the top-9 activations of every channel of the last
+conv layer beside their input patches; inversion of a test image from every
+layer, and the learned reconstructions beside the optimized ones; and saliency,
 guided backprop, deconvnet, LRP and Grad-CAM maps of a few test images.
 
 A view whose implementation is missing from this build is not faked: its
@@ -19,7 +23,7 @@ import sys
 import time
 import traceback as _tb
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import torch
 from torch import nn
@@ -160,6 +164,67 @@ def run_demo(args) -> int:
     run_section("Training", "The example network trained with Adam and a one-cycle schedule.",
                 s_training)
 
+    # Results that later sections show side by side: input-space class images, optimized
+    # inversions, and the learned inverters ({layer: inverter}).
+    shared: Dict[str, object] = {}
+    inverters: Dict[str, nn.Module] = {}
+    inv_layers = convs[-2:]
+    inv_epochs = (args.inverter_epochs if getattr(args, "inverter_epochs", None) is not None
+                  else 2 if args.checkpoint else min(2, args.epochs))
+
+    # ---------------------------------------------------------------- learned inverters
+    def s_inverters(sec: Section) -> None:
+        train_inverter = cli._vis_attr("train_inverter",
+                                       "learned inversion (cnnvis_ext.vis.train_inverter)")
+        invert_learned = cli._vis_attr("invert_learned",
+                                       "learned inversion (cnnvis_ext.vis.invert_learned)")
+        if not inv_layers:
+            raise FeatureUnavailable("the model has no convolution layer to invert")
+        x_test = data.test_images.to(dev)
+        base = float((data.train_images.mean(0).to(dev) - x_test).pow(2).mean())
+        facts, errs = [], []
+        for layer in inv_layers:
+            t0 = time.perf_counter()
+            inv = train_inverter(model, layer, data.train_images, epochs=inv_epochs,
+                                 seed=args.seed, progress=progress, log=say)
+            t_train = time.perf_counter() - t0
+            inv.save(out / f"inverter_{layer}.pt")
+            inverters[layer] = inv
+            rec = invert_learned(inv, model, x_test, batch_size=256, check=False)
+            err = float((rec - x_test).pow(2).mean())
+            errs.append(f"{layer} {err:.4f}")
+            facts.append(f"{layer} ({sum(p.numel() for p in inv.parameters()):,} parameters, "
+                         f"{inv.depth} up-convolutions, {t_train:.0f}s)")
+        rep.facts["learned inverters"] = (f"{', '.join(facts)}: {inv_epochs} epochs each on the "
+                                          f"{len(data.train_labels)} training images")
+        if inv_epochs:
+            rep.add_image(sec, plot_curves({f"{l} pixel MSE": inverters[l].history["pixel_mse"]
+                                            for l in inv_layers},
+                                           title="inverter training: pixel MSE"),
+                          "inverter_training.png",
+                          f"Pixel MSE on the training images per epoch of the inverters of "
+                          f"{' and '.join(inv_layers)}. Held-out MSE on the {len(x_test)} test "
+                          f"images: {', '.join(errs)}; the mean training image scores "
+                          f"{base:.4f}.")
+        else:
+            sec.notes.append(f"--inverter-epochs 0: untrained decoders (held-out MSE "
+                             f"{', '.join(errs)}; the mean image scores {base:.4f}).")
+        sec.notes.append("Saved as " + ", ".join(f"inverter_{l}.pt" for l in inv_layers)
+                         + ": use them with `cnnvis invert --learned FILE` and `cnnvis actmax "
+                           "--prior FILE` (with --model checkpoint.pt).")
+
+    run_section("Learned inverters of " + " and ".join(inv_layers or ["(no conv layer)"]),
+                "Dosovitskiy & Brox (2016): an up-convolutional network (transposed convolutions, "
+                "one x2 stage per octave between the layer's map and the image) trained to map the "
+                "frozen network's representation back to the image, on the training split only. "
+                "Used below for learned reconstructions and as the generator prior of activation "
+                "maximization.", s_inverters)
+
+    def need_inverters() -> None:
+        if not inverters:
+            raise FeatureUnavailable("the learned inverters were not trained (see the section "
+                                     "'Learned inverters' above)")
+
     # ---------------------------------------------------------------- kernels
     def s_kernels(sec: Section) -> None:
         grid, caption = cli.view_kernels(model, convs[0])
@@ -189,6 +254,7 @@ def run_demo(args) -> int:
         imgs = cli.view_actmax(model, [O.class_logit(c) for c in range(data.num_classes)],
                                size=size, steps=args.steps, lr=0.05, param="fourier",
                                seed=args.seed, progress=progress)
+        shared["actmax_classes"] = imgs
         rep.add_image(sec, label_grid(imgs, [f"class {c}" for c in classes],
                                       ncol=min(10, len(classes)), scale=up),
                       "actmax_classes.png",
@@ -209,6 +275,38 @@ def run_demo(args) -> int:
     run_section("Activation maximization",
                 "Gradient ascent in input space on a class score or on the mean of one channel "
                 "(Erhan et al. 2009; Simonyan et al. 2014; Olah et al. 2017).", s_actmax)
+
+    # ---------------------------------------------------------------- generator prior
+    def s_actmax_prior(sec: Section) -> None:
+        from .vis import objectives as O
+
+        need_inverters()
+        objs = [O.class_logit(c) for c in range(data.num_classes)]
+        rows, labels, lines = [], [], []
+        if "actmax_classes" in shared:
+            rows.append(shared["actmax_classes"].cpu())
+            labels += [f"{c}: input space" for c in classes]
+            lines.append("row 1: in input space (the figure above)")
+        for layer, inv in inverters.items():
+            imgs = cli.view_actmax(model, objs, size=size, steps=args.steps, lr=0.05,
+                                   param="generator", generator=inv, seed=args.seed,
+                                   progress=progress)
+            with torch.no_grad():
+                p = model(imgs.to(dev)).softmax(-1).diagonal().cpu()
+            rows.append(imgs)
+            labels += [f"{c}: {layer} p={float(v):.2f}" for c, v in zip(classes, p)]
+            lines.append(f"row {len(rows)}: a code at {layer} decoded by its inverter")
+        rep.add_image(sec, label_grid(torch.cat(rows), labels, ncol=data.num_classes, scale=up),
+                      "actmax_classes_generator.png",
+                      f"The image that maximizes each class logit ({args.steps} Adam steps); "
+                      + "; ".join(lines) + ". Under each generator image: the network's "
+                      "probability of the target class.")
+
+    run_section("Activation maximization through a learned generator prior",
+                "Nguyen et al. (2016, DGN-AM): optimize a code h at the inverter's layer instead of "
+                "pixels, with x = inverter(h), an L2 decay on h and h clipped to the range of codes "
+                "seen on real images, so that the result stays close to what natural inputs "
+                "produce.", s_actmax_prior)
 
     # ---------------------------------------------------------------- deconvnet top-9
     def s_deconv(sec: Section) -> None:
@@ -239,8 +337,10 @@ def run_demo(args) -> int:
     def s_invert(sec: Section) -> None:
         layers = _layers_to_invert(model)
         for i in range(min(2, n_img)):
+            t0 = time.perf_counter()
             rec = cli.view_invert(model, test_x[i], layers, steps=args.steps, seed=args.seed,
                                   progress=progress)
+            shared.setdefault("invert", {})[i] = (layers, rec, time.perf_counter() - t0)
             row = torch.cat([data.test_images[i:i + 1], rec])
             rep.add_image(sec, label_grid(row, ["original"] + layers, ncol=len(row), scale=up),
                           f"invert_{i}.png",
@@ -250,6 +350,55 @@ def run_demo(args) -> int:
     run_section("Inversion of a test image from every layer",
                 "Mahendran & Vedaldi (2015): find an image whose representation matches the "
                 "original's, with total-variation and alpha-norm priors.", s_invert)
+
+    # ---------------------------------------------------------------- learned inversion
+    def s_invert_learned(sec: Section) -> None:
+        invert_learned = cli._vis_attr("invert_learned",
+                                       "learned inversion (cnnvis_ext.vis.invert_learned)")
+        need_inverters()
+        k = min(16, len(data.test_labels))
+        x = data.test_images[:k].to(dev)
+        t0 = time.perf_counter()
+        recs = {l: invert_learned(inv, model, x, check=False).float().cpu()
+                for l, inv in inverters.items()}
+        dt = time.perf_counter() - t0
+        opt = shared.get("invert", {})
+        for i in range(min(2, n_img)):
+            tiles, labels = [data.test_images[i:i + 1]], ["original"]
+            if i in opt:
+                layers, rec, _ = opt[i]
+                for l in inverters:
+                    if l in layers:
+                        tiles.append(rec[layers.index(l)][None].cpu())
+                        labels.append(f"{l} optimized")
+            for l, r in recs.items():
+                tiles.append(r[i:i + 1])
+                labels.append(f"{l} learned")
+            row = torch.cat(tiles).clamp(0, 1)
+            errs = ", ".join(f"{lab} {float((t[0] - data.test_images[i]).pow(2).mean()):.4f}"
+                             for t, lab in zip(tiles[1:], labels[1:]))
+            rep.add_image(sec, label_grid(row, labels, ncol=len(row), scale=up),
+                          f"invert_learned_{i}.png",
+                          f"Test image #{i}, its optimization-based reconstructions from "
+                          f"{' and '.join(inverters)} ({args.steps} steps, from the section above) "
+                          f"and the learned ones (one forward pass); pixel MSE: {errs}.")
+        grid = torch.cat([data.test_images[:k]] + list(recs.values())).clamp(0, 1)
+        labels = [f"#{i}" for i in range(k)] + [l for l in recs for _ in range(k)]
+        per_s = k * len(recs) / max(dt, 1e-9)
+        opt_s = [t for _, _, t in opt.values()]
+        speed = (f"; optimization took {sum(opt_s) / len(opt_s):.1f}s per image for all "
+                 f"{len(next(iter(opt.values()))[0])} layers" if opt_s else "")
+        rep.add_image(sec, label_grid(grid, labels, ncol=k, scale=2),
+                      "invert_learned_test.png",
+                      f"The first {k} held-out test images (top row) and their learned "
+                      f"reconstructions from {' and '.join(recs)} (one row each): "
+                      f"{k * len(recs)} reconstructions in {dt * 1e3:.0f} ms ({per_s:.0f}/s)"
+                      f"{speed}.")
+
+    run_section("Learned inversion beside optimization",
+                "Dosovitskiy & Brox (2016): the trained inverters reconstruct an image from its "
+                "representation in one forward pass; even from deeper layers they keep the "
+                "colour and contours that the representation still encodes.", s_invert_learned)
 
     # ---------------------------------------------------------------- attribution
     def s_attr(sec: Section) -> None:

@@ -63,20 +63,48 @@ def test_demo_writes_index_and_every_linked_image(demo_out):
             im.load()
             assert im.format == "PNG" and im.width > 0 and im.height > 0
     for name in ("training_loss.png", "training_accuracy.png", "confusion_matrix.png",
-                 "actmax_classes.png", "attribution.png"):
+                 "actmax_classes.png", "attribution.png",
+                 # learned priors: inverters of the last two conv layers, generator-prior
+                 # actmax beside the input-space one, learned beside optimized inversion
+                 "inverter_training.png", "actmax_classes_generator.png", "invert_learned_0.png",
+                 "invert_learned_1.png", "invert_learned_test.png"):
         assert name in p.images
     # no temporary files left behind by the atomic writes
     assert not [f for f in os.listdir(demo_out) if f.startswith(".")]
     assert (demo_out / "checkpoint.pt").is_file()
     text = index.read_text(encoding="utf-8")
     assert "test accuracy" in text and "Kernels of the first layer" in text
+    assert p.skipped == 0
+    assert "Learned inverters of conv2 and conv3" in text and "learned generator prior" in text
+    assert "Learned inversion beside optimization" in text
+
+
+def test_demo_saves_inverters_usable_by_the_cli(demo_out, tmp_path, capsys):
+    """The demo's inverters (1 epoch with --epochs 1) load for its checkpoint and drive
+    `cnnvis invert --learned` and `cnnvis actmax --prior`."""
+    from cnnvis_ext.train import load_checkpoint
+    from cnnvis_ext.vis import UpConvInverter
+
+    model, _ = load_checkpoint(demo_out / "checkpoint.pt")
+    for layer in ("conv2", "conv3"):
+        inv = UpConvInverter.load(demo_out / f"inverter_{layer}.pt", model=model)
+        assert inv.layer == layer and len(inv.history["loss"]) == 1
+    ck, inv3 = str(demo_out / "checkpoint.pt"), str(demo_out / "inverter_conv3.pt")
+    assert main(["invert", "--model", ck, "--learned", inv3, "--num-images", "2",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["actmax", "--model", ck, "--prior", inv3, "--classes", "1", "--steps", "2",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert (tmp_path / "invert_learned_input1.png").is_file()
+    assert (tmp_path / "actmax_classes_prior_conv3.png").is_file()
 
 
 def test_demo_reuses_checkpoint(demo_out, tmp_path, capsys):
     rc = main(["demo", "--out", str(tmp_path), "--checkpoint", str(demo_out / "checkpoint.pt"),
-               "--steps", "1", "--images", "1", "--max-units", "1", "--top", "1", "--quiet"])
+               "--steps", "1", "--images", "1", "--max-units", "1", "--top", "1",
+               "--inverter-epochs", "0", "--quiet"])
     assert rc == 0
-    assert "loaded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "loaded" in out and "inverter conv2 epoch" not in out  # untrained decoders
     assert (tmp_path / "index.html").is_file() and not (tmp_path / "checkpoint.pt").exists()
 
 
