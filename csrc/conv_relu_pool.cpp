@@ -8,23 +8,9 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 namespace cnnvis {
-namespace {
-
-void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
-  TORCH_CHECK_VALUE(v.size() == 2, name, ": expected 2 values (height, width), got ", v.size());
-  TORCH_CHECK_VALUE(v[0] >= min_value && v[1] >= min_value, name, ": expected values >= ",
-                    min_value, ", got ", v);
-}
-
-int64_t pool_out_size(int64_t in, int64_t k, int64_t pad, int64_t s, bool ceil_mode) {
-  int64_t num = in + 2 * pad - (k - 1) - 1 + (ceil_mode ? s - 1 : 0);
-  int64_t out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;
-  if (ceil_mode && (out - 1) * s >= in + pad) --out;  // last window must start inside
-  return out;
-}
-
-}  // namespace
 
 ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& weight,
                                       const c10::optional<at::Tensor>& bias,
@@ -32,23 +18,8 @@ ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& wei
                                       at::IntArrayRef dilation, int64_t groups,
                                       at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
                                       at::IntArrayRef pool_padding, bool ceil_mode) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D (N, C, H, W) tensor, got ", x.dim(),
-                    "-D with shape ", x.sizes());
-  TORCH_CHECK_VALUE(weight.dim() == 4, "weight: expected a 4-D (C_out, C_in/groups, kH, kW) "
-                    "tensor, got ", weight.dim(), "-D with shape ", weight.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating-point tensor, got ",
-                   x.scalar_type());
-  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "weight: dtype ",
-                   weight.scalar_type(), " does not match x's dtype ", x.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == x.device(), "weight: on ", weight.device(),
-                    " but x is on ", x.device());
-  TORCH_CHECK_VALUE(groups >= 1, "groups: expected a positive value, got ", groups);
-  check_pair(stride, "stride", 1);
-  check_pair(padding, "padding", 0);
-  check_pair(dilation, "dilation", 1);
-  check_pair(pool_kernel, "pool_kernel", 1);
-  check_pair(pool_stride, "pool_stride", 1);
-  check_pair(pool_padding, "pool_padding", 0);
+  check_conv_pool_args(x, "x", "(N, C, H, W)", weight, groups, stride, padding, dilation,
+                       pool_kernel, pool_stride, pool_padding);
 
   ConvPoolGeometry g{};
   g.n = x.size(0);
@@ -103,6 +74,19 @@ ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& wei
   g.identity_pool = g.pool_kh == 1 && g.pool_kw == 1 && g.pool_sh == 1 && g.pool_sw == 1 &&
                     g.pool_ph == 0 && g.pool_pw == 0;
   return g;
+}
+
+void conv_backward_from_conv_grad(const at::Tensor& gconv, const at::Tensor& x,
+                                  const at::Tensor& weight, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  int64_t groups, std::array<bool, 3> output_mask,
+                                  at::Tensor& grad_x, at::Tensor& grad_w) {
+  constexpr auto kCL = at::MemoryFormat::ChannelsLast;
+  auto grads = at::convolution_backward(gconv, x.contiguous(kCL), weight, c10::nullopt, stride,
+                                        padding, dilation, /*transposed=*/false, {0, 0}, groups,
+                                        {output_mask[0], output_mask[1], false});
+  if (output_mask[0]) grad_x = with_canonical_strides(std::get<0>(grads), kCL);
+  if (output_mask[1]) grad_w = with_canonical_strides(std::get<1>(grads), at::MemoryFormat::Contiguous);
 }
 
 at::Tensor with_canonical_strides(const at::Tensor& t, at::MemoryFormat fmt) {

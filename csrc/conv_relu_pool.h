@@ -6,6 +6,8 @@
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
 
+#include <array>
+
 namespace cnnvis {
 
 struct ConvPoolGeometry {
@@ -36,5 +38,15 @@ void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const at::Tensor& 
 // dimensions, which would make the real kernel's strides differ from the fake
 // kernel's.
 at::Tensor with_canonical_strides(const at::Tensor& t, at::MemoryFormat fmt);
+
+// The backend-neutral tail of the backward: given the rebuilt gradient of the
+// convolution output (channels-last), ATen's convolution backward gives the
+// gradients of x and weight (those asked for by output_mask[0], [1]), with
+// the strides the fake kernel promises. The others are left as they are.
+void conv_backward_from_conv_grad(const at::Tensor& gconv, const at::Tensor& x,
+                                  const at::Tensor& weight, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  int64_t groups, std::array<bool, 3> output_mask,
+                                  at::Tensor& grad_x, at::Tensor& grad_w);
 
 }  // namespace cnnvis

@@ -9,46 +9,17 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 namespace cnnvis {
-namespace {
-
-void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
-  TORCH_CHECK_VALUE(v.size() == 2, name, ": expected 2 values (height, width), got ", v.size());
-  TORCH_CHECK_VALUE(v[0] >= min_value && v[1] >= min_value, name, ": expected values >= ",
-                    min_value, ", got ", v);
-}
-
-int64_t pool_out(int64_t in, int64_t k, int64_t pad, int64_t s, bool ceil_mode) {
-  int64_t num = in + 2 * pad - (k - 1) - 1 + (ceil_mode ? s - 1 : 0);
-  int64_t out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;
-  if (ceil_mode && (out - 1) * s >= in + pad) --out;
-  return out;
-}
-
-}  // namespace
 
 UnpoolConvTGeometry check_unpool_conv_transpose(
     const at::Tensor& p, const c10::optional<at::Tensor>& switches, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
     at::IntArrayRef output_size, at::IntArrayRef input_size, c10::string_view algorithm) {
-  TORCH_CHECK_VALUE(p.dim() == 4, "p: expected a 4-D (N, C_out, H_p, W_p) tensor, got ", p.dim(),
-                    "-D with shape ", p.sizes());
-  TORCH_CHECK_VALUE(weight.dim() == 4, "weight: expected a 4-D (C_out, C_in/groups, kH, kW) "
-                    "tensor, got ", weight.dim(), "-D with shape ", weight.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(p.scalar_type()), "p: expected a floating-point tensor, got ",
-                   p.scalar_type());
-  TORCH_CHECK_TYPE(weight.scalar_type() == p.scalar_type(), "weight: dtype ",
-                   weight.scalar_type(), " does not match p's dtype ", p.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == p.device(), "weight: on ", weight.device(),
-                    " but p is on ", p.device());
-  TORCH_CHECK_VALUE(groups >= 1, "groups: expected a positive value, got ", groups);
-  check_pair(stride, "stride", 1);
-  check_pair(padding, "padding", 0);
-  check_pair(dilation, "dilation", 1);
-  check_pair(pool_kernel, "pool_kernel", 1);
-  check_pair(pool_stride, "pool_stride", 1);
-  check_pair(pool_padding, "pool_padding", 0);
+  check_conv_pool_args(p, "p", "(N, C_out, H_p, W_p)", weight, groups, stride, padding, dilation,
+                       pool_kernel, pool_stride, pool_padding);
   check_pair(output_size, "output_size", 1);
   check_pair(input_size, "input_size", 1);
 
@@ -120,14 +91,14 @@ UnpoolConvTGeometry check_unpool_conv_transpose(
                     "pool_padding: must be at most half of pool_kernel, got pool_padding=",
                     pool_padding, " and pool_kernel=", pool_kernel);
   // The pooled map must be what pooling output_size gives (floor or ceil mode).
-  const bool h_ok = g.pooled_h == pool_out(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, false) ||
-                    g.pooled_h == pool_out(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, true);
-  const bool w_ok = g.pooled_w == pool_out(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, false) ||
-                    g.pooled_w == pool_out(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, true);
+  const bool h_ok = g.pooled_h == pool_out_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, false) ||
+                    g.pooled_h == pool_out_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, true);
+  const bool w_ok = g.pooled_w == pool_out_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, false) ||
+                    g.pooled_w == pool_out_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, true);
   TORCH_CHECK_VALUE(h_ok && w_ok, "output_size: pooling an ", output_size, " map with kernel ",
                     pool_kernel, ", stride ", pool_stride, " and padding ", pool_padding,
-                    " gives (", pool_out(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, false), ", ",
-                    pool_out(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, false),
+                    " gives (", pool_out_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, false), ", ",
+                    pool_out_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, false),
                     ") pooled values, but p is ", p.sizes());
 
   if (switches.has_value() && switches->defined()) {

@@ -23,35 +23,16 @@
 
 #include "../gaussian_blur.h"
 #include "../gaussian_blur_common.h"
+#include "cpu_features.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define CNNVIS_BLUR_X86 1
-#define CNNVIS_BLUR_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define CNNVIS_BLUR_X86 0
-#endif
-#if defined(__GNUC__)
-#define CNNVIS_BLUR_INLINE __attribute__((always_inline)) inline
-#else
-#define CNNVIS_BLUR_INLINE inline
-#endif
 
 namespace cnnvis {
 namespace {
 
-bool blur_cpu_has_avx2() {
-#if CNNVIS_BLUR_X86
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
 // Horizontal pass: y[j] = w[R] v[j] + sum_t w[R+t] (v[j+t] + v[j-t]) with v
 // padded by R samples on both sides (already filled).
 template <typename A>
-CNNVIS_BLUR_INLINE void hpass(const A* CNNVIS_RESTRICT v, A* CNNVIS_RESTRICT y, int64_t W,
+CNNVIS_ALWAYS_INLINE void hpass(const A* CNNVIS_RESTRICT v, A* CNNVIS_RESTRICT y, int64_t W,
                               int64_t R, const A* w) {
   const A c = w[R];
   for (int64_t j = 0; j < W; ++j) y[j] = c * v[j];
@@ -65,7 +46,7 @@ CNNVIS_BLUR_INLINE void hpass(const A* CNNVIS_RESTRICT v, A* CNNVIS_RESTRICT y, 
 
 // Blur of rows [r0, r1) of one plane. buf: W + 2R values.
 template <typename A>
-CNNVIS_BLUR_INLINE void blur_band_impl(const A* x, A* y, int64_t H, int64_t W, int64_t r0,
+CNNVIS_ALWAYS_INLINE void blur_band_impl(const A* x, A* y, int64_t H, int64_t W, int64_t r0,
                                        int64_t r1, int64_t R, const A* w, A* buf) {
   A* CNNVIS_RESTRICT v = buf + R;
   for (int64_t i = r0; i < r1; ++i) {
@@ -91,7 +72,7 @@ CNNVIS_BLUR_INLINE void blur_band_impl(const A* x, A* y, int64_t H, int64_t W, i
 // Adjoint of the blur for rows [r0, r1) of one plane. buf: 3W + 6R values;
 // pairs: scratch for (row, coefficient) lists.
 template <typename A>
-CNNVIS_BLUR_INLINE void adjoint_band_impl(const A* g, A* out, int64_t H, int64_t W, int64_t r0,
+CNNVIS_ALWAYS_INLINE void adjoint_band_impl(const A* g, A* out, int64_t H, int64_t W, int64_t r0,
                                           int64_t r1, int64_t R, const A* w, A* buf,
                                           std::vector<std::pair<int64_t, A>>& pairs) {
   A* CNNVIS_RESTRICT u = buf + 2 * R;         // W samples with 2R zeros on both sides
@@ -147,14 +128,14 @@ void adjoint_band_default(const A* g, A* o, int64_t H, int64_t W, int64_t r0, in
                           int64_t R, const A* w, A* buf, std::vector<std::pair<int64_t, A>>& p) {
   adjoint_band_impl(g, o, H, W, r0, r1, R, w, buf, p);
 }
-#if CNNVIS_BLUR_X86
+#if CNNVIS_X86_DISPATCH
 template <typename A>
-CNNVIS_BLUR_AVX2 void blur_band_avx2(const A* x, A* y, int64_t H, int64_t W, int64_t r0,
+CNNVIS_TARGET_AVX2 void blur_band_avx2(const A* x, A* y, int64_t H, int64_t W, int64_t r0,
                                      int64_t r1, int64_t R, const A* w, A* buf) {
   blur_band_impl(x, y, H, W, r0, r1, R, w, buf);
 }
 template <typename A>
-CNNVIS_BLUR_AVX2 void adjoint_band_avx2(const A* g, A* o, int64_t H, int64_t W, int64_t r0,
+CNNVIS_TARGET_AVX2 void adjoint_band_avx2(const A* g, A* o, int64_t H, int64_t W, int64_t r0,
                                         int64_t r1, int64_t R, const A* w, A* buf,
                                         std::vector<std::pair<int64_t, A>>& p) {
   adjoint_band_impl(g, o, H, W, r0, r1, R, w, buf, p);
@@ -179,7 +160,7 @@ void blur_run(const A* in, A* out, const BlurArgs& a) {
     bands = std::max<int64_t>(1, std::min<int64_t>((4 * threads + planes - 1) / planes, H / 8));
   const int64_t bh = (H + bands - 1) / bands;
   bands = (H + bh - 1) / bh;
-  const bool avx2 = blur_cpu_has_avx2();
+  const bool avx2 = cpu_has_avx2_fma();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, bh * W * (R + 1)));
   at::parallel_for(0, planes * bands, grain, [&](int64_t begin, int64_t end) {
     std::vector<A> buf(3 * W + 6 * R + 8);
@@ -190,7 +171,7 @@ void blur_run(const A* in, A* out, const BlurArgs& a) {
       const int64_t off = plane * H * W;
       const A* w = taps.data() + plane * K;
       if constexpr (Adjoint) {
-#if CNNVIS_BLUR_X86
+#if CNNVIS_X86_DISPATCH
         if (avx2) {
           adjoint_band_avx2(in + off, out + off, H, W, r0, r1, R, w, buf.data(), pairs);
           continue;
@@ -198,7 +179,7 @@ void blur_run(const A* in, A* out, const BlurArgs& a) {
 #endif
         adjoint_band_default(in + off, out + off, H, W, r0, r1, R, w, buf.data(), pairs);
       } else {
-#if CNNVIS_BLUR_X86
+#if CNNVIS_X86_DISPATCH
         if (avx2) {
           blur_band_avx2(in + off, out + off, H, W, r0, r1, R, w, buf.data());
           continue;

@@ -23,30 +23,11 @@
 
 #include "../regularize.h"
 #include "../regularize_common.h"
+#include "cpu_features.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define CNNVIS_REG_X86 1
-#define CNNVIS_REG_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define CNNVIS_REG_X86 0
-#endif
-#if defined(__GNUC__)
-#define CNNVIS_REG_INLINE __attribute__((always_inline)) inline
-#else
-#define CNNVIS_REG_INLINE inline
-#endif
 
 namespace cnnvis {
 namespace {
-
-bool reg_cpu_has_avx2() {
-#if CNNVIS_REG_X86
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
 
 template <typename A>
 struct RegPass {
@@ -64,7 +45,7 @@ struct RegPass {
 // Pass 1 / 2: update (when add/scale) and statistics (when sq/ct), clamp when
 // clamp (only used when nothing is clipped).
 template <typename A>
-CNNVIS_REG_INLINE void update_stats_impl(const RegPass<A>& p) {
+CNNVIS_ALWAYS_INLINE void update_stats_impl(const RegPass<A>& p) {
   const int64_t L = p.len;
   if (p.sq)
     for (int64_t i = 0; i < L; ++i) p.sq[i] = A(0);
@@ -101,7 +82,7 @@ CNNVIS_REG_INLINE void update_stats_impl(const RegPass<A>& p) {
 
 // Pass 4: zero clipped pixels, clamp.
 template <typename A>
-CNNVIS_REG_INLINE void finish_impl(const RegPass<A>& p) {
+CNNVIS_ALWAYS_INLINE void finish_impl(const RegPass<A>& p) {
   const int64_t L = p.len;
   for (int64_t c = 0; c < p.C; ++c) {
     A* CNNVIS_RESTRICT xc = p.x + c * p.HW;
@@ -118,24 +99,24 @@ template <typename A>
 void update_stats_default(const RegPass<A>& p) { update_stats_impl(p); }
 template <typename A>
 void finish_default(const RegPass<A>& p) { finish_impl(p); }
-#if CNNVIS_REG_X86
+#if CNNVIS_X86_DISPATCH
 template <typename A>
-CNNVIS_REG_AVX2 void update_stats_avx2(const RegPass<A>& p) { update_stats_impl(p); }
+CNNVIS_TARGET_AVX2 void update_stats_avx2(const RegPass<A>& p) { update_stats_impl(p); }
 template <typename A>
-CNNVIS_REG_AVX2 void finish_avx2(const RegPass<A>& p) { finish_impl(p); }
+CNNVIS_TARGET_AVX2 void finish_avx2(const RegPass<A>& p) { finish_impl(p); }
 #endif
 
 template <typename A>
 void run_update_stats(const RegPass<A>& p) {
-#if CNNVIS_REG_X86
-  if (reg_cpu_has_avx2()) return update_stats_avx2(p);
+#if CNNVIS_X86_DISPATCH
+  if (cpu_has_avx2_fma()) return update_stats_avx2(p);
 #endif
   update_stats_default(p);
 }
 template <typename A>
 void run_finish(const RegPass<A>& p) {
-#if CNNVIS_REG_X86
-  if (reg_cpu_has_avx2()) return finish_avx2(p);
+#if CNNVIS_X86_DISPATCH
+  if (cpu_has_avx2_fma()) return finish_avx2(p);
 #endif
   finish_default(p);
 }

@@ -19,32 +19,11 @@
 
 #include "../total_variation.h"
 #include "../total_variation_common.h"
+#include "cpu_features.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define CNNVIS_X86_DISPATCH 1
-#define CNNVIS_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define CNNVIS_X86_DISPATCH 0
-#endif
-
-#if defined(__GNUC__)
-#define CNNVIS_ALWAYS_INLINE __attribute__((always_inline)) inline
-#else
-#define CNNVIS_ALWAYS_INLINE inline
-#endif
 
 namespace cnnvis {
 namespace {
-
-bool cpu_has_avx2() {
-#if CNNVIS_X86_DISPATCH
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
 
 // r = sqrt(t) over a row. A plain std::sqrt loop does not vectorize without
 // -fno-math-errno, so the AVX2 copy uses the intrinsic (a real call: the
@@ -210,7 +189,7 @@ using BandFn = double (*)(const A*, A*, int64_t, int64_t, int64_t, int64_t, cons
 template <typename A, int K, bool V, bool G>
 BandFn<A, K, V, G> pick_band() {
 #if CNNVIS_X86_DISPATCH
-  if (cpu_has_avx2()) return &tv_band_avx2<A, K, V, G>;
+  if (cpu_has_avx2_fma()) return &tv_band_avx2<A, K, V, G>;
 #endif
   return &tv_band_default<A, K, V, G>;
 }

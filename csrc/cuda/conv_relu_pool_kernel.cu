@@ -160,11 +160,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  auto grads = at::convolution_backward(gconv, x.contiguous(kCL), weight, c10::nullopt, stride,
-                                        padding, dilation, false, {0, 0}, groups,
-                                        {output_mask[0], output_mask[1], false});
-  if (output_mask[0]) grad_x = with_canonical_strides(std::get<0>(grads), kCL);
-  if (output_mask[1]) grad_w = with_canonical_strides(std::get<1>(grads), at::MemoryFormat::Contiguous);
+  conv_backward_from_conv_grad(gconv, x, weight, stride, padding, dilation, groups, output_mask,
+                               grad_x, grad_w);
   return {grad_x, grad_w, grad_bias};
 }
 
