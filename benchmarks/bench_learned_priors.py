@@ -12,8 +12,8 @@ output (``5``, codes of 32x8x8), the same point in both models.
       are cached), the pixel loss recomputing the codes every step (``cache_codes=False``),
       and the pixel+feature loss (every step also runs the model on the reconstruction and
       backpropagates through it). Fused against unfused frozen model. With cached codes the
-      model runs once, yet the fused one still trains faster: its conv+relu+pool op returns
-      channels-last maps, so the decoder, fed channels-last codes, runs channels-last too.
+      model runs only once; what difference remains comes from the codes' memory format (the
+      fused conv+relu+pool op returns channels-last maps, so the decoder runs channels-last).
 (ii)  reconstruction: ``vis.invert_learned`` (one forward pass, a batch of images) against
       ``vis.invert`` (Mahendran & Vedaldi, ``--invert-steps`` iterations on a batch), in
       images/s of each, on the fused and the unfused model. They do not reach the same
