@@ -1250,6 +1250,17 @@ def _nonneg_int(s: str) -> int:
     return v
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to a flag's help unless the help already says it,
+    or the default is None/False (nothing worth printing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cnnvis`` argument parser (one sub-parser per subcommand)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -1300,7 +1311,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnvis_ext {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
 
     p = sub.add_parser("demo", parents=[common], formatter_class=fmt,
                        help="train the example CNN and write an HTML report of every view",
