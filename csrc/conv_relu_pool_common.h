@@ -52,14 +52,17 @@ HOST_DEVICE_INLINE void windows_containing(int64_t i, int64_t stride, int64_t pa
 //   y      : y[n, 0, 0, c0]; ys_h, ys_w the row and column strides of y
 //   [h0,h1) x [w0,w1): the valid part of the window, hstart/wstart its
 //   unclipped origin and kw its width.
-template <typename T, typename B>
+//   K: the type the switches are written in: uint8_t, or B itself so that a
+//   CPU caller's channel loop runs at one lane width and vectorizes (it then
+//   narrows the switches to uint8 itself).
+template <typename T, typename B, typename K = uint8_t>
 HOST_DEVICE_INLINE void relu_max_window(const T* CNNVIS_RESTRICT y, int64_t ys_h, int64_t ys_w,
                                         int64_t h0, int64_t h1, int64_t w0, int64_t w1,
                                         int64_t hstart, int64_t wstart, int64_t kw, int64_t nc,
-                                        B* CNNVIS_RESTRICT best, uint8_t* CNNVIS_RESTRICT sw) {
+                                        B* CNNVIS_RESTRICT best, K* CNNVIS_RESTRICT sw) {
   {
     const T* p = y + h0 * ys_h + w0 * ys_w;
-    const uint8_t k0 = static_cast<uint8_t>((h0 - hstart) * kw + (w0 - wstart));
+    const K k0 = static_cast<K>((h0 - hstart) * kw + (w0 - wstart));
     for (int64_t c = 0; c < nc; ++c) {
       best[c] = relu_keep_nan(static_cast<B>(p[c]));
       sw[c] = k0;
@@ -68,12 +71,21 @@ HOST_DEVICE_INLINE void relu_max_window(const T* CNNVIS_RESTRICT y, int64_t ys_h
   for (int64_t h = h0; h < h1; ++h) {
     for (int64_t w = (h == h0 ? w0 + 1 : w0); w < w1; ++w) {
       const T* p = y + h * ys_h + w * ys_w;
-      const uint8_t k = static_cast<uint8_t>((h - hstart) * kw + (w - wstart));
+      const K k = static_cast<K>((h - hstart) * kw + (w - wstart));
+      CNNVIS_IVDEP
       for (int64_t c = 0; c < nc; ++c) {
+        // take v where v > best or v is NaN. Written as two single-comparison
+        // selects on values loaded unconditionally (no `||`, no conditional
+        // load), which the CPU compiler turns into vector compares and blends.
         const B v = relu_keep_nan(static_cast<B>(p[c]));
-        const bool take = (v > best[c]) || (v != v);
-        best[c] = take ? v : best[c];
-        sw[c] = take ? k : sw[c];
+        const B bc = best[c];
+        const K kc = sw[c];
+        const bool gt = v > bc;
+        const bool nan = v != v;
+        const B b1 = gt ? v : bc;
+        const K k1 = gt ? k : kc;
+        best[c] = nan ? v : b1;
+        sw[c] = nan ? k : k1;
       }
     }
   }
@@ -86,9 +98,11 @@ HOST_DEVICE_INLINE void relu_max_window(const T* CNNVIS_RESTRICT y, int64_t ys_h
 // NaN: PyTorch's threshold_backward lets the gradient of a NaN through).
 // Every conv position is written exactly once, so no zero-fill is needed.
 //   gout, out, sw: pooled maps at [n, 0, 0, c0]; ps_h, ps_w their strides.
-template <typename T, typename A>
+//   S: the type the switches are read in: uint8_t, or A so that a CPU
+//   caller's channel loop runs at one lane width and vectorizes.
+template <typename T, typename A, typename S = uint8_t>
 HOST_DEVICE_INLINE void gather_conv_grad(const T* CNNVIS_RESTRICT gout, const T* CNNVIS_RESTRICT out,
-                                         const uint8_t* CNNVIS_RESTRICT sw, int64_t ps_h,
+                                         const S* CNNVIS_RESTRICT sw, int64_t ps_h,
                                          int64_t ps_w, int64_t h, int64_t w, int64_t ph_lo,
                                          int64_t ph_hi, int64_t pw_lo, int64_t pw_hi,
                                          int64_t stride_h, int64_t stride_w, int64_t pad_h,
@@ -98,14 +112,18 @@ HOST_DEVICE_INLINE void gather_conv_grad(const T* CNNVIS_RESTRICT gout, const T*
   for (int64_t oh = ph_lo; oh < ph_hi; ++oh) {
     const int64_t kh_off = (h - (oh * stride_h - pad_h)) * kw;
     for (int64_t ow = pw_lo; ow < pw_hi; ++ow) {
-      const uint8_t k = static_cast<uint8_t>(kh_off + (w - (ow * stride_w - pad_w)));
+      const S k = static_cast<S>(kh_off + (w - (ow * stride_w - pad_w)));
       const int64_t off = oh * ps_h + ow * ps_w;
       const T* g = gout + off;
       const T* o = out + off;
-      const uint8_t* s = sw + off;
+      const S* s = sw + off;
+      CNNVIS_IVDEP
       for (int64_t c = 0; c < nc; ++c) {
-        const bool hit = (s[c] == k) && !(static_cast<A>(o[c]) <= A(0));
-        acc[c] += hit ? static_cast<A>(g[c]) : A(0);
+        // `&`, not `&&`, and g loaded unconditionally: a select, not a branch,
+        // so the CPU compiler vectorizes the channel loop.
+        const A gv = static_cast<A>(g[c]);
+        const bool hit = (s[c] == k) & !(static_cast<A>(o[c]) <= A(0));
+        acc[c] += hit ? gv : A(0);
       }
     }
   }

@@ -54,6 +54,9 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool_cpu(
     uint8_t* sp = sw.mutable_data_ptr<uint8_t>();
     at::parallel_for(0, g.n * PH, grain_for(PW * C * g.pool_kh * g.pool_kw),
                      [&](int64_t begin, int64_t end) {
+      // Switches are tracked in scalar_t (exact for positions < 256) so the
+      // channel loop has one lane width and vectorizes; narrowed per window.
+      std::vector<scalar_t> kbuf(C);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / PH, oh = row % PH;
         int64_t hstart, h0, h1;
@@ -63,8 +66,10 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool_cpu(
           int64_t wstart, w0, w1;
           pool_window(ow, g.pool_sw, g.pool_pw, g.pool_kw, CW, &wstart, &w0, &w1);
           const int64_t o = ((n * PH + oh) * PW + ow) * C;
-          relu_max_window<scalar_t, scalar_t>(yn, CW * C, C, h0, h1, w0, w1, hstart, wstart,
-                                              g.pool_kw, C, op + o, sp + o);
+          relu_max_window<scalar_t, scalar_t, scalar_t>(yn, CW * C, C, h0, h1, w0, w1, hstart,
+                                                        wstart, g.pool_kw, C, op + o, kbuf.data());
+          uint8_t* so = sp + o;
+          for (int64_t c = 0; c < C; ++c) so[c] = static_cast<uint8_t>(kbuf[c]);
         }
       }
     });
@@ -106,10 +111,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool_backward_cpu(
   if (g.identity_pool) {
     gconv = at::where(o <= 0, at::zeros({}, go.options()), go).contiguous(kCL);  // any layout is fine here
   } else if (gconv.numel() > 0) {
+    // The switches widened to the gradient's dtype (a pooled-size temporary,
+    // freed on return): the gather's channel loop then has one lane width
+    // and vectorizes, where mixing uint8 and float lanes kept it scalar.
+    const at::Tensor sf = s.to(go.scalar_type());
     AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "conv_relu_pool_backward_cpu", [&] {
       const scalar_t* gp = go.const_data_ptr<scalar_t>();
       const scalar_t* op = o.const_data_ptr<scalar_t>();
-      const uint8_t* sp = s.const_data_ptr<uint8_t>();
+      const scalar_t* sp = sf.const_data_ptr<scalar_t>();
       scalar_t* dp = gconv.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, g.n * CH, grain_for(CW * C), [&](int64_t begin, int64_t end) {
         for (int64_t row = begin; row < end; ++row) {
@@ -120,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool_backward_cpu(
           for (int64_t w = 0; w < CW; ++w) {
             int64_t pw_lo, pw_hi;
             windows_containing(w, g.pool_sw, g.pool_pw, g.pool_kw, PW, &pw_lo, &pw_hi);
-            gather_conv_grad<scalar_t, scalar_t>(gp + pbase, op + pbase, sp + pbase, PW * C, C, h,
+            gather_conv_grad<scalar_t, scalar_t, scalar_t>(gp + pbase, op + pbase, sp + pbase, PW * C, C, h,
                                                  w, ph_lo, ph_hi, pw_lo, pw_hi, g.pool_sh,
                                                  g.pool_sw, g.pool_ph, g.pool_pw, g.pool_kw, C,
                                                  dp + ((n * CH + h) * CW + w) * C);
