@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -30,6 +30,28 @@ def median_ms(fn: Callable[[], object], device="cpu", warmup: int = 3, reps: int
         if len(times) >= 10 * reps:
             break
     return statistics.median(times)
+
+
+def interleaved_median_ms(fns: Dict[str, Callable[[], object]], device="cpu", warmup: int = 3,
+                          reps: int = 10) -> Dict[str, float]:
+    """Median wall time (ms) of each ``fns[name]()``, timed round-robin.
+
+    Every round runs each function once, so load that drifts during the
+    benchmark (a shared machine) hits every variant alike and the ratios
+    between them stay meaningful.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def machine_line(device="cpu") -> str:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import fmt, machine_line, median_ms, ratio, table  # noqa: E402
+from _common import fmt, interleaved_median_ms, machine_line, ratio, table  # noqa: E402
 
 import cnnvis_ext  # noqa: E402
 from cnnvis_ext.ops import conv_relu_pool  # noqa: E402
@@ -71,9 +71,10 @@ def main(argv=None) -> int:
     dev = torch.device(args.device)
     dtype = torch.float32
     shapes = QUICK if args.quick else SHAPES
-    reps = args.reps or (3 if args.quick else 15)
+    reps = args.reps or (3 if args.quick else 21)
     print(f"# conv_relu_pool benchmark ({machine_line(dev)}, cnnvis_ext {cnnvis_ext.__version__})")
-    print("median ms; ratio = baseline / ours (> 1: ours faster); 2x2 pooling, stride 1 conv\n")
+    print("median ms (variants timed round-robin); ratio = baseline / ours (> 1: ours faster); "
+          "2x2 pooling, stride 1 conv\n")
 
     fwd_rows, bwd_rows, mem_rows = [], [], []
     bwd_ratios_nchw = []
@@ -87,11 +88,13 @@ def main(argv=None) -> int:
         comp = None if args.no_compile else torch.compile(composition)
         label = f"{name}: N={n} {cin}->{cout} {h}x{h} k{k}"
 
+        fwd = {"ours": lambda: fused(x, w, b, pad), "nchw": lambda: composition(x, w, b, pad),
+               "cl": lambda: composition(x_cl, w_cl, b, pad)}
+        if comp is not None:
+            fwd["comp"] = lambda: comp(x, w, b, pad)
         with torch.no_grad():
-            t_ours = median_ms(lambda: fused(x, w, b, pad), dev, reps=reps)
-            t_nchw = median_ms(lambda: composition(x, w, b, pad), dev, reps=reps)
-            t_cl = median_ms(lambda: composition(x_cl, w_cl, b, pad), dev, reps=reps)
-            t_comp = None if comp is None else median_ms(lambda: comp(x, w, b, pad), dev, reps=reps)
+            t = interleaved_median_ms(fwd, dev, reps=reps)
+        t_ours, t_nchw, t_cl, t_comp = t["ours"], t["nchw"], t["cl"], t.get("comp")
         fwd_rows.append([label, fmt(t_ours), fmt(t_nchw), ratio(t_nchw, t_ours), fmt(t_cl),
                          ratio(t_cl, t_ours), fmt(t_comp), ratio(t_comp, t_ours)])
 
@@ -103,11 +106,13 @@ def main(argv=None) -> int:
             out.backward(torch.ones_like(out))
 
         comp_train = None if args.no_compile else torch.compile(composition)
-        t_ours_b = median_ms(lambda: train_step(fused, x, w, b), dev, reps=reps)
-        t_nchw_b = median_ms(lambda: train_step(composition, x, w, b), dev, reps=reps)
-        t_cl_b = median_ms(lambda: train_step(composition, x_cl, w_cl, b), dev, reps=reps)
-        t_comp_b = (None if comp_train is None
-                    else median_ms(lambda: train_step(comp_train, x, w, b), dev, reps=reps))
+        train = {"ours": lambda: train_step(fused, x, w, b),
+                 "nchw": lambda: train_step(composition, x, w, b),
+                 "cl": lambda: train_step(composition, x_cl, w_cl, b)}
+        if comp_train is not None:
+            train["comp"] = lambda: train_step(comp_train, x, w, b)
+        t = interleaved_median_ms(train, dev, reps=reps)
+        t_ours_b, t_nchw_b, t_cl_b, t_comp_b = t["ours"], t["nchw"], t["cl"], t.get("comp")
         bwd_ratios_nchw.append(t_nchw_b / t_ours_b)
         bwd_rows.append([label + (" (x.grad)" if xgrad else ""), fmt(t_ours_b), fmt(t_nchw_b),
                          ratio(t_nchw_b, t_ours_b), fmt(t_cl_b), ratio(t_cl_b, t_ours_b),
