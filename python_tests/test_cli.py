@@ -46,13 +46,18 @@ def _ok_or_unavailable(rc, err, feature):
     return False
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "ck.pt"
-    rc = main(["train", "--epochs", "1", "--channels", "4", "8", "--hidden", "16", "--quiet",
-               "--checkpoint", str(path), "--device", "cpu"])
+def _train_checkpoint(tmp_path_factory, name, epochs, channels):
+    """Trains a small cifar_cnn through the CLI and returns its checkpoint path."""
+    path = tmp_path_factory.mktemp(name) / f"{name}.pt"
+    rc = main(["train", "--epochs", str(epochs), "--channels", *map(str, channels), "--hidden",
+               "16", "--quiet", "--checkpoint", str(path), "--device", "cpu"])
     assert rc == 0 and path.is_file()
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return _train_checkpoint(tmp_path_factory, "ckpt", 1, (4, 8))
 
 
 # --------------------------------------------------------------------------- help
@@ -385,11 +390,7 @@ def inverter_file(checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_checkpoint(tmp_path_factory):
     """A checkpoint whose conv2 has another width than the test checkpoint's (untrained)."""
-    path = tmp_path_factory.mktemp("ckpt6") / "ck6.pt"
-    rc = main(["train", "--epochs", "0", "--channels", "4", "6", "--hidden", "16", "--quiet",
-               "--checkpoint", str(path), "--device", "cpu"])
-    assert rc == 0 and path.is_file()
-    return path
+    return _train_checkpoint(tmp_path_factory, "ckpt6", 0, (4, 6))
 
 
 def test_train_inverter_help(capsys):
