@@ -30,6 +30,15 @@ if [ -z "$CUDA_ROOT" ]; then
 fi
 echo "build_cuda: nvcc $(nvcc --version | tail -n 2 | head -n 1); CUDA root ${CUDA_ROOT:-unknown}"
 BUILD="$CACHE/build-cuda"
+# The CMake build folder is kept between runs (only changed files recompile),
+# but CMake refuses a build folder made for another source folder (CI clones
+# into a new folder each time): start it over then.
+CACHED_SRC="$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$BUILD/cmake/CMakeCache.txt" 2>/dev/null || true)"
+if [ -n "$CACHED_SRC" ] && [ "$CACHED_SRC" != "$ROOT" ]; then
+  echo "build_cuda: cached build folder was made for $CACHED_SRC; starting it over for $ROOT"
+  rm -rf "$BUILD/cmake"
+fi
+rm -rf "$BUILD/wheel"
 mkdir -p "$BUILD"
 cd "$ROOT"
 # Build a wheel only (nothing is installed): compile errors fail the script.
