@@ -42,17 +42,30 @@ def dense(fn, in_shape):
 
 def rule_matrix(rule, a, W, b, lo=None, hi=None):
     """Explicit contributions z[i, j] of input i to output j, and the denominators."""
-    if isinstance(rule, Epsilon) or isinstance(rule, Gamma):
-        if isinstance(rule, Gamma):
-            W = W + rule.gamma * W.clamp(min=0)
-            b = b + rule.gamma * b.clamp(min=0)
+    if isinstance(rule, Gamma):
+        # Outputs z_j > 0 favour the contributions that push them up:
+        # a+ (w + g w+) + a- (w + g w-), bias b + g b+; outputs z_j < 0 those
+        # that push them down: a+ (w + g w-) + a- (w + g w+), bias b + g b-.
+        g, ap, an, Wt = rule.gamma, a.clamp(min=0)[:, None], a.clamp(max=0)[:, None], W.T
+        up, down = Wt + g * Wt.clamp(min=0), Wt + g * Wt.clamp(max=0)
+        pos = (a @ Wt + b) > 0
+        z = torch.where(pos[None, :], ap * up + an * down, ap * down + an * up)
+        bias = torch.where(pos, b + g * b.clamp(min=0), b + g * b.clamp(max=0))
+        neg = ~pos & ((a @ Wt + b) != 0)
+        den = z.sum(0) + bias
+        den = den + rule.eps * torch.where(den >= 0, 1.0, -1.0)
+        return z * (pos | neg)[None, :], den
+    if isinstance(rule, Epsilon):
         z = a[:, None] * W.T
         den = z.sum(0) + b
         den = den + rule.eps * torch.where(den >= 0, 1.0, -1.0)
         return z, den
     if isinstance(rule, AlphaBeta):
+        # alpha1-beta0 on non-negative inputs: the positive contributions and
+        # the positive part of the bias share the relevance.
+        assert rule.beta == 0 and bool((a >= 0).all())
         z = (a[:, None] * W.T).clamp(min=0)
-        den = z.sum(0) + rule.eps
+        den = z.sum(0) + b.clamp(min=0) + rule.eps
         return z, den
     if isinstance(rule, ZBox):
         z = a[:, None] * W.T - lo[:, None] * W.T.clamp(min=0) - hi[:, None] * W.T.clamp(max=0)
@@ -249,3 +262,27 @@ def test_errors(data):
         vis.lrp(m, x, 3)
     with pytest.raises(TypeError, match="rules: keys"):
         vis.lrp(m, x, t, rules={3: "gamma"})
+
+
+def test_gamma_rule_with_signed_inputs_and_outputs():
+    """The gamma rule on a layer whose input and outputs take both signs (zennit's form)."""
+    g = torch.Generator().manual_seed(5)
+    lin = nn.Linear(7, 5).double().eval()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(5, 7, generator=g, dtype=D))
+        lin.bias.copy_(torch.randn(5, generator=g, dtype=D) * 0.5)
+    m = nn.Sequential(lin)
+    x = torch.randn(4, 7, generator=g, dtype=D)
+    t = torch.tensor([0, 1, 2, 3])
+    logits = m(x)
+    picked = logits[torch.arange(4), t]
+    assert bool((picked > 0).any()) and bool((picked < 0).any())  # both branches of the rule
+    assert bool((x > 0).any()) and bool((x < 0).any())
+    rule = Gamma(0.5)
+    got = vis.lrp(m, x, t, rules={nn.Linear: rule}).relevance
+    W, b = lin.weight.detach(), lin.bias.detach()
+    for n in range(4):
+        R = torch.zeros(5, dtype=D)
+        R[t[n]] = logits[n, t[n]].detach()
+        z, den = rule_matrix(rule, x[n], W, b)
+        torch.testing.assert_close(got[n], (z / den[None, :] * R[None, :]).sum(1))

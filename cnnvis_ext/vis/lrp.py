@@ -6,10 +6,12 @@ chain layer by layer with the rule assigned to each layer:
 
 * :class:`Epsilon` — ``R_i = a_i sum_j w_ij R_j / (z_j + eps sign(z_j))``
   (``eps = 0``: LRP-0, equal to gradient x input on ReLU networks);
-* :class:`Gamma` — LRP-epsilon with weights ``w + gamma w+`` (and biases ``b + gamma b+``);
+* :class:`Gamma` — favours the contributions that agree with the sign of each output:
+  on non-negative inputs and positive outputs LRP-epsilon with weights ``w + gamma w+``
+  (biases ``b + gamma b+``); the signed-input form is zennit's;
 * :class:`AlphaBeta` — ``alpha`` times the positive and ``-beta`` times the
   negative contributions, each renormalized (alpha1-beta0 is ``AlphaBeta(1, 0)``;
-  biases are ignored);
+  the positive / negative part of a bias joins the positive / negative contributions);
 * :class:`ZBox` — the z^B rule for the first layer, with the input bounded
   to ``[low, high]`` (biases ignored).
 
@@ -198,13 +200,38 @@ def _bounds(v, a: Tensor, which: str) -> Tensor:
                          f"{tuple(a.shape)}") from None
 
 
+def _gamma_rule(rule: "Gamma", f, a: Tensor, w: Tensor, b: Optional[Tensor], R: Tensor) -> Tensor:
+    """The gamma rule for signed inputs and outputs (Montavon et al. 2019, as zennit defines it).
+
+    Where the layer's output z is positive, the contributions that push it up
+    are favoured: ``a+ (w + gamma w+) + a- (w + gamma w-)`` (bias ``b + gamma b+``);
+    where z is negative, those that push it down: ``a+ (w + gamma w-) + a- (w + gamma w+)``
+    (bias ``b + gamma b-``). On non-negative inputs and positive outputs this is
+    LRP-epsilon with weights ``w + gamma w+``.
+    """
+    g = rule.gamma
+    w_up, w_down = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
+    b_up = None if b is None else b + g * b.clamp(min=0)
+    b_down = None if b is None else b + g * b.clamp(max=0)
+    ap = a.clamp(min=0).detach().requires_grad_(True)
+    an = a.clamp(max=0).detach().requires_grad_(True)
+    z = f(a.detach(), w, b).detach()
+    out = torch.zeros_like(a)
+    for sign, (wp_, wn_, b_) in ((1, (w_up, w_down, b_up)), (-1, (w_down, w_up, b_down))):
+        z1, z2 = f(ap, wp_, b_), f(an, wn_, None)
+        mask = (z > 0) if sign > 0 else (z < 0)
+        s = torch.where(mask, _div(R, (z1 + z2).detach(), rule.eps), torch.zeros_like(R))
+        c1, c2 = torch.autograd.grad((z1, z2), (ap, an), (s, s))
+        out = out + ap.detach() * c1 + an.detach() * c2
+    return out
+
+
 def _linear_rule(rule: Rule, f, a: Tensor, w: Tensor, b: Optional[Tensor], R: Tensor) -> Tensor:
     """Relevance at the input of ``z = f(a, w, b)`` (f linear in a and in (w, b))."""
     with torch.enable_grad():
-        if isinstance(rule, (Epsilon, Gamma)):
-            if isinstance(rule, Gamma):
-                w = w + rule.gamma * w.clamp(min=0)
-                b = None if b is None else b + rule.gamma * b.clamp(min=0)
+        if isinstance(rule, Gamma):
+            return _gamma_rule(rule, f, a, w, b, R)
+        if isinstance(rule, Epsilon):
             a = a.detach().requires_grad_(True)
             z = f(a, w, b)
             (c,) = torch.autograd.grad(z, a, _div(R, z.detach(), rule.eps))
@@ -214,15 +241,21 @@ def _linear_rule(rule: Rule, f, a: Tensor, w: Tensor, b: Optional[Tensor], R: Te
             an = a.clamp(max=0).detach().requires_grad_(True)
             wp, wn = w.clamp(min=0), w.clamp(max=0)
 
-            def part(w1, w2):
-                z1, z2 = f(ap, w1, None), f(an, w2, None)
+            # The bias's positive (negative) part joins the positive (negative)
+            # contributions' denominator and absorbs its share, as in Bach et
+            # al. 2015 and zennit; without a bias relevance is conserved.
+            bp = None if b is None else b.clamp(min=0)
+            bn = None if b is None else b.clamp(max=0)
+
+            def part(w1, w2, b1):
+                z1, z2 = f(ap, w1, b1), f(an, w2, None)
                 s = _div(R, (z1 + z2).detach(), rule.eps)
                 c1, c2 = torch.autograd.grad((z1, z2), (ap, an), (s, s))
                 return ap.detach() * c1 + an.detach() * c2
 
-            out = part(wp, wn)
+            out = part(wp, wn, bp)
             if rule.beta:
-                out = rule.alpha * out - rule.beta * part(wn, wp)
+                out = rule.alpha * out - rule.beta * part(wn, wp, bn)
             return out
         if isinstance(rule, ZBox):
             lo = _bounds(rule.low, a, "low").detach().requires_grad_(True)
