@@ -63,7 +63,7 @@ def unpool_conv_transpose(p: Tensor, indices: Optional[Tensor], weight: Tensor, 
     else:
         h, w = output_size
         u = torch.zeros(n, c, h * w, dtype=p.dtype, device=p.device)
-        u.scatter_add_(2, indices.reshape(n, c, -1), p.reshape(n, c, -1))
+        u.scatter_add_(2, indices.flatten(2), p.flatten(2))  # flatten: also for an empty batch
         u = u.view(n, c, h, w)
     if rectify:
         u = F.relu(u)

@@ -116,6 +116,10 @@ def test_empty_batch_and_nan():
     top, sw, wt, kw, idx = _sample(CONFIGS[0])
     out = unpool_conv_transpose(top[:0], sw[:0], wt, **kw)
     assert out.shape == (0, 3, 12, 12)
+    expected = ref.unpool_conv_transpose(top[:0], idx[:0], wt, kw["stride"], kw["padding"],
+                                         kw["dilation"], kw["groups"], kw["output_size"],
+                                         kw["input_size"])
+    assert expected.shape == out.shape
     top = top.clone()
     top[0, 1, 2, 2] = float("nan")
     for algorithm in ("sparse", "dense"):
