@@ -34,15 +34,13 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine_line, sync, table  # noqa: E402
+from _common import interleaved_median_ms, machine_line, table  # noqa: E402
 
 import cnnvis_ext  # noqa: E402
 from cnnvis_ext import vis  # noqa: E402
@@ -63,20 +61,9 @@ def plain_cifar_cnn(channels=(16, 32, 64), hidden=64, classes=10, size=32) -> nn
 
 
 def round_robin(fns, reps, device, warmup=True):
-    """Median seconds of each ``fns[k]()`` (a dict), one call of each per round (after one
-    warm-up call of each when ``warmup``)."""
-    if warmup:
-        for f in fns.values():
-            f()
-        sync(device)
-    ts = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            sync(device)
-            ts[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in ts.items()}
+    """Median seconds of each ``fns[k]()``, timed round-robin (``_common.interleaved_median_ms``)."""
+    ms = interleaved_median_ms(fns, device, warmup=1 if warmup else 0, reps=reps)
+    return {k: v / 1e3 for k, v in ms.items()}
 
 
 def main() -> None:

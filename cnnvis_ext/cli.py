@@ -2,8 +2,8 @@
 
 Subcommands: ``demo``, ``train``, ``train-inverter``, ``kernels``, ``maps``,
 ``actmax``, ``invert``, ``deconv``, ``attribute`` and ``bench``; ``cnnvis
-<subcommand> --help`` documents each. Nothing here touches the network: the default data are bundled, models
-and weights come from local files.
+<subcommand> --help`` documents each. Nothing here touches the network: the
+default data are bundled, models and weights come from local files.
 
 Errors a user can cause (a missing file, an unknown layer, CUDA asked for but
 absent, a feature that this build does not have yet) are printed as one line,
@@ -354,6 +354,16 @@ def _default_conv_layer(model: nn.Module, last: bool) -> str:
     return convs[-1] if last else convs[0]
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters and buffers (CPU when it has none)."""
+    from ._modules import model_device_dtype
+
+    return model_device_dtype(model)[0]
+
+
+_NEEDS_PRIOR = "--param generator needs --prior INVERTER.pt (from `cnnvis train-inverter`)"
+
+
 def _load_inverter(path: str, lm: "LoadedModel", flag: str):
     """Load an ``UpConvInverter`` file for ``lm``'s model, onto its device, or a one-line error.
 
@@ -366,7 +376,7 @@ def _load_inverter(path: str, lm: "LoadedModel", flag: str):
     if not p.is_file():
         raise CLIError(f"{flag}: no such file: {path!r} (train one with `cnnvis train-inverter "
                        "--model ... --layer L --out FILE.pt`)")
-    dev = next(iter(lm.model.parameters()), torch.empty(0)).device
+    dev = _model_device(lm.model)
     try:
         inv = cls.load(p, map_location=dev)
     except ValueError as e:
@@ -508,8 +518,7 @@ def view_actmax(model: nn.Module, objectives: list, *, size: int, steps: int, lr
                               progress=progress, batch_size=batch_size)
     if param == "generator":
         if generator is None:
-            raise CLIError("--param generator needs --prior INVERTER.pt (from `cnnvis "
-                           "train-inverter`)")
+            raise CLIError(_NEEDS_PRIOR)
         kw.update(generator=generator, transforms=None)
     elif param == "pixel":
         kw.update(transforms=None, regularizers=dict(decay=0.01, blur_sigma=0.5, blur_every=4))
@@ -593,7 +602,7 @@ def _select_units(args, c: int) -> List[int]:
 def _layer_channels(model: nn.Module, layer: str, lm: LoadedModel) -> int:
     from ._modules import forward_until
 
-    dev = next(iter(model.parameters()), torch.empty(0)).device
+    dev = _model_device(model)
     x = torch.zeros(1, lm.in_channels, lm.input_size, lm.input_size, device=dev)
     with torch.no_grad():
         a = forward_until(model, x, [layer])[layer]
@@ -608,7 +617,7 @@ def view_deconv_top(model: nn.Module, layer: str, images: Tensor, *, k: int, uni
     """Zeiler & Fergus top-``k`` grids per unit: ``[(unit, patches_grid, projections_grid)]``."""
     top = _deconv_attr("top_activations", "deconvnet top-k patches (cnnvis_ext.deconv."
                                           "top_activations)")
-    dev = next(iter(model.parameters()), torch.empty(0)).device
+    dev = _model_device(model)
     kwargs: Dict[str, Any] = dict(k=k, units=units, batch_size=batch_size)
     try:
         import inspect
@@ -727,7 +736,7 @@ def cmd_maps(args) -> int:
         raise CLIError("--layers: the model has no convolution layer; name layers with --layers")
     images, caps, _ = _load_images(args, lm)
     out = _out_dir(args)
-    dev = next(iter(lm.model.parameters()), torch.empty(0)).device
+    dev = _model_device(lm.model)
     for i in range(len(images)):
         _save(images[i], out / f"maps_input{i}.png", scale=_upscale_for(lm.input_size))
         for layer, grid, caption in view_feature_maps(lm.model, images[i:i + 1].to(dev), layers,
@@ -754,7 +763,7 @@ def _actmax_objectives(args, lm: LoadedModel) -> Tuple[list, List[str]]:
         units = _select_units(args, c)
         return [obj.channel(layer, u) for u in units], [f"{layer}:{u}" for u in units]
     with torch.no_grad():
-        dev = next(iter(model.parameters()), torch.empty(0)).device
+        dev = _model_device(model)
         n_out = model(torch.zeros(1, lm.in_channels, lm.input_size, lm.input_size,
                                   device=dev)).shape[-1]
     classes = list(args.classes) if args.classes else list(range(n_out))
@@ -769,8 +778,7 @@ def _actmax_param(args, lm: LoadedModel) -> Tuple[str, Optional[nn.Module], Any]
     """``(param, generator, size)`` of actmax: ``--prior`` loads the generator and fixes the size."""
     if not args.prior:
         if args.param == "generator":
-            raise CLIError("--param generator needs --prior INVERTER.pt (from `cnnvis "
-                           "train-inverter`)")
+            raise CLIError(_NEEDS_PRIOR)
         return args.param or "fourier", None, args.size or lm.input_size
     if args.param not in (None, "generator"):
         raise CLIError(f"--param {args.param}: --prior optimizes a code of the generator, not "
@@ -946,7 +954,7 @@ def cmd_invert(args) -> int:
     if not layers:
         raise CLIError("--layers: the model has no convolution layer; name layers with --layers")
     images, caps, _ = _load_images(args, lm)
-    dev = next(iter(lm.model.parameters()), torch.empty(0)).device
+    dev = _model_device(lm.model)
     out = _out_dir(args)
     spec = dict(_job_spec(args, lm), layers=layers, steps=args.steps,
                 images=hashlib_digest(images), n=len(images))
@@ -1006,7 +1014,7 @@ def _invert_learned(args, lm: LoadedModel) -> int:
                            "images; drop --input-size")
         lm = replace(lm, input_size=h, in_channels=c)
     images, caps, _ = _load_images(args, lm)
-    dev = next(iter(lm.model.parameters()), torch.empty(0)).device
+    dev = _model_device(lm.model)
     x = images.to(dev)
     t0 = time.perf_counter()
     recs = [invert_learned(inv, lm.model, x, check=False) for inv in invs]
@@ -1093,7 +1101,7 @@ def cmd_deconv(args) -> int:
     if args.image or args.index:
         images, caps, _ = _load_images(args, lm)
         deconvnet = _deconv_attr("deconvnet", "deconvnet projections (cnnvis_ext.deconv.deconvnet)")
-        dev = next(iter(model.parameters()), torch.empty(0)).device
+        dev = _model_device(model)
         rec = deconvnet(model, layer, images.to(dev), units=units).detach().float().cpu()
         rec = rec.reshape(len(images), len(units), *rec.shape[1:])
         for i in range(len(images)):
@@ -1138,7 +1146,7 @@ def cmd_attribute(args) -> int:
     if args.layer:
         _check_layer(model, args.layer)
     images, caps, labels = _load_images(args, lm)
-    dev = next(iter(model.parameters()), torch.empty(0)).device
+    dev = _model_device(model)
     with torch.no_grad():
         logits = model(images.to(dev))
     n_out = logits.shape[-1]
@@ -1315,7 +1323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], formatter_class=fmt,
                        help="train the example CNN and write an HTML report of every view",
-                       description="Train the survey's example CNN on the bundled digits (about "
+                       description="Train the survey's example CNN on the bundled digits (under "
                        "a minute on 2 CPU cores), report its test accuracy, and write kernels, "
                        "feature maps, activation maximization (in input space and through "
                        "a learned generator prior), deconvnet top-9 projections, inversions "

@@ -86,7 +86,8 @@ void conv_backward_from_conv_grad(const at::Tensor& gconv, const at::Tensor& x,
                                         padding, dilation, /*transposed=*/false, {0, 0}, groups,
                                         {output_mask[0], output_mask[1], false});
   if (output_mask[0]) grad_x = with_canonical_strides(std::get<0>(grads), kCL);
-  if (output_mask[1]) grad_w = with_canonical_strides(std::get<1>(grads), at::MemoryFormat::Contiguous);
+  if (output_mask[1])
+    grad_w = with_canonical_strides(std::get<1>(grads), at::MemoryFormat::Contiguous);
 }
 
 at::Tensor with_canonical_strides(const at::Tensor& t, at::MemoryFormat fmt) {

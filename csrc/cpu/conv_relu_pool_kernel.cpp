@@ -129,10 +129,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool_backward_cpu(
           for (int64_t w = 0; w < CW; ++w) {
             int64_t pw_lo, pw_hi;
             windows_containing(w, g.pool_sw, g.pool_pw, g.pool_kw, PW, &pw_lo, &pw_hi);
-            gather_conv_grad<scalar_t, scalar_t, scalar_t>(gp + pbase, op + pbase, sp + pbase, PW * C, C, h,
-                                                 w, ph_lo, ph_hi, pw_lo, pw_hi, g.pool_sh,
-                                                 g.pool_sw, g.pool_ph, g.pool_pw, g.pool_kw, C,
-                                                 dp + ((n * CH + h) * CW + w) * C);
+            gather_conv_grad<scalar_t, scalar_t, scalar_t>(
+                gp + pbase, op + pbase, sp + pbase, PW * C, C, h, w, ph_lo, ph_hi, pw_lo, pw_hi,
+                g.pool_sh, g.pool_sw, g.pool_ph, g.pool_pw, g.pool_kw, C,
+                dp + ((n * CH + h) * CW + w) * C);
           }
         }
       });

@@ -25,7 +25,6 @@
 #include "../gaussian_blur_common.h"
 #include "cpu_features.h"
 
-
 namespace cnnvis {
 namespace {
 
@@ -33,7 +32,7 @@ namespace {
 // padded by R samples on both sides (already filled).
 template <typename A>
 CNNVIS_ALWAYS_INLINE void hpass(const A* CNNVIS_RESTRICT v, A* CNNVIS_RESTRICT y, int64_t W,
-                              int64_t R, const A* w) {
+                                int64_t R, const A* w) {
   const A c = w[R];
   for (int64_t j = 0; j < W; ++j) y[j] = c * v[j];
   for (int64_t t = 1; t <= R; ++t) {
@@ -47,7 +46,7 @@ CNNVIS_ALWAYS_INLINE void hpass(const A* CNNVIS_RESTRICT v, A* CNNVIS_RESTRICT y
 // Blur of rows [r0, r1) of one plane. buf: W + 2R values.
 template <typename A>
 CNNVIS_ALWAYS_INLINE void blur_band_impl(const A* x, A* y, int64_t H, int64_t W, int64_t r0,
-                                       int64_t r1, int64_t R, const A* w, A* buf) {
+                                         int64_t r1, int64_t R, const A* w, A* buf) {
   A* CNNVIS_RESTRICT v = buf + R;
   for (int64_t i = r0; i < r1; ++i) {
     {
@@ -73,8 +72,8 @@ CNNVIS_ALWAYS_INLINE void blur_band_impl(const A* x, A* y, int64_t H, int64_t W,
 // pairs: scratch for (row, coefficient) lists.
 template <typename A>
 CNNVIS_ALWAYS_INLINE void adjoint_band_impl(const A* g, A* out, int64_t H, int64_t W, int64_t r0,
-                                          int64_t r1, int64_t R, const A* w, A* buf,
-                                          std::vector<std::pair<int64_t, A>>& pairs) {
+                                            int64_t r1, int64_t R, const A* w, A* buf,
+                                            std::vector<std::pair<int64_t, A>>& pairs) {
   A* CNNVIS_RESTRICT u = buf + 2 * R;         // W samples with 2R zeros on both sides
   A* CNNVIS_RESTRICT z = buf + W + 4 * R + R;  // W + 2R samples, index -R .. W-1+R
   for (int64_t q = 1; q <= 2 * R; ++q) {
@@ -131,13 +130,13 @@ void adjoint_band_default(const A* g, A* o, int64_t H, int64_t W, int64_t r0, in
 #if CNNVIS_X86_DISPATCH
 template <typename A>
 CNNVIS_TARGET_AVX2 void blur_band_avx2(const A* x, A* y, int64_t H, int64_t W, int64_t r0,
-                                     int64_t r1, int64_t R, const A* w, A* buf) {
+                                       int64_t r1, int64_t R, const A* w, A* buf) {
   blur_band_impl(x, y, H, W, r0, r1, R, w, buf);
 }
 template <typename A>
 CNNVIS_TARGET_AVX2 void adjoint_band_avx2(const A* g, A* o, int64_t H, int64_t W, int64_t r0,
-                                        int64_t r1, int64_t R, const A* w, A* buf,
-                                        std::vector<std::pair<int64_t, A>>& p) {
+                                          int64_t r1, int64_t R, const A* w, A* buf,
+                                          std::vector<std::pair<int64_t, A>>& p) {
   adjoint_band_impl(g, o, H, W, r0, r1, R, w, buf, p);
 }
 #endif

@@ -25,7 +25,6 @@
 #include "../regularize_common.h"
 #include "cpu_features.h"
 
-
 namespace cnnvis {
 namespace {
 

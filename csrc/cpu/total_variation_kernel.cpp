@@ -21,7 +21,6 @@
 #include "../total_variation_common.h"
 #include "cpu_features.h"
 
-
 namespace cnnvis {
 namespace {
 
