@@ -25,6 +25,23 @@ CONFIGS = [
 ]
 
 
+# Shapes where the CPU backward's automatic choice is the switch-sparse
+# formulation (kW * C_in >= 16, groups 1, pooling) rather than the dense one.
+SPARSE_CONFIGS = [
+    (2, 8, 12, 12, 16, 3, 1, 1, 1, 1, 2, 2, 0, False),
+    (2, 16, 11, 9, 12, 3, 2, 1, 1, 1, 3, 2, 1, True),   # strided conv, overlapping padded pool
+    (1, 8, 13, 12, 10, 3, 1, 2, 2, 1, 2, 2, 0, True),   # dilation: kW runs of C_in values
+    (2, 6, 10, 10, 7, (3, 5), (2, 1), (1, 2), 1, 1, (2, 3), (1, 2), (1, 1), False),
+]
+
+
+@pytest.fixture(params=["auto", "sparse", "dense"])
+def backward_path(request, monkeypatch):
+    """Runs a test under each formulation of the CPU backward (CNNVIS_CONV_BACKWARD)."""
+    monkeypatch.setenv("CNNVIS_CONV_BACKWARD", request.param)
+    return request.param
+
+
 def _args(cfg, dtype=torch.float64, bias=True, requires_grad=False):
     n, cin, h, w, cout, k, s, p, d, g, pk, ps, pp, ceil = cfg
     k2 = k if isinstance(k, tuple) else (k, k)
@@ -64,9 +81,9 @@ def test_forward_matches_reference(cfg, dtype, bias):
     # wherever out == 0 the switch must still point inside the map (checked by switches_to_indices)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("cfg", CONFIGS + SPARSE_CONFIGS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_backward_matches_reference(cfg, bias):
+def test_backward_matches_reference(cfg, bias, backward_path):
     x, wt, b, kw = _args(cfg, torch.float64, bias, requires_grad=True)
     out, _ = conv_relu_pool(x, wt, b, **kw)
     g = torch.randn_like(out)
@@ -78,8 +95,8 @@ def test_backward_matches_reference(cfg, bias):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:6])
-def test_gradcheck(cfg):
+@pytest.mark.parametrize("cfg", CONFIGS[:6] + SPARSE_CONFIGS[:2])
+def test_gradcheck(cfg, backward_path):
     x, wt, b, kw = _args(cfg, torch.float64, True, requires_grad=True)
     # keep conv outputs away from 0 and from ties so finite differences stay on one branch
     with torch.no_grad():
@@ -98,9 +115,9 @@ def test_opcheck_forward(cfg, requires_grad):
     torch.library.opcheck(torch.ops.cnnvis.conv_relu_pool.default, _op_args(x, wt, b, kw))
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:4])
+@pytest.mark.parametrize("cfg", CONFIGS[:4] + SPARSE_CONFIGS[:2])
 @pytest.mark.parametrize("mask", [[True, True, True], [False, True, False], [True, False, True]])
-def test_opcheck_backward(cfg, mask):
+def test_opcheck_backward(cfg, mask, backward_path):
     x, wt, b, kw = _args(cfg, torch.float32, True)
     out, sw = conv_relu_pool(x, wt, b, **kw)
     args = _op_args(x, wt, b, kw)
@@ -135,12 +152,13 @@ def test_channels_last_gradients():
     torch.testing.assert_close(gx, ex)
 
 
-def test_empty_batch():
-    x, wt, b, kw = _args(CONFIGS[0], torch.float32, True)
+@pytest.mark.parametrize("cfg", [CONFIGS[0], SPARSE_CONFIGS[0]])
+def test_empty_batch(cfg, backward_path):
+    x, wt, b, kw = _args(cfg, torch.float32, True)
     x = x[:0].requires_grad_()
     wt.requires_grad_()
     out, sw = conv_relu_pool(x, wt, b, **kw)
-    assert out.shape == (0, 4, 6, 6) and sw.shape == out.shape
+    assert out.shape[0] == 0 and out.shape[1] == wt.shape[0] and sw.shape == out.shape
     out.sum().backward()
     assert x.grad.shape == x.shape and torch.count_nonzero(wt.grad) == 0
 
@@ -158,6 +176,36 @@ def test_nan_propagates_like_pytorch():
     assert nan.sum() >= 2  # 0 * NaN spreads NaN to the other channel too
     got = switches_to_indices(sw, (6, 6), 2)
     assert torch.equal(got[nan], idx[nan])
+
+
+def test_backward_nan_gradient_propagates_like_pytorch(backward_path):
+    # A NaN in grad_out reaches x and weight through the window's switch;
+    # where out == 0 it is masked, as in the eager composition.
+    x, wt, b, kw = _args(SPARSE_CONFIGS[0], torch.float64, True, requires_grad=True)
+    out, _ = conv_relu_pool(x, wt, b, **kw)
+    g = torch.randn_like(out)
+    g[0, 1, 2, 3] = float("nan")
+    g[1, 0, 0, 0] = float("nan")
+    grads = torch.autograd.grad(out, (x, wt), g)
+    expected_out, _ = ref.conv_relu_pool(x, wt, b, **kw)
+    expected = torch.autograd.grad(expected_out, (x, wt), g)
+    for a, e in zip(grads, expected):
+        assert torch.equal(torch.isnan(a), torch.isnan(e))
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9, equal_nan=True)
+
+
+def test_sparse_backward_float32_large_channels(backward_path):
+    # The vector accumulators (8 floats, 64-float tiles) and their tails.
+    torch.manual_seed(3)
+    x = torch.randn(3, 37, 10, 9, requires_grad=True)
+    wt = (torch.randn(70, 37, 3, 3) * 0.1).requires_grad_()
+    out, _ = conv_relu_pool(x, wt, None, padding=1, pool_kernel=2)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, wt), g)
+    e_out, _ = ref.conv_relu_pool(x, wt, None, padding=1, pool_kernel=2)
+    expected = torch.autograd.grad(e_out, (x, wt), g)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
 
 
 def test_pool_kernel_one_is_conv_relu():

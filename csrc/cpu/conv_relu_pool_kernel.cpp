@@ -10,15 +10,29 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "../conv_relu_pool.h"
 #include "../conv_relu_pool_common.h"
+#include "switch_sparse.h"
 
 namespace cnnvis {
 namespace {
 
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
+
+// Which formulation the backward's convolution gradients use:
+// CNNVIS_CONV_BACKWARD=sparse|dense forces one (for tests and benchmarks),
+// anything else (the default) lets the shape decide.
+int backward_choice() {
+  const char* e = std::getenv("CNNVIS_CONV_BACKWARD");
+  if (e == nullptr) return 0;
+  if (std::strcmp(e, "sparse") == 0) return 1;
+  if (std::strcmp(e, "dense") == 0) return 2;
+  return 0;
+}
 
 int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
@@ -107,6 +121,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool_backward_cpu(
 
   const int64_t C = g.c_out, CH = g.conv_h, CW = g.conv_w;
   const int64_t PH = g.out_h, PW = g.out_w;
+
+  // Switch-sparse formulation (switch_sparse.h): the conv-output gradient
+  // has at most one nonzero per pooling window, so both gradients cost a
+  // pool-area fraction of the dense GEMMs. Groups 1, runs of >= 16 values.
+  switch_sparse::Geom sg{g.n, C, PH, PW, CH, CW, g.pool_kh, g.pool_kw, g.pool_sh, g.pool_sw,
+                         g.pool_ph, g.pool_pw, g.c_in, g.kh, g.kw, stride[0], stride[1],
+                         dilation[0], dilation[1], padding[0], padding[1], g.h, g.w};
+  const int choice = backward_choice();
+  const bool sparse_ok = groups == 1;
+  if (sparse_ok && (choice == 1 || (choice == 0 && !g.identity_pool &&
+                                    switch_sparse::worthwhile(sg, groups)))) {
+    const at::Tensor sw_or_none = g.identity_pool ? at::Tensor() : s;
+    if (output_mask[0])
+      grad_x = switch_sparse::scatter(sg, switch_sparse::Values::kMaskedGrad, go, o, sw_or_none,
+                                      weight);
+    if (output_mask[1])
+      grad_w = switch_sparse::correlate(sg, switch_sparse::Values::kMaskedGrad, go, o,
+                                        sw_or_none, x);
+    return {grad_x, grad_w, grad_bias};
+  }
+
   at::Tensor gconv = at::empty({g.n, C, CH, CW}, go.options().memory_format(kCL));
   if (g.identity_pool) {
     gconv = at::where(o <= 0, at::zeros({}, go.options()), go).contiguous(kCL);  // any layout is fine here
