@@ -288,3 +288,28 @@ def test_cuda_backward_low_precision(dtype):
                                  g.cuda().to(dtype))
     torch.testing.assert_close(gp.float().cpu(), ep, rtol=5e-2, atol=5e-1)
     torch.testing.assert_close(gw.float().cpu(), ew, rtol=5e-2, atol=5e-1)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("density", [1.0, 0.02])
+def test_bad_switch_values_raise_on_every_path(algorithm, density):
+    top, sw, wt, kw = _good()
+    top = top * (torch.rand(top.shape) < density)
+    top[0, 0, 0, 0] = 1.0
+    bad = sw.clone()
+    bad[0, 0, 0, 0] = 9  # a 2x2 window has positions 0..3
+    with pytest.raises(ValueError, match="switches"):
+        unpool_conv_transpose(top, bad, wt, **kw, algorithm=algorithm)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_wide_layers_float32(algorithm, dilation):
+    # Channel counts that exercise the vector accumulators of the switch-sparse
+    # scatter (64-float chunks, 8-float vectors, scalar tails).
+    torch.manual_seed(5)
+    cfg = (2, 37, 12, 11, 70, 3, 1, dilation, dilation, 1, 2, 2, 0, False)
+    top, sw, wt, kw, idx = _sample(cfg, torch.float32)
+    got = unpool_conv_transpose(top, sw, wt, **kw, algorithm=algorithm)
+    expected = _expected(top.double(), idx, wt.double(), kw)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-3)

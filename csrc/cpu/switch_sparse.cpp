@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "../macros.h"
@@ -56,6 +57,8 @@ struct VecU<double> {
 // cycles) would bound one accumulator per vector, so every pass keeps eight
 // independent accumulator chains: 8 vectors of the run, or 4 vectors (then
 // 1) with the rows taken two at a time into two sets; scalars last.
+constexpr int64_t kAhead = 4;  // software prefetch distance, in entries
+
 template <typename A>
 CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, int64_t off,
                                    const A* v, int64_t m, int64_t len) {
@@ -68,6 +71,10 @@ CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, i
     for (int64_t j = 0; j < m; ++j) {
       const A* r = rows[j] + off + t;
       const A s = v[j];
+      if (j + kAhead < m) {  // the rows are scattered: fetch a few entries ahead
+        const A* rn = rows[j + kAhead] + off + t;
+        for (int u = 0; u < 8 * L; u += 64 / static_cast<int>(sizeof(A))) __builtin_prefetch(rn + u);
+      }
       for (int u = 0; u < 8; ++u) {
         V b;
         std::memcpy(&b, r + u * L, sizeof(V));
@@ -87,6 +94,12 @@ CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, i
       const A* r0 = rows[j] + off + t;
       const A* r1 = rows[j + 1] + off + t;
       const A s0 = v[j], s1 = v[j + 1];
+      if (j + kAhead + 1 < m) {
+        __builtin_prefetch(rows[j + kAhead] + off + t);
+        __builtin_prefetch(rows[j + kAhead] + off + t + 2 * L);
+        __builtin_prefetch(rows[j + kAhead + 1] + off + t);
+        __builtin_prefetch(rows[j + kAhead + 1] + off + t + 2 * L);
+      }
       for (int u = 0; u < 4; ++u) {
         V b0, b1;
         std::memcpy(&b0, r0 + u * L, sizeof(V));
@@ -139,15 +152,39 @@ inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
   return a >= 0 ? a / b : -((-a + b - 1) / b);
 }
 
-// Per-task scratch: the nonzeros of one pooled position, sorted by switch.
+// Cache blocking. The product of one group is a matrix-vector product
+// (each weight row is used once per group), so the loops run over bands of
+// pooled rows and, inside a band, over chunks of the run: one chunk of every
+// weight row (C * kChunk values) stays in cache while all the groups of the
+// band use it, and likewise one chunk of the input rows of a band while
+// every channel's weight-gradient chunk is accumulated.
+constexpr int64_t kChunkBytes = 512;      // run chunk: 128 floats, 64 doubles
+constexpr int64_t kBandPositions = 64;    // pooled positions per band, at least
+
+inline int64_t band_rows(const Geom& g) {
+  return std::max<int64_t>(1, (kBandPositions + g.PW - 1) / std::max<int64_t>(1, g.PW));
+}
+
+// Per-task scratch: the nonzeros of one band of pooled rows, grouped by
+// (position, switch).
 template <typename A>
 struct Scratch {
   std::vector<int32_t> c, s, cnt, start;
-  std::vector<A> v, vs;
-  std::vector<const A*> rows;
+  std::vector<A> v;
+  std::vector<const A*> rows;  // band entries: weight row of the channel
+  std::vector<A> vals;         // band entries: value
+  std::vector<int64_t> gy, gx, gj, gm;  // band groups: target, first entry, count
   explicit Scratch(const Geom& g)
       : c(g.c), s(g.c), cnt(g.pool_kh * g.pool_kw + 1), start(g.pool_kh * g.pool_kw + 1),
-        v(g.c), vs(g.c), rows(g.c) {}
+        v(g.c) {}
+  void clear() {
+    rows.clear();
+    vals.clear();
+    gy.clear();
+    gx.clear();
+    gj.clear();
+    gm.clear();
+  }
 };
 
 // The conv-output position named by switch k of pooled (ph, pw); false when
@@ -159,14 +196,61 @@ inline bool target(const Geom& g, int64_t ph, int64_t pw, int64_t k, int64_t* y,
   return *y >= 0 && *y < g.CH && *x >= 0 && *x < g.CW;
 }
 
+// Appends the groups of pooled position (ph, pw) of image n to the band
+// (the channels with a nonzero value, counting-sorted by switch). False on
+// a bad switch.
+template <typename A, typename Val>
+CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint8_t* sw,
+                                       const A* const* wrows, const uint8_t* nonzero, int64_t n,
+                                       int64_t ph, int64_t pw, Scratch<A>& sc) {
+  const int64_t C = g.c, K = g.pool_kh * g.pool_kw;
+  const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C;
+  if (!nonzero[q]) return true;
+  int64_t m = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const A v = val(base + c);
+    if (v == A(0)) continue;
+    sc.c[m] = static_cast<int32_t>(c);
+    sc.v[m] = v;
+    sc.s[m] = sw ? sw[base + c] : 0;
+    ++m;
+  }
+  std::fill(sc.cnt.begin(), sc.cnt.end(), 0);  // K + 1 buckets: the last holds bad switches
+  for (int64_t j = 0; j < m; ++j) ++sc.cnt[std::min<int64_t>(sc.s[j], K)];
+  if (sc.cnt[K] > 0) return false;
+  const int64_t e0 = static_cast<int64_t>(sc.rows.size());
+  int32_t acc = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    sc.start[k] = acc;
+    if (sc.cnt[k] > 0) {
+      int64_t y, x;
+      if (!target(g, ph, pw, k, &y, &x)) return false;
+      sc.gy.push_back(y);
+      sc.gx.push_back(x);
+      sc.gj.push_back(e0 + acc);
+      sc.gm.push_back(sc.cnt[k]);
+    }
+    acc += sc.cnt[k];
+  }
+  sc.rows.resize(e0 + m);
+  sc.vals.resize(e0 + m);
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t pos = e0 + sc.start[sc.s[j]]++;
+    sc.vals[pos] = sc.v[j];
+    sc.rows[pos] = wrows[sc.c[j]];
+  }
+  return true;
+}
+
 // Scatter task: the rows [r0, r1) of the padded output of image n.
 //   val(i): the pooled value at flat NHWC index i; sw: switches (null: the
-//   identity pooling); wt: weight as (C, kH, kW, C_in); outp: (N, Hp, Wp, C_in).
+//   identity pooling); wrows[c]: filter c as (kH, kW, C_in) (null for a
+//   channel without nonzeros); outp: (N, Hp, Wp, C_in).
 template <typename A, typename Val>
 CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const Val& val, const uint8_t* sw,
-                                       const A* wt, A* outp, int64_t n, int64_t r0, int64_t r1,
-                                       Scratch<A>& sc, std::atomic<bool>& bad) {
-  const int64_t C = g.c, K = g.pool_kh * g.pool_kw;
+                                       const A* const* wt, const uint8_t* nonzero, A* outp,
+                                       int64_t n, int64_t r0, int64_t r1, Scratch<A>& sc,
+                                       std::atomic<bool>& bad) {
   const int64_t span = (g.kh - 1) * g.dh;
   // Conv rows y with [y*sh, y*sh + span] meeting [r0, r1), then the pooled
   // rows whose windows hold such a y.
@@ -176,61 +260,34 @@ CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const Val& val, const uint
   const int64_t plo =
       std::max<int64_t>(0, floor_div(ylo + g.pool_ph - g.pool_kh + g.pool_sh, g.pool_sh));
   const int64_t phi = std::min<int64_t>(g.PH - 1, floor_div(yhi + g.pool_ph, g.pool_sh));
-  const int64_t wrow = g.kh * g.kw * g.ci;
   const int64_t nseg = g.nseg(), len = g.seglen();
-  for (int64_t ph = plo; ph <= phi; ++ph) {
-    for (int64_t pw = 0; pw < g.PW; ++pw) {
-      const int64_t base = ((n * g.PH + ph) * g.PW + pw) * C;
-      bool any = false;
-      for (int64_t c = 0; c < C; ++c) any |= val(base + c) != A(0);
-      if (!any) continue;
-      int64_t m = 0;
-      for (int64_t c = 0; c < C; ++c) {
-        const A v = val(base + c);
-        if (v == A(0)) continue;
-        sc.c[m] = static_cast<int32_t>(c);
-        sc.v[m] = v;
-        sc.s[m] = sw ? sw[base + c] : 0;
-        ++m;
-      }
-      // Counting sort by switch (K + 1 buckets: the last holds bad switches).
-      std::fill(sc.cnt.begin(), sc.cnt.end(), 0);
-      for (int64_t j = 0; j < m; ++j) ++sc.cnt[std::min<int64_t>(sc.s[j], K)];
-      if (sc.cnt[K] > 0) {
-        bad = true;
-        return;
-      }
-      int32_t acc = 0;
-      for (int64_t k = 0; k <= K; ++k) {
-        sc.start[k] = acc;
-        acc += sc.cnt[k];
-      }
-      for (int64_t j = 0; j < m; ++j) {
-        const int32_t pos = sc.start[sc.s[j]]++;
-        sc.vs[pos] = sc.v[j];
-        sc.rows[pos] = wt + sc.c[j] * wrow;
-      }
-      int64_t first = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t cnt = sc.cnt[k];
-        if (cnt == 0) continue;
-        const int64_t j0 = first;
-        first += cnt;
-        int64_t y, x;
-        if (!target(g, ph, pw, k, &y, &x)) {
+  const int64_t chunk = kChunkBytes / static_cast<int64_t>(sizeof(A));
+  const int64_t pb = band_rows(g);
+  for (int64_t b0 = plo; b0 <= phi; b0 += pb) {
+    sc.clear();
+    const int64_t b1 = std::min(phi + 1, b0 + pb);
+    for (int64_t ph = b0; ph < b1; ++ph)
+      for (int64_t pw = 0; pw < g.PW; ++pw)
+        if (!add_position<A, Val>(g, val, sw, wt, nonzero, n, ph, pw, sc)) {
           bad = true;
           return;
         }
-        for (int64_t kh = 0; kh < g.kh; ++kh) {
-          const int64_t iy = y * g.sh + kh * g.dh;
-          if (iy < r0 || iy >= r1) continue;
-          A* orow = outp + ((n * g.Hp() + iy) * g.Wp() + x * g.sw) * g.ci;
-          for (int64_t seg = 0; seg < nseg; ++seg)
-            acc_rows<A>(orow + seg * g.dw * g.ci, sc.rows.data() + j0,
-                        (kh * g.kw + seg) * g.ci, sc.vs.data() + j0, cnt, len);
+    const int64_t ng = static_cast<int64_t>(sc.gy.size());
+    if (ng == 0) continue;
+    for (int64_t kh = 0; kh < g.kh; ++kh)
+      for (int64_t seg = 0; seg < nseg; ++seg)
+        for (int64_t t0 = 0; t0 < len; t0 += chunk) {
+          const int64_t cl = std::min(chunk, len - t0);
+          const int64_t woff = (kh * g.kw + seg) * g.ci + t0;
+          for (int64_t q = 0; q < ng; ++q) {
+            const int64_t iy = sc.gy[q] * g.sh + kh * g.dh;
+            if (iy < r0 || iy >= r1) continue;
+            A* o = outp + ((n * g.Hp() + iy) * g.Wp() + sc.gx[q] * g.sw) * g.ci +
+                   seg * g.dw * g.ci + t0;
+            acc_rows<A>(o, sc.rows.data() + sc.gj[q], woff, sc.vals.data() + sc.gj[q],
+                        sc.gm[q], cl);
+          }
         }
-      }
-    }
   }
 }
 
@@ -243,49 +300,57 @@ CNNVIS_ALWAYS_INLINE void correlate_task(const Geom& g, const Val& val, const ui
   const int64_t C = g.c, nb = c1 - c0;
   const int64_t wrow = g.kh * g.kw * g.ci;
   const int64_t nseg = g.nseg(), len = g.seglen();
+  const int64_t chunk = kChunkBytes / static_cast<int64_t>(sizeof(A));
+  const int64_t pb = band_rows(g);
   std::vector<std::vector<const A*>> rows(nb);
   std::vector<std::vector<A>> vals(nb);
   for (int64_t n = 0; n < g.n; ++n) {
-    for (auto& r : rows) r.clear();
-    for (auto& v : vals) v.clear();
-    for (int64_t ph = 0; ph < g.PH; ++ph) {
-      for (int64_t pw = 0; pw < g.PW; ++pw) {
-        const int64_t base = ((n * g.PH + ph) * g.PW + pw) * C;
-        bool any = false;
-        for (int64_t c = c0; c < c1; ++c) any |= val(base + c) != A(0);
-        if (!any) continue;
-        for (int64_t c = c0; c < c1; ++c) {
-          const A v = val(base + c);
-          if (v == A(0)) continue;
-          int64_t y, x;
-          if (!target(g, ph, pw, sw ? sw[base + c] : 0, &y, &x)) {
-            bad = true;
-            return;
+    for (int64_t b0 = 0; b0 < g.PH; b0 += pb) {
+      const int64_t b1 = std::min(g.PH, b0 + pb);
+      for (auto& r : rows) r.clear();
+      for (auto& v : vals) v.clear();
+      for (int64_t ph = b0; ph < b1; ++ph) {
+        for (int64_t pw = 0; pw < g.PW; ++pw) {
+          const int64_t base = ((n * g.PH + ph) * g.PW + pw) * C;
+          bool any = false;
+          for (int64_t c = c0; c < c1; ++c) any |= val(base + c) != A(0);
+          if (!any) continue;
+          for (int64_t c = c0; c < c1; ++c) {
+            const A v = val(base + c);
+            if (v == A(0)) continue;
+            int64_t y, x;
+            if (!target(g, ph, pw, sw ? sw[base + c] : 0, &y, &x)) {
+              bad = true;
+              return;
+            }
+            rows[c - c0].push_back(xp + ((n * g.Hp() + y * g.sh) * g.Wp() + x * g.sw) * g.ci);
+            vals[c - c0].push_back(v);
           }
-          rows[c - c0].push_back(xp + ((n * g.Hp() + y * g.sh) * g.Wp() + x * g.sw) * g.ci);
-          vals[c - c0].push_back(v);
         }
       }
-    }
-    for (int64_t c = c0; c < c1; ++c) {
-      const auto& r = rows[c - c0];
-      if (r.empty()) continue;
-      const int64_t m = static_cast<int64_t>(r.size());
       for (int64_t kh = 0; kh < g.kh; ++kh)
         for (int64_t seg = 0; seg < nseg; ++seg)
-          acc_rows<A>(gw + c * wrow + (kh * g.kw + seg) * g.ci, r.data(),
-                      (kh * g.dh * g.Wp() + seg * g.dw) * g.ci, vals[c - c0].data(), m, len);
+          for (int64_t t0 = 0; t0 < len; t0 += chunk) {
+            const int64_t cl = std::min(chunk, len - t0);
+            const int64_t xoff = (kh * g.dh * g.Wp() + seg * g.dw) * g.ci + t0;
+            for (int64_t c = c0; c < c1; ++c) {
+              const auto& r = rows[c - c0];
+              if (r.empty()) continue;
+              acc_rows<A>(gw + c * wrow + (kh * g.kw + seg) * g.ci + t0, r.data(), xoff,
+                          vals[c - c0].data(), static_cast<int64_t>(r.size()), cl);
+            }
+          }
     }
   }
 }
 
-
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
 template <typename A, typename Val>
-void scatter_generic(const Geom& g, const Val& val, const uint8_t* sw, const A* wt, A* outp,
-                     int64_t n, int64_t r0, int64_t r1, Scratch<A>& sc, std::atomic<bool>& bad) {
-  scatter_task<A, Val>(g, val, sw, wt, outp, n, r0, r1, sc, bad);
+void scatter_generic(const Geom& g, const Val& val, const uint8_t* sw, const A* const* wt,
+                     const uint8_t* nz, A* outp, int64_t n, int64_t r0, int64_t r1,
+                     Scratch<A>& sc, std::atomic<bool>& bad) {
+  scatter_task<A, Val>(g, val, sw, wt, nz, outp, n, r0, r1, sc, bad);
 }
 template <typename A, typename Val>
 void correlate_generic(const Geom& g, const Val& val, const uint8_t* sw, const A* xp, A* gw,
@@ -295,9 +360,10 @@ void correlate_generic(const Geom& g, const Val& val, const uint8_t* sw, const A
 #if CNNVIS_X86_DISPATCH
 template <typename A, typename Val>
 CNNVIS_TARGET_AVX2 void scatter_avx2(const Geom& g, const Val& val, const uint8_t* sw,
-                                     const A* wt, A* outp, int64_t n, int64_t r0, int64_t r1,
-                                     Scratch<A>& sc, std::atomic<bool>& bad) {
-  scatter_task<A, Val>(g, val, sw, wt, outp, n, r0, r1, sc, bad);
+                                     const A* const* wt, const uint8_t* nz, A* outp, int64_t n,
+                                     int64_t r0, int64_t r1, Scratch<A>& sc,
+                                     std::atomic<bool>& bad) {
+  scatter_task<A, Val>(g, val, sw, wt, nz, outp, n, r0, r1, sc, bad);
 }
 template <typename A, typename Val>
 CNNVIS_TARGET_AVX2 void correlate_avx2(const Geom& g, const Val& val, const uint8_t* sw,
@@ -352,12 +418,62 @@ bool worthwhile(const Geom& g, int64_t groups) {
   return groups == 1 && g.seglen() >= 16;
 }
 
-at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor& b,
-                   const at::Tensor& switches, const at::Tensor& weight) {
+namespace {
+// Nonzeros of one pooled position; marks their channels in u. One lane
+// width (int32 flags) and no branches, so the channel loop vectorizes.
+template <typename A, typename Val>
+CNNVIS_ALWAYS_INLINE int32_t survey_position(const Val& val, int64_t base, int64_t C,
+                                             int32_t* CNNVIS_RESTRICT u) {
+  int32_t k = 0;
+  CNNVIS_IVDEP
+  for (int64_t c = 0; c < C; ++c) {
+    const int32_t nz = val(base + c) != A(0);
+    k += nz;
+    u[c] |= nz;
+  }
+  return k;
+}
+}  // namespace
+
+Survey survey(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor ac = a.contiguous(kCL);
   const at::Tensor bc = b.defined() ? b.contiguous(kCL) : at::Tensor();
+  const int64_t positions = g.n * g.PH * g.PW, C = g.c;
+  Survey sv;
+  sv.nonzero.assign(positions, 0);
+  sv.used.assign(C, 0);
+  std::atomic<int64_t> nnz{0};
+  std::mutex mu;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "switch_sparse::survey", [&] {
+    using A = scalar_t;
+    with_values<A>(mode, ac, bc, [&](const auto& val) {
+      at::parallel_for(0, positions, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)),
+                       [&](int64_t begin, int64_t end) {
+        std::vector<int32_t> u(C, 0);
+        int64_t cnt = 0;
+        uint8_t* flags = sv.nonzero.data();
+        for (int64_t q = begin; q < end; ++q) {
+          const int32_t k = survey_position<A>(val, q * C, C, u.data());
+          flags[q] = k > 0;
+          cnt += k;
+        }
+        nnz += cnt;
+        std::lock_guard<std::mutex> lock(mu);
+        for (int64_t c = 0; c < C; ++c) sv.used[c] |= static_cast<uint8_t>(u[c] != 0);
+      });
+    });
+  });
+  sv.nnz = nnz;
+  return sv;
+}
+
+at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor& b,
+                   const at::Tensor& switches, const at::Tensor& weight, const Survey* known) {
+  const at::Tensor ac = a.contiguous(kCL);
+  const at::Tensor bc = b.defined() ? b.contiguous(kCL) : at::Tensor();
+  const Survey sv = known ? Survey() : survey(g, mode, ac, bc);
+  const Survey& svr = known ? *known : sv;
   const at::Tensor sc = switches.defined() ? switches.contiguous(kCL) : at::Tensor();
-  const at::Tensor wt = weight.permute({0, 2, 3, 1}).contiguous();  // (C, kH, kW, C_in)
   at::Tensor outp = at::zeros({g.n, g.Hp(), g.Wp(), g.ci}, a.options());
   std::atomic<bool> bad{false};
   const int64_t threads = at::get_num_threads();
@@ -370,10 +486,24 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "switch_sparse::scatter", [&] {
     using A = scalar_t;
     const uint8_t* sp = sc.defined() ? sc.const_data_ptr<uint8_t>() : nullptr;
-    const A* wp = wt.const_data_ptr<A>();
     A* op = outp.mutable_data_ptr<A>();
     with_values<A>(mode, ac, bc, [&](const auto& val) {
       using Val = std::decay_t<decltype(val)>;
+      const std::vector<uint8_t>& used = svr.used;
+      const uint8_t* nzp = svr.nonzero.data();
+      std::vector<int64_t> sel;
+      for (int64_t c = 0; c < g.c; ++c)
+        if (used[c]) sel.push_back(c);
+      const bool all = static_cast<int64_t>(sel.size()) == g.c;
+      const at::Tensor wsel =
+          all ? weight
+              : weight.index_select(0, at::tensor(sel, at::TensorOptions().dtype(at::kLong)));
+      const at::Tensor wt = wsel.permute({0, 2, 3, 1}).contiguous();  // (C_used, kH, kW, C_in)
+      const A* wp = wt.const_data_ptr<A>();
+      const int64_t wrow = g.kh * g.kw * g.ci;
+      std::vector<const A*> wrows(g.c, nullptr);
+      for (size_t k = 0; k < sel.size(); ++k) wrows[sel[k]] = wp + static_cast<int64_t>(k) * wrow;
+      const A* const* wr = wrows.data();
       at::parallel_for(0, g.n * bands, 1, [&](int64_t begin, int64_t end) {
         Scratch<A> scratch(g);
         for (int64_t item = begin; item < end && !bad; ++item) {
@@ -381,11 +511,11 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
           const int64_t r0 = band * band_h, r1 = std::min(g.Hp(), r0 + band_h);
 #if CNNVIS_X86_DISPATCH
           if (avx2) {
-            scatter_avx2<A, Val>(g, val, sp, wp, op, n, r0, r1, scratch, bad);
+            scatter_avx2<A, Val>(g, val, sp, wr, nzp, op, n, r0, r1, scratch, bad);
             continue;
           }
 #endif
-          scatter_generic<A, Val>(g, val, sp, wp, op, n, r0, r1, scratch, bad);
+          scatter_generic<A, Val>(g, val, sp, wr, nzp, op, n, r0, r1, scratch, bad);
         }
       });
     });

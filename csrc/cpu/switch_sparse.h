@@ -35,6 +35,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace cnnvis {
 namespace switch_sparse {
@@ -66,12 +67,23 @@ enum class Values { kMaskedGrad, kRectified, kPlain };
 // beat the dense formulation: long enough runs for the vector accumulators.
 bool worthwhile(const Geom& g, int64_t groups);
 
+// One parallel read of the pooled values: how many are nonzero, which
+// pooled positions hold one, which channels do.
+struct Survey {
+  int64_t nnz = 0;
+  std::vector<uint8_t> nonzero;  // per pooled position (N, PH, PW)
+  std::vector<uint8_t> used;     // per channel
+};
+Survey survey(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor& b);
+
 // conv_transpose2d(unpool(values), weight) as an (N, C_in, H, W)
 // channels-last tensor. a, b, switches: pooled (N, C, PH, PW), any layout;
-// switches undefined for the identity pooling; weight (C, C_in, kH, kW).
-// Raises ValueError when a switch points outside its window or the map.
+// switches undefined for the identity pooling; weight (C, C_in, kH, kW);
+// `known`: the survey of these values when the caller has one. Raises
+// ValueError when a switch points outside its window or the map.
 at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor& b,
-                   const at::Tensor& switches, const at::Tensor& weight);
+                   const at::Tensor& switches, const at::Tensor& weight,
+                   const Survey* known = nullptr);
 
 // The weight gradient sum u * patch(xin) as a contiguous (C, C_in, kH, kW)
 // tensor; xin (N, C_in, H, W), any layout.

@@ -29,6 +29,7 @@
 #include "../conv_relu_pool_common.h"
 #include "../unpool_conv_transpose.h"
 #include "../unpool_conv_transpose_common.h"
+#include "switch_sparse.h"
 
 namespace cnnvis {
 namespace {
@@ -159,7 +160,23 @@ at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at
     const scalar_t* pp = pc.const_data_ptr<scalar_t>();
     const uint8_t* sp = has_sw ? sc.const_data_ptr<uint8_t>() : nullptr;
     bool sparse = g.algorithm == 1;
-    if (g.algorithm == 0) {
+    if (!post && g.groups == 1 && g.algorithm != 2) {
+      // Switch-sparse scatter (switch_sparse.h): register-blocked, the
+      // nonzeros of one pooled position that share a switch added into
+      // their common target together; its survey of p also decides "auto".
+      const switch_sparse::Geom sg{N, C, PH, PW, CH, CW, g.pool_kh, g.pool_kw, g.pool_sh,
+                                   g.pool_sw, g.pool_ph, g.pool_pw, CI, g.kh, g.kw, g.sh, g.sw,
+                                   g.dh, g.dw, g.ph, g.pw, H, W};
+      const auto mode = pre ? switch_sparse::Values::kRectified : switch_sparse::Values::kPlain;
+      const at::Tensor swt = has_sw ? sc : at::Tensor();
+      const auto sv = switch_sparse::survey(sg, mode, pc, at::Tensor());
+      if (sparse || static_cast<double>(sv.nnz) <
+                        kSwitchSparseDensityThresholdCPU * static_cast<double>(N * C * CH * CW)) {
+        out = switch_sparse::scatter(sg, mode, pc, at::Tensor(), swt, weight, &sv);
+        return;
+      }
+      sparse = false;
+    } else if (g.algorithm == 0) {
       std::vector<int64_t> counts(N, 0);
       at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
         for (int64_t n = begin; n < end; ++n) {
