@@ -152,6 +152,28 @@ def test_model_state_untouched_and_dtype_follows():
     assert m.training and all(p.grad is None for p in m.parameters())
 
 
+def test_parameters_frozen_during_the_loop_and_restored(monkeypatch):
+    # The fused op's backward is told at forward time which gradients are
+    # wanted; with the model's weights frozen inside the loop it computes the
+    # input gradient only (output_mask [True, False, False]).
+    m = cnnvis_ext.fuse(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(4, 5, 3, padding=1), nn.ReLU()))
+    m[3].bias.requires_grad_(False)  # a user's own choice is kept, too
+    masks = []
+    real = torch.ops.cnnvis._conv_relu_pool_backward
+
+    class Spy:
+        def __call__(self, *args):
+            masks.append(list(args[-1]))
+            return real(*args)
+
+    monkeypatch.setattr(torch.ops.cnnvis, "_conv_relu_pool_backward", Spy())
+    vis.activation_maximization(m, "3:0", size=16, steps=2, prune=False)
+    assert masks and all(mk[1] is False and mk[2] is False for mk in masks)
+    assert [p.requires_grad for p in m.parameters()] == [True, True, True, False]
+    assert all(p.grad is None for p in m.parameters())
+
+
 @pytest.mark.parametrize("preset", [1, 2, 3, 4])
 def test_yosinski_presets_run_through_fused_step(preset):
     m = tiny()
