@@ -125,6 +125,15 @@ def conv_relu_pool(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     autograd saves is ``x``, ``weight``, ``out`` and one byte of switch per
     pooled value.
 
+    The backward rebuilds the gradient of the convolution output from
+    ``grad_out``, ``out > 0`` and the switches. On CPU, for ``groups=1`` and
+    ``kW * C_in >= 16``, it then computes the gradients of ``x`` and
+    ``weight`` straight from the pooled map: that gradient has at most one
+    nonzero per pooling window, so this takes a pool-area fraction (a
+    quarter for 2x2 pools) of the multiply-adds of ATen's convolution
+    backward, which handles the other shapes and CUDA. The environment
+    variable ``CNNVIS_CONV_BACKWARD=sparse|dense`` forces one formulation.
+
     Args:
         x: input of shape :math:`(N, C_{in}, H, W)`, float32/float64 on CPU,
             float32/float16/bfloat16 on CUDA.
@@ -325,8 +334,10 @@ def unpool_conv_transpose(p: Tensor, switches: Optional[Tensor], weight: Tensor,
     materializing the unpooled map when ``p`` is sparse: each nonzero pooled
     value scatters ``value * weight[c, :, kh, kw]`` straight into the result,
     so the cost scales with the number of nonzeros (a one-hot ``p`` costs
-    ``kH * kW * C_in`` multiply-adds). When ``p`` is dense it unpools into a
-    channels-last buffer and calls ATen's transposed convolution.
+    ``kH * kW * C_in`` multiply-adds; the values of one pooled position that
+    share a switch are added into their common target together). When ``p``
+    is dense it unpools into a channels-last buffer and calls ATen's
+    transposed convolution.
 
     ``weight`` is the weight of the *forward* convolution (``C_out`` filters
     of ``C_in / groups`` channels), which is also the layout
