@@ -242,25 +242,26 @@ CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint
   return true;
 }
 
-// Scatter task: the rows [r0, r1) of the padded output of image n.
+// Scatter task: the rows [r0, r1) of the output of image n.
 //   val(i): the pooled value at flat NHWC index i; sw: switches (null: the
 //   identity pooling); wrows[c]: filter c as (kH, kW, C_in) (null for a
-//   channel without nonzeros); outp: (N, Hp, Wp, C_in).
+//   channel without nonzeros); outp: (N, H, W, C_in).
 template <typename A, typename Val>
 CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const Val& val, const uint8_t* sw,
                                        const A* const* wt, const uint8_t* nonzero, A* outp,
                                        int64_t n, int64_t r0, int64_t r1, Scratch<A>& sc,
                                        std::atomic<bool>& bad) {
   const int64_t span = (g.kh - 1) * g.dh;
-  // Conv rows y with [y*sh, y*sh + span] meeting [r0, r1), then the pooled
-  // rows whose windows hold such a y.
-  const int64_t ylo = std::max<int64_t>(0, floor_div(r0 - span + g.sh - 1, g.sh));
-  const int64_t yhi = std::min<int64_t>(g.CH - 1, floor_div(r1 - 1, g.sh));
+  // Conv rows y with [y*sh - pad_h, y*sh - pad_h + span] meeting [r0, r1),
+  // then the pooled rows whose windows hold such a y.
+  const int64_t ylo =
+      std::max<int64_t>(0, floor_div(r0 + g.pad_h - span + g.sh - 1, g.sh));
+  const int64_t yhi = std::min<int64_t>(g.CH - 1, floor_div(r1 - 1 + g.pad_h, g.sh));
   if (ylo > yhi) return;
   const int64_t plo =
       std::max<int64_t>(0, floor_div(ylo + g.pool_ph - g.pool_kh + g.pool_sh, g.pool_sh));
   const int64_t phi = std::min<int64_t>(g.PH - 1, floor_div(yhi + g.pool_ph, g.pool_sh));
-  const int64_t nseg = g.nseg(), len = g.seglen();
+  const int64_t nseg = g.nseg(), len = g.seglen(), ci = g.ci;
   const int64_t chunk = kChunkBytes / static_cast<int64_t>(sizeof(A));
   const int64_t pb = band_rows(g);
   for (int64_t b0 = plo; b0 <= phi; b0 += pb) {
@@ -277,15 +278,26 @@ CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const Val& val, const uint
     for (int64_t kh = 0; kh < g.kh; ++kh)
       for (int64_t seg = 0; seg < nseg; ++seg)
         for (int64_t t0 = 0; t0 < len; t0 += chunk) {
-          const int64_t cl = std::min(chunk, len - t0);
-          const int64_t woff = (kh * g.kw + seg) * g.ci + t0;
+          const int64_t t1 = std::min(len, t0 + chunk);
           for (int64_t q = 0; q < ng; ++q) {
-            const int64_t iy = sc.gy[q] * g.sh + kh * g.dh;
+            const int64_t iy = sc.gy[q] * g.sh - g.pad_h + kh * g.dh;
             if (iy < r0 || iy >= r1) continue;
-            A* o = outp + ((n * g.Hp() + iy) * g.Wp() + sc.gx[q] * g.sw) * g.ci +
-                   seg * g.dw * g.ci + t0;
-            acc_rows<A>(o, sc.rows.data() + sc.gj[q], woff, sc.vals.data() + sc.gj[q],
-                        sc.gm[q], cl);
+            // The part of the run inside the map's columns: taps
+            // [kw_lo, kw_hi) of one run of kW*C_in values, or one tap.
+            const int64_t ix0 = sc.gx[q] * g.sw - g.pad_w + seg * g.dw;
+            int64_t lo, hi;
+            if (nseg == 1) {
+              lo = std::max<int64_t>(0, -ix0) * ci;
+              hi = std::min<int64_t>(g.kw, g.W - ix0) * ci;
+            } else {
+              lo = 0;
+              hi = (ix0 >= 0 && ix0 < g.W) ? ci : 0;
+            }
+            const int64_t a = std::max(t0, lo), b = std::min(t1, hi);
+            if (a >= b) continue;
+            A* o = outp + ((n * g.H + iy) * g.W + ix0) * ci + a;  // a >= lo: inside the row
+            acc_rows<A>(o, sc.rows.data() + sc.gj[q], (kh * g.kw + seg) * ci + a,
+                        sc.vals.data() + sc.gj[q], sc.gm[q], b - a);
           }
         }
   }
@@ -474,12 +486,14 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
   const Survey sv = known ? Survey() : survey(g, mode, ac, bc);
   const Survey& svr = known ? *known : sv;
   const at::Tensor sc = switches.defined() ? switches.contiguous(kCL) : at::Tensor();
-  at::Tensor outp = at::zeros({g.n, g.Hp(), g.Wp(), g.ci}, a.options());
+  // NHWC, i.e. the (N, C_in, H, W) result in channels-last; the taps that
+  // fall in the padding are clipped, so no padded buffer or crop copy.
+  at::Tensor outp = at::zeros({g.n, g.H, g.W, g.ci}, a.options());
   std::atomic<bool> bad{false};
   const int64_t threads = at::get_num_threads();
   const int64_t bands = std::max<int64_t>(
-      1, std::min<int64_t>(g.Hp(), (4 * threads + g.n - 1) / std::max<int64_t>(1, g.n)));
-  const int64_t band_h = (g.Hp() + bands - 1) / bands;
+      1, std::min<int64_t>(g.H, (4 * threads + g.n - 1) / std::max<int64_t>(1, g.n)));
+  const int64_t band_h = (g.H + bands - 1) / bands;
 #if CNNVIS_X86_DISPATCH
   const bool avx2 = cpu_has_avx2_fma();
 #endif
@@ -508,7 +522,7 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
         Scratch<A> scratch(g);
         for (int64_t item = begin; item < end && !bad; ++item) {
           const int64_t n = item / bands, band = item % bands;
-          const int64_t r0 = band * band_h, r1 = std::min(g.Hp(), r0 + band_h);
+          const int64_t r0 = band * band_h, r1 = std::min(g.H, r0 + band_h);
 #if CNNVIS_X86_DISPATCH
           if (avx2) {
             scatter_avx2<A, Val>(g, val, sp, wr, nzp, op, n, r0, r1, scratch, bad);
@@ -521,10 +535,7 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     });
   });
   if (bad) bad_switch();
-  // Crop the padding; channels-last like every other CPU result.
-  at::Tensor out = at::empty({g.n, g.ci, g.H, g.W}, a.options().memory_format(kCL));
-  out.permute({0, 2, 3, 1}).copy_(outp.narrow(1, g.pad_h, g.H).narrow(2, g.pad_w, g.W));
-  return out;
+  return outp.permute({0, 3, 1, 2});
 }
 
 at::Tensor correlate(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor& b,

@@ -17,10 +17,11 @@
 //              input; for unpool_conv_transpose's weight gradient xin is the
 //              gradient of its output)
 //
-// Both run on zero-padded NHWC maps of the conv input size ((N, H + 2ph,
-// W + 2pw, C_in)), so that one filter row (kh) touches a contiguous run of
-// kW * C_in values (dilation_w 1; kW runs of C_in values otherwise) without
-// bounds checks. The inner kernel (acc_rows) adds a weighted sum of m such
+// Both work on NHWC maps, where one filter row (kh) touches a contiguous run
+// of kW * C_in values (dilation_w 1; kW runs of C_in values otherwise): the
+// scatter clips each run to the map's columns and writes the result
+// directly, the correlation reads a zero-padded copy of xin ((N, H + 2ph,
+// W + 2pw, C_in)) without bounds checks. The inner kernel (acc_rows) adds a weighted sum of m such
 // runs into one output run with register-blocked accumulators: the
 // nonzeros of one pooled position that share a switch share their target
 // (scatter), the nonzeros of one channel of one image share their weight
