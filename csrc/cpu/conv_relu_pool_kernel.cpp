@@ -1,9 +1,11 @@
 // CPU backend of conv_relu_pool. The convolution itself runs in ATen (oneDNN,
 // channels-last, where it is fastest on CPU); bias is added by it. ReLU, max
 // pooling and the argmax are one pass over the conv output (relu_max_window),
-// parallel over output rows, vectorized over channels. The backward rebuilds
-// the conv-output gradient in one pass (gather_conv_grad, each element written
-// once) and hands it to ATen's convolution backward.
+// parallel over output rows, vectorized over channels. The backward computes
+// the gradients of x and weight from the pooled map and the switches
+// (switch_sparse.h) for groups 1 and long enough filter rows; otherwise it
+// rebuilds the conv-output gradient in one pass (gather_conv_grad, each
+// element written once) and hands it to ATen's convolution backward.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -129,9 +131,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool_backward_cpu(
                          g.pool_ph, g.pool_pw, g.c_in, g.kh, g.kw, stride[0], stride[1],
                          dilation[0], dilation[1], padding[0], padding[1], g.h, g.w};
   const int choice = backward_choice();
-  const bool sparse_ok = groups == 1;
-  if (sparse_ok && (choice == 1 || (choice == 0 && !g.identity_pool &&
-                                    switch_sparse::worthwhile(sg, groups)))) {
+  if (groups == 1 && (choice == 1 || (choice == 0 && !g.identity_pool &&
+                                      switch_sparse::worthwhile(sg)))) {
     const at::Tensor sw_or_none = g.identity_pool ? at::Tensor() : s;
     if (output_mask[0])
       grad_x = switch_sparse::scatter(sg, switch_sparse::Values::kMaskedGrad, go, o, sw_or_none,

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../macros.h"
+#include "../unpool_conv_transpose_common.h"
 #include "cpu_features.h"
 
 namespace cnnvis {
@@ -32,7 +33,7 @@ struct MaskedGrad {
 template <typename A>
 struct Rectified {
   const A* p;
-  CNNVIS_ALWAYS_INLINE A operator()(int64_t i) const { return p[i] < A(0) ? A(0) : p[i]; }
+  CNNVIS_ALWAYS_INLINE A operator()(int64_t i) const { return rectify_value(p[i], true); }
 };
 template <typename A>
 struct Plain {
@@ -187,13 +188,11 @@ struct Scratch {
   }
 };
 
-// The conv-output position named by switch k of pooled (ph, pw); false when
-// outside the window or the map.
+// The conv-output position named by switch k of pooled (ph, pw), through
+// the switch_position of the op bodies; false when outside the window or map.
 inline bool target(const Geom& g, int64_t ph, int64_t pw, int64_t k, int64_t* y, int64_t* x) {
-  if (k >= g.pool_kh * g.pool_kw) return false;
-  *y = ph * g.pool_sh - g.pool_ph + k / g.pool_kw;
-  *x = pw * g.pool_sw - g.pool_pw + k % g.pool_kw;
-  return *y >= 0 && *y < g.CH && *x >= 0 && *x < g.CW;
+  return switch_position(ph, pw, k, g.pool_sh, g.pool_sw, g.pool_ph, g.pool_pw, g.pool_kh,
+                         g.pool_kw, g.CH, g.CW, y, x);
 }
 
 // Appends the groups of pooled position (ph, pw) of image n to the band
@@ -424,10 +423,10 @@ at::Tensor padded_nhwc(const at::Tensor& x, int64_t ph, int64_t pw) {
 
 }  // namespace
 
-bool worthwhile(const Geom& g, int64_t groups) {
-  // Runs shorter than one 8-float vector leave the accumulators mostly idle
+bool worthwhile(const Geom& g) {
+  // Runs shorter than two 8-float vectors leave the accumulators mostly idle
   // (3-channel first layers): the dense GEMM formulation wins there.
-  return groups == 1 && g.seglen() >= 16;
+  return g.seglen() >= 16;
 }
 
 namespace {

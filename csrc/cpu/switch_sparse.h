@@ -64,9 +64,9 @@ struct Geom {
 //   kRectified:  relu(a) (NaN passes);  kPlain: a.
 enum class Values { kMaskedGrad, kRectified, kPlain };
 
-// Whether the kernels apply (groups 1, CPU float/double) and are expected to
-// beat the dense formulation: long enough runs for the vector accumulators.
-bool worthwhile(const Geom& g, int64_t groups);
+// Whether the kernels (which need groups 1) are expected to beat the dense
+// formulation: long enough runs for the vector accumulators.
+bool worthwhile(const Geom& g);
 
 // One parallel read of the pooled values: how many are nonzero, which
 // pooled positions hold one, which channels do.

@@ -1,17 +1,20 @@
 // CPU backend of unpool_conv_transpose.
 //
 // Forward, two formulations chosen by the density of the (rectified) input:
-//   sparse: the nonzeros of p are listed per image, then each one scatters
-//     value * weight[c, :, kh, kw] into the output for every tap
-//     (scatter_taps); cost ~ nnz * kH * kW * C_in, independent of the map
-//     size except for one read of p. Parallel over (image, channel block,
-//     output row band), so no two threads write the same element.
+//   sparse: every nonzero of p scatters value * weight[c, :, kh, kw] into
+//     the output for every tap; cost ~ nnz * kH * kW * C_in, independent of
+//     the map size except for one read of p. For groups 1 without
+//     rectification after overlapping sums this is switch_sparse::scatter
+//     (register-blocked; its survey of p also decides "auto", against
+//     kSwitchSparseDensityThresholdCPU); otherwise the nonzeros are listed
+//     per image and scattered one by one (scatter_taps), parallel over
+//     (image, channel block, output row band).
 //   dense: relu(p) is unpooled into a channels-last buffer by a gather that
 //     writes each element once (no zero-fill; gather_unpool, shared with the
 //     CUDA backend) and ATen's transposed convolution (oneDNN / GEMM, faster
 //     channels-last than NCHW at every measured shape) filters it.
 // "auto" takes the sparse path when nnz / (N * C_out * H_conv * W_conv) is
-// below kSparseDensityThresholdCPU (measured: the axpy formulation runs at a
+// below the threshold (kSparseDensityThresholdCPU for scatter_taps) (measured: the axpy formulation runs at a
 // fraction of GEMM speed, so it wins only when most of the map is zero).
 //
 // Backward: grad_p gathers conv2d(grad_out, weight) at the switch positions
