@@ -50,8 +50,9 @@ def test_percentile_selection_is_exact_on_a_larger_image():
     g = torch.randn_like(x)
     for pct in (0.1, 1, 10, 33.3, 50, 90, 99.9):
         a, b = _run_both(x, g, lr=0.2, norm_pct=pct, contrib_pct=pct / 2)
-        assert torch.equal(a == 0, b == 0), pct
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert torch.equal(a == 0, b == 0), pct  # the selection is exact
+        # the step x + lr * g may round once differently (fused multiply-add or not)
+        torch.testing.assert_close(a, b, rtol=0, atol=4 * torch.finfo(x.dtype).eps)
 
 
 def test_clips_the_expected_share_of_pixels():

@@ -313,3 +313,44 @@ def test_wide_layers_float32(algorithm, dilation):
     got = unpool_conv_transpose(top, sw, wt, **kw, algorithm=algorithm)
     expected = _expected(top.double(), idx, wt.double(), kw)
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-3)
+
+
+# The CPU scatter's formulations (csrc/cpu/switch_sparse.cpp): column mode (kW * C_in < 16:
+# a whole filter per column) masked-dense (2x2 or no pooling, short columns, dense maps)
+# or per nonzero (sparse maps, other pools, long columns), and the run mode in several
+# chunks per run (kW * C_in > 256 floats).
+SCATTER_CONFIGS = [
+    (2, 3, 14, 13, 24, 3, 1, 1, 1, 1, 1, 1, 0, False),   # column, no pooling (K = 1)
+    (1, 3, 16, 15, 20, 3, 1, 1, 1, 1, 2, 2, 0, True),    # column, 2x2 pool, odd map
+    (2, 3, 13, 14, 9, 7, 1, 3, 1, 1, 2, 2, 0, False),    # column of 147 values (10 vectors)
+    (1, 2, 15, 17, 11, 3, 1, 2, (1, 2), 1, 3, 3, 0, True),  # column, dilation_w 2, 3x3 pool
+    (1, 5, 12, 12, 7, (5, 3), 2, 2, 1, 1, 2, 2, 1, True),  # column, stride 2, padded pool
+    (1, 100, 9, 10, 12, 3, 1, 1, 1, 1, 2, 2, 0, False),  # runs of 300 floats: two chunks
+]
+
+
+@pytest.mark.parametrize("cfg", SCATTER_CONFIGS)
+@pytest.mark.parametrize("density", [1.0, 0.3, 0.01])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rectify", [True, False])
+def test_scatter_formulations_match_reference(cfg, density, dtype, rectify):
+    torch.manual_seed(11)
+    top, sw, wt, kw, idx = _sample(cfg, dtype, density=density)
+    got = unpool_conv_transpose(top, sw, wt, **kw, rectify=rectify, algorithm="sparse")
+    expected = _expected(top.double(), idx, wt.double(), kw, rectify)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.double(), expected, **tol)
+
+
+@pytest.mark.parametrize("cfg", SCATTER_CONFIGS[1:3])
+def test_scatter_column_mode_nan_and_bad_switch(cfg):
+    top, sw, wt, kw, idx = _sample(cfg, torch.float64)
+    top[0, 1, 0, 1] = float("nan")  # passes the rectification, as torch.relu lets it
+    got = unpool_conv_transpose(top, sw, wt, **kw, algorithm="sparse")
+    expected = _expected(top, idx, wt, kw)
+    torch.testing.assert_close(got, expected, equal_nan=True)
+    top[0, 2, 1, 0] = 1.0
+    bad = sw.clone()
+    bad[0, 2, 1, 0] = 4  # a 2x2 window has positions 0..3
+    with pytest.raises(ValueError, match="switches"):
+        unpool_conv_transpose(top.nan_to_num(), bad, wt, **kw, algorithm="sparse")

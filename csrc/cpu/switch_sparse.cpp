@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 #include <mutex>
 #include <vector>
 
@@ -41,17 +42,12 @@ struct Plain {
   CNNVIS_ALWAYS_INLINE A operator()(int64_t i) const { return p[i]; }
 };
 
-template <typename A>
-struct VecU;
-template <>
-struct VecU<float> {
-  typedef float type __attribute__((vector_size(32), aligned(4), may_alias));
-  static constexpr int lanes = 8;
-};
-template <>
-struct VecU<double> {
-  typedef double type __attribute__((vector_size(32), aligned(8), may_alias));
-  static constexpr int lanes = 4;
+// GCC vector types of VB bytes (32: AVX2, 64: AVX-512; the generic copy
+// lowers them to what the target has).
+template <typename A, int VB>
+struct VecU {
+  typedef A type __attribute__((vector_size(VB), aligned(sizeof(A)), may_alias));
+  static constexpr int lanes = VB / static_cast<int>(sizeof(A));
 };
 
 // o[0, len) += sum_j v[j] * rows[j][off, off + len). FMA latency (4-5
@@ -59,12 +55,16 @@ struct VecU<double> {
 // independent accumulator chains: 8 vectors of the run, or 4 vectors (then
 // 1) with the rows taken two at a time into two sets; scalars last.
 constexpr int64_t kAhead = 4;  // software prefetch distance, in entries
+static const bool kPrefetch = std::getenv("CNNVIS_NOPF") == nullptr;
 
-template <typename A>
+// Over: the rows may be read up to one vector past off + len (the padded
+// filter panels), so the last partial vector is computed as a whole one
+// and only its first lanes are added; otherwise those values go one by one.
+template <typename A, int VB, bool Over = false>
 CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, int64_t off,
                                    const A* v, int64_t m, int64_t len) {
-  using V = typename VecU<A>::type;
-  constexpr int L = VecU<A>::lanes;
+  using V = typename VecU<A, VB>::type;
+  constexpr int L = VecU<A, VB>::lanes;
   int64_t t = 0;
   for (; t + 8 * L <= len; t += 8 * L) {
     V a[8];
@@ -72,7 +72,7 @@ CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, i
     for (int64_t j = 0; j < m; ++j) {
       const A* r = rows[j] + off + t;
       const A s = v[j];
-      if (j + kAhead < m) {  // the rows are scattered: fetch a few entries ahead
+      if (kPrefetch && j + kAhead < m) {  // the rows are scattered: fetch a few entries ahead
         const A* rn = rows[j + kAhead] + off + t;
         for (int u = 0; u < 8 * L; u += 64 / static_cast<int>(sizeof(A))) __builtin_prefetch(rn + u);
       }
@@ -122,6 +122,43 @@ CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, i
       std::memcpy(o + t + u * L, &a[u], sizeof(V));
     }
   }
+  for (; t + 2 * L <= len; t += 2 * L) {  // two vectors: four sets of two
+    V a[2], c[2], d[2], e[2];
+    for (int u = 0; u < 2; ++u) {
+      std::memcpy(&a[u], o + t + u * L, sizeof(V));
+      c[u] = d[u] = e[u] = a[u] - a[u];
+    }
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+      const A* r0 = rows[j] + off + t;
+      const A* r1 = rows[j + 1] + off + t;
+      const A* r2 = rows[j + 2] + off + t;
+      const A* r3 = rows[j + 3] + off + t;
+      for (int u = 0; u < 2; ++u) {
+        V b0, b1, b2, b3;
+        std::memcpy(&b0, r0 + u * L, sizeof(V));
+        std::memcpy(&b1, r1 + u * L, sizeof(V));
+        std::memcpy(&b2, r2 + u * L, sizeof(V));
+        std::memcpy(&b3, r3 + u * L, sizeof(V));
+        a[u] += v[j] * b0;
+        c[u] += v[j + 1] * b1;
+        d[u] += v[j + 2] * b2;
+        e[u] += v[j + 3] * b3;
+      }
+    }
+    for (; j < m; ++j) {
+      const A* r0 = rows[j] + off + t;
+      for (int u = 0; u < 2; ++u) {
+        V b0;
+        std::memcpy(&b0, r0 + u * L, sizeof(V));
+        a[u] += v[j] * b0;
+      }
+    }
+    for (int u = 0; u < 2; ++u) {
+      a[u] += c[u] + (d[u] + e[u]);
+      std::memcpy(o + t + u * L, &a[u], sizeof(V));
+    }
+  }
   for (; t + L <= len; t += L) {
     V a0, a1;
     std::memcpy(&a0, o + t, sizeof(V));
@@ -142,6 +179,28 @@ CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, i
     a0 += a1;
     std::memcpy(o + t, &a0, sizeof(V));
   }
+  if (Over && t < len) {
+    V a0, a1;
+    a0 = a1 = V{};
+    int64_t j = 0;
+    for (; j + 2 <= m; j += 2) {
+      V b0, b1;
+      std::memcpy(&b0, rows[j] + off + t, sizeof(V));
+      std::memcpy(&b1, rows[j + 1] + off + t, sizeof(V));
+      a0 += v[j] * b0;
+      a1 += v[j + 1] * b1;
+    }
+    if (j < m) {
+      V b0;
+      std::memcpy(&b0, rows[j] + off + t, sizeof(V));
+      a0 += v[j] * b0;
+    }
+    a0 += a1;
+    A part[L];
+    std::memcpy(part, &a0, sizeof(V));
+    for (int64_t i = 0; t + i < len; ++i) o[t + i] += part[i];
+    return;
+  }
   for (; t < len; ++t) {
     A a = o[t];
     for (int64_t j = 0; j < m; ++j) a += v[j] * rows[j][off + t];
@@ -159,33 +218,29 @@ inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
 // weight row (C * kChunk values) stays in cache while all the groups of the
 // band use it, and likewise one chunk of the input rows of a band while
 // every channel's weight-gradient chunk is accumulated.
-constexpr int64_t kChunkBytes = 512;      // run chunk: 128 floats, 64 doubles
+constexpr int64_t kChunkBytes = 1024;     // scatter run chunk: 256 floats, 128 doubles
+constexpr int64_t kCorrelateChunkBytes = 512;  // correlate run chunk
 constexpr int64_t kBandPositions = 64;    // pooled positions per band, at least
 
 inline int64_t band_rows(const Geom& g) {
   return std::max<int64_t>(1, (kBandPositions + g.PW - 1) / std::max<int64_t>(1, g.PW));
 }
 
-// Per-task scratch: the nonzeros of one band of pooled rows, grouped by
-// (position, switch).
+// The nonzeros of one pooled row (n, ph), grouped by (position, switch):
+// entries (panel row of the channel, value), and per group its target
+// (gy, gx) in the conv output, first entry and count.
 template <typename A>
+struct RowGroups {
+  std::vector<const A*> rows;
+  std::vector<A> vals;
+  std::vector<int32_t> gy, gx, gj, gm;
+};
+
+// Per-thread temporaries of the grouping.
 struct Scratch {
   std::vector<int32_t> c, s, cnt, start;
-  std::vector<A> v;
-  std::vector<const A*> rows;  // band entries: weight row of the channel
-  std::vector<A> vals;         // band entries: value
-  std::vector<int64_t> gy, gx, gj, gm;  // band groups: target, first entry, count
   explicit Scratch(const Geom& g)
-      : c(g.c), s(g.c), cnt(g.pool_kh * g.pool_kw + 1), start(g.pool_kh * g.pool_kw + 1),
-        v(g.c) {}
-  void clear() {
-    rows.clear();
-    vals.clear();
-    gy.clear();
-    gx.clear();
-    gj.clear();
-    gm.clear();
-  }
+      : c(g.c), s(g.c), cnt(g.pool_kh * g.pool_kw + 1), start(g.pool_kh * g.pool_kw + 1) {}
 };
 
 // The conv-output position named by switch k of pooled (ph, pw), through
@@ -195,95 +250,108 @@ inline bool target(const Geom& g, int64_t ph, int64_t pw, int64_t k, int64_t* y,
                          g.pool_kw, g.CH, g.CW, y, x);
 }
 
-// Appends the groups of pooled position (ph, pw) of image n to the band
-// (the channels with a nonzero value, counting-sorted by switch). False on
-// a bad switch.
+// Appends the groups of pooled position (ph, pw) of image n to rg (the
+// channels with a nonzero value, counting-sorted by switch). False on a bad
+// switch.
 template <typename A, typename Val>
 CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint8_t* sw,
-                                       const A* const* wrows, const uint8_t* nonzero, int64_t n,
-                                       int64_t ph, int64_t pw, Scratch<A>& sc) {
+                                       const A* const* wrows, const int32_t* count, int64_t n,
+                                       int64_t ph, int64_t pw, Scratch& sc, std::vector<A>& v,
+                                       RowGroups<A>& rg) {
   const int64_t C = g.c, K = g.pool_kh * g.pool_kw;
   const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C;
-  if (!nonzero[q]) return true;
+  if (count[q] == 0) return true;
   int64_t m = 0;
   for (int64_t c = 0; c < C; ++c) {
-    const A v = val(base + c);
-    if (v == A(0)) continue;
+    const A x = val(base + c);
+    if (x == A(0)) continue;
     sc.c[m] = static_cast<int32_t>(c);
-    sc.v[m] = v;
+    v[m] = x;
     sc.s[m] = sw ? sw[base + c] : 0;
     ++m;
   }
   std::fill(sc.cnt.begin(), sc.cnt.end(), 0);  // K + 1 buckets: the last holds bad switches
   for (int64_t j = 0; j < m; ++j) ++sc.cnt[std::min<int64_t>(sc.s[j], K)];
   if (sc.cnt[K] > 0) return false;
-  const int64_t e0 = static_cast<int64_t>(sc.rows.size());
+  const int64_t e0 = static_cast<int64_t>(rg.rows.size());
   int32_t acc = 0;
   for (int64_t k = 0; k < K; ++k) {
     sc.start[k] = acc;
     if (sc.cnt[k] > 0) {
       int64_t y, x;
       if (!target(g, ph, pw, k, &y, &x)) return false;
-      sc.gy.push_back(y);
-      sc.gx.push_back(x);
-      sc.gj.push_back(e0 + acc);
-      sc.gm.push_back(sc.cnt[k]);
+      rg.gy.push_back(static_cast<int32_t>(y));
+      rg.gx.push_back(static_cast<int32_t>(x));
+      rg.gj.push_back(static_cast<int32_t>(e0 + acc));
+      rg.gm.push_back(sc.cnt[k]);
     }
     acc += sc.cnt[k];
   }
-  sc.rows.resize(e0 + m);
-  sc.vals.resize(e0 + m);
+  rg.rows.resize(e0 + m);
+  rg.vals.resize(e0 + m);
   for (int64_t j = 0; j < m; ++j) {
     const int64_t pos = e0 + sc.start[sc.s[j]]++;
-    sc.vals[pos] = sc.v[j];
-    sc.rows[pos] = wrows[sc.c[j]];
+    rg.vals[pos] = v[j];
+    rg.rows[pos] = wrows[sc.c[j]];
   }
   return true;
 }
 
-// Scatter task: the rows [r0, r1) of the output of image n.
-//   val(i): the pooled value at flat NHWC index i; sw: switches (null: the
-//   identity pooling); wrows[c]: filter c as (kH, kW, C_in) (null for a
-//   channel without nonzeros); outp: (N, H, W, C_in).
-template <typename A, typename Val>
-CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const Val& val, const uint8_t* sw,
-                                       const A* const* wt, const uint8_t* nonzero, A* outp,
-                                       int64_t n, int64_t r0, int64_t r1, Scratch<A>& sc,
-                                       std::atomic<bool>& bad) {
+// The filters as panels: the runs of every filter row cut into chunks of
+// `chunk` values, and chunk tc of run ks of every used channel u stored
+// together, (runs, nch, used, chunk), zero-padded: while the groups of a band
+// use one chunk, its panel (used * chunk values) is what they read, sized to
+// stay in L1 when the band reuses each filter often (dense maps). The row of
+// channel u is wpack + u * chunk, and chunk (ks, tc) lies `offset` further.
+// In column mode (runs shorter than two vectors: few input channels) the
+// whole filter (kH, kW, C_in) is one run: a group's product is one column,
+// added into the output's kH x kW neighbourhood afterwards.
+struct Panels {
+  int64_t chunk, nch, used;
+  bool col;
+  int64_t runs(const Geom& g) const { return col ? 1 : g.kh * g.nseg(); }
+  int64_t len(const Geom& g) const { return col ? g.kh * g.kw * g.ci : g.seglen(); }
+  int64_t offset(int64_t ks, int64_t tc) const { return (ks * nch + tc) * used * chunk; }
+};
+
+// The pooled rows [*plo, *phi] whose nonzeros can reach output rows [r0, r1):
+// conv rows y with [y*sh - pad_h, y*sh - pad_h + span] meeting [r0, r1),
+// then the pooled rows whose windows hold such a y. False when none.
+inline bool pooled_rows_for(const Geom& g, int64_t r0, int64_t r1, int64_t* plo, int64_t* phi) {
   const int64_t span = (g.kh - 1) * g.dh;
-  // Conv rows y with [y*sh - pad_h, y*sh - pad_h + span] meeting [r0, r1),
-  // then the pooled rows whose windows hold such a y.
   const int64_t ylo =
       std::max<int64_t>(0, floor_div(r0 + g.pad_h - span + g.sh - 1, g.sh));
   const int64_t yhi = std::min<int64_t>(g.CH - 1, floor_div(r1 - 1 + g.pad_h, g.sh));
-  if (ylo > yhi) return;
-  const int64_t plo =
-      std::max<int64_t>(0, floor_div(ylo + g.pool_ph - g.pool_kh + g.pool_sh, g.pool_sh));
-  const int64_t phi = std::min<int64_t>(g.PH - 1, floor_div(yhi + g.pool_ph, g.pool_sh));
-  const int64_t nseg = g.nseg(), len = g.seglen(), ci = g.ci;
-  const int64_t chunk = kChunkBytes / static_cast<int64_t>(sizeof(A));
-  const int64_t pb = band_rows(g);
-  for (int64_t b0 = plo; b0 <= phi; b0 += pb) {
-    sc.clear();
-    const int64_t b1 = std::min(phi + 1, b0 + pb);
-    for (int64_t ph = b0; ph < b1; ++ph)
-      for (int64_t pw = 0; pw < g.PW; ++pw)
-        if (!add_position<A, Val>(g, val, sw, wt, nonzero, n, ph, pw, sc)) {
-          bad = true;
-          return;
-        }
-    const int64_t ng = static_cast<int64_t>(sc.gy.size());
-    if (ng == 0) continue;
-    for (int64_t kh = 0; kh < g.kh; ++kh)
-      for (int64_t seg = 0; seg < nseg; ++seg)
-        for (int64_t t0 = 0; t0 < len; t0 += chunk) {
-          const int64_t t1 = std::min(len, t0 + chunk);
+  if (ylo > yhi) return false;
+  *plo = std::max<int64_t>(0, floor_div(ylo + g.pool_ph - g.pool_kh + g.pool_sh, g.pool_sh));
+  *phi = std::min<int64_t>(g.PH - 1, floor_div(yhi + g.pool_ph, g.pool_sh));
+  return *plo <= *phi;
+}
+
+// Scatter task: the rows [r0, r1) of the output of image n, from the
+// groups of its pooled rows (rg, one per (n, ph)); outp: (N, H, W, C_in).
+template <typename A, int VB>
+CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const RowGroups<A>* rg, const Panels& pn,
+                                       A* outp, int64_t n, int64_t r0, int64_t r1) {
+  int64_t plo, phi;
+  if (!pooled_rows_for(g, r0, r1, &plo, &phi)) return;
+  const RowGroups<A>* rows = rg + n * g.PH;
+  const int64_t ci = g.ci, chunk = pn.chunk;
+  const int64_t nseg = g.nseg(), len = g.seglen();
+  for (int64_t kh = 0; kh < g.kh; ++kh)
+    for (int64_t seg = 0; seg < nseg; ++seg)
+      for (int64_t t0 = 0, tc = 0; t0 < len; t0 += chunk, ++tc) {
+        const int64_t t1 = std::min(len, t0 + chunk);
+        const int64_t base = pn.offset(kh * nseg + seg, tc) - t0;
+        for (int64_t ph = plo; ph <= phi; ++ph) {
+          const RowGroups<A>& r = rows[ph];
+          const int64_t ng = static_cast<int64_t>(r.gy.size());
           for (int64_t q = 0; q < ng; ++q) {
-            const int64_t iy = sc.gy[q] * g.sh - g.pad_h + kh * g.dh;
+            const int64_t iy = static_cast<int64_t>(r.gy[q]) * g.sh - g.pad_h + kh * g.dh;
             if (iy < r0 || iy >= r1) continue;
             // The part of the run inside the map's columns: taps
             // [kw_lo, kw_hi) of one run of kW*C_in values, or one tap.
-            const int64_t ix0 = sc.gx[q] * g.sw - g.pad_w + seg * g.dw;
+            const int64_t ix0 = static_cast<int64_t>(r.gx[q]) * g.sw - g.pad_w + seg * g.dw;
             int64_t lo, hi;
             if (nseg == 1) {
               lo = std::max<int64_t>(0, -ix0) * ci;
@@ -295,23 +363,201 @@ CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const Val& val, const uint
             const int64_t a = std::max(t0, lo), b = std::min(t1, hi);
             if (a >= b) continue;
             A* o = outp + ((n * g.H + iy) * g.W + ix0) * ci + a;  // a >= lo: inside the row
-            acc_rows<A>(o, sc.rows.data() + sc.gj[q], (kh * g.kw + seg) * ci + a,
-                        sc.vals.data() + sc.gj[q], sc.gm[q], b - a);
+            acc_rows<A, VB, true>(o, r.rows.data() + r.gj[q], base + a,
+                                  r.vals.data() + r.gj[q], r.gm[q], b - a);
           }
         }
+      }
+}
+
+// Adds one column (a filter-shaped (kH, kW, C_in) product) into the
+// output's kH x kW neighbourhood of conv position (y, x) of image n, the
+// rows inside [r0, r1) and the columns inside the map: with dilation_w 1 the
+// taps of a filter row are one contiguous run in both.
+template <typename A>
+CNNVIS_ALWAYS_INLINE void add_column(const Geom& g, const A* CNNVIS_RESTRICT col, int64_t y,
+                                     int64_t x, int64_t n, int64_t r0, int64_t r1,
+                                     A* CNNVIS_RESTRICT outp) {
+  const int64_t ci = g.ci, iy0 = y * g.sh - g.pad_h, ix0 = x * g.sw - g.pad_w;
+  for (int64_t kh = 0; kh < g.kh; ++kh) {
+    const int64_t iy = iy0 + kh * g.dh;
+    if (iy < r0 || iy >= r1) continue;
+    A* orow = outp + (n * g.H + iy) * g.W * ci;
+    const A* crow = col + kh * g.kw * ci;
+    if (g.dw == 1) {
+      const int64_t kw0 = std::max<int64_t>(0, -ix0), kw1 = std::min<int64_t>(g.kw, g.W - ix0);
+      A* o = orow + (ix0 + kw0) * ci;
+      const A* c = crow + kw0 * ci;
+      for (int64_t t = 0; t < (kw1 - kw0) * ci; ++t) o[t] += c[t];
+      continue;
+    }
+    for (int64_t kw = 0; kw < g.kw; ++kw) {
+      const int64_t ix = ix0 + kw * g.dw;
+      if (ix < 0 || ix >= g.W) continue;
+      for (int64_t t = 0; t < ci; ++t) orow[ix * ci + t] += crow[kw * ci + t];
+    }
   }
+}
+
+// Column task (column mode: few input channels, so a filter is a few
+// vectors): the rows [r0, r1) of the output of image n, straight from the
+// pooled values. Per pooled position, every nonzero adds value * filter
+// into the column of its switch (cols: K columns of pn.chunk values, in L1),
+// without grouping; then each column is added into the output's kH x kW
+// neighbourhood of its target, the rows inside [r0, r1) only. False on a
+// bad switch.
+template <typename A, typename Val, int VB>
+CNNVIS_ALWAYS_INLINE bool column_task(const Geom& g, const Val& val, const uint8_t* sw,
+                                      const A* const* wrows, const Panels& pn,
+                                      const int32_t* count, A* outp, int64_t n, int64_t r0,
+                                      int64_t r1, A* cols, uint8_t* hit) {
+  using V = typename VecU<A, VB>::type;
+  constexpr int L = VecU<A, VB>::lanes;
+  int64_t plo, phi;
+  if (!pooled_rows_for(g, r0, r1, &plo, &phi)) return true;
+  const int64_t C = g.c, K = g.pool_kh * g.pool_kw, ci = g.ci, lenp = pn.chunk;
+  for (int64_t ph = plo; ph <= phi; ++ph)
+    for (int64_t pw = 0; pw < g.PW; ++pw) {
+      const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C;
+      if (count[q] == 0) continue;
+      std::fill(cols, cols + K * lenp, A(0));
+      std::fill(hit, hit + K, uint8_t(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const A v = val(base + c);
+        if (v == A(0)) continue;
+        const int64_t k = sw ? sw[base + c] : 0;
+        if (k >= K) return false;
+        hit[k] = 1;
+        A* o = cols + k * lenp;
+        const A* w = wrows[c];
+        for (int64_t t = 0; t < lenp; t += L) {  // lenp: whole vectors (padded panels)
+          V a, b;
+          std::memcpy(&a, o + t, sizeof(V));
+          std::memcpy(&b, w + t, sizeof(V));
+          a += v * b;
+          std::memcpy(o + t, &a, sizeof(V));
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        if (!hit[k]) continue;
+        int64_t y, x;
+        if (!target(g, ph, pw, k, &y, &x)) return false;
+        add_column(g, cols + k * lenp, y, x, n, r0, r1, outp);
+      }
+    }
+  return true;
+}
+
+// Column task with K (1 or 4) switch slots and columns of NV vectors, for
+// dense positions: instead of adding each nonzero into the column of its
+// switch (a dependency through memory per nonzero), every channel adds
+// into all K columns, masked (vk: the channel's value where its switch is
+// k, else 0), so the K * NV accumulators stay in registers and the loop has
+// no data-dependent branch: K times the multiply-adds of the nonzeros, at
+// the FMA units' rate. vk: (K + 2) * C scratch; wrows: every channel's row.
+template <typename A, typename Val, int VB, int K, int NV>
+CNNVIS_ALWAYS_INLINE bool column_dense_task(const Geom& g, const Val& val, const uint8_t* sw,
+                                            const A* const* wrows, const Panels& pn,
+                                            const int32_t* count, A* outp, int64_t n, int64_t r0,
+                                            int64_t r1, A* cols, A* vk) {
+  using V = typename VecU<A, VB>::type;
+  constexpr int L = VecU<A, VB>::lanes;
+  int64_t plo, phi;
+  if (!pooled_rows_for(g, r0, r1, &plo, &phi)) return true;
+  const int64_t C = g.c, ci = g.ci, lenp = pn.chunk;
+  for (int64_t ph = plo; ph <= phi; ++ph)
+    for (int64_t pw = 0; pw < g.PW; ++pw) {
+      const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C;
+      if (count[q] == 0) continue;
+      // Branch-free loops over the channels (they vectorize): the values,
+      // the switches (as int32: one lane width), then one masked copy per slot.
+      A* CNNVIS_RESTRICT xv = vk + K * C;
+      int32_t* CNNVIS_RESTRICT sv = reinterpret_cast<int32_t*>(xv + C);
+      int32_t bad = 0;
+      CNNVIS_IVDEP
+      for (int64_t c = 0; c < C; ++c) xv[c] = val(base + c);
+      if (sw) {
+        CNNVIS_IVDEP
+        for (int64_t c = 0; c < C; ++c) {
+          sv[c] = sw[base + c];
+          bad |= sv[c] >= K;
+        }
+        if (bad) return false;
+      } else {
+        std::fill(sv, sv + C, 0);
+      }
+      int32_t hit[K];
+      for (int k = 0; k < K; ++k) {
+        A* CNNVIS_RESTRICT dst = vk + k * C;
+        int32_t h = 0;
+        CNNVIS_IVDEP
+        for (int64_t c = 0; c < C; ++c) {
+          const bool mine = sv[c] == k;
+          dst[c] = mine ? xv[c] : A(0);
+          h += static_cast<int32_t>(mine & (xv[c] != A(0)));
+        }
+        hit[k] = h;
+      }
+      V acc[K][NV];
+      for (int k = 0; k < K; ++k)
+        for (int i = 0; i < NV; ++i) acc[k][i] = V{};
+      for (int64_t c = 0; c < C; ++c) {
+        const A* w = wrows[c];
+        V wv[NV];
+        for (int i = 0; i < NV; ++i) std::memcpy(&wv[i], w + i * L, sizeof(V));
+        for (int k = 0; k < K; ++k) {
+          const A b = vk[k * C + c];
+          for (int i = 0; i < NV; ++i) acc[k][i] += b * wv[i];
+        }
+      }
+      for (int k = 0; k < K; ++k) {
+        if (hit[k] == 0) continue;
+        int64_t y, x;
+        if (!target(g, ph, pw, k, &y, &x)) return false;
+        A* col = cols + k * lenp;
+        for (int i = 0; i < NV; ++i) std::memcpy(col + i * L, &acc[k][i], sizeof(V));
+        add_column(g, col, y, x, n, r0, r1, outp);
+      }
+    }
+  return true;
+}
+
+// The column task for this geometry: column_dense_task where its K and NV
+// are instantiated (2x2 or no pooling, columns of at most 4 vectors) and
+// the positions are dense enough that K masked multiply-adds per channel
+// beat one per nonzero; column_task otherwise.
+template <typename A, typename Val, int VB>
+CNNVIS_ALWAYS_INLINE bool column_any(const Geom& g, const Val& val, const uint8_t* sw,
+                                     const A* const* wr, const Panels& pn, const int32_t* count,
+                                     A* outp, int64_t n, int64_t r0, int64_t r1, A* cols,
+                                     uint8_t* hit, A* vk, bool dense) {
+  constexpr int L = VecU<A, VB>::lanes;
+  const int64_t K = g.pool_kh * g.pool_kw, nv = pn.chunk / L;
+  if (dense && pn.chunk % L == 0) {
+#define CNNVIS_COLUMN_DENSE(KK, NN) \
+  if (K == KK && nv == NN)          \
+    return column_dense_task<A, Val, VB, KK, NN>(g, val, sw, wr, pn, count, outp, n, r0, r1, cols, vk);
+    CNNVIS_COLUMN_DENSE(4, 1)
+    CNNVIS_COLUMN_DENSE(4, 2)
+    CNNVIS_COLUMN_DENSE(4, 4)
+    CNNVIS_COLUMN_DENSE(1, 1)
+    CNNVIS_COLUMN_DENSE(1, 2)
+    CNNVIS_COLUMN_DENSE(1, 4)
+#undef CNNVIS_COLUMN_DENSE
+  }
+  return column_task<A, Val, VB>(g, val, sw, wr, pn, count, outp, n, r0, r1, cols, hit);
 }
 
 // Correlate task: rows [c0, c1) of gw (C, kH, kW, C_in), from xp (N, Hp, Wp,
 // C_in). Accumulates into gw (zeroed by the caller).
-template <typename A, typename Val>
+template <typename A, typename Val, int VB>
 CNNVIS_ALWAYS_INLINE void correlate_task(const Geom& g, const Val& val, const uint8_t* sw,
                                          const A* xp, A* gw, int64_t c0, int64_t c1,
                                          std::atomic<bool>& bad) {
   const int64_t C = g.c, nb = c1 - c0;
   const int64_t wrow = g.kh * g.kw * g.ci;
   const int64_t nseg = g.nseg(), len = g.seglen();
-  const int64_t chunk = kChunkBytes / static_cast<int64_t>(sizeof(A));
+  const int64_t chunk = kCorrelateChunkBytes / static_cast<int64_t>(sizeof(A));
   const int64_t pb = band_rows(g);
   std::vector<std::vector<const A*>> rows(nb);
   std::vector<std::vector<A>> vals(nb);
@@ -347,7 +593,7 @@ CNNVIS_ALWAYS_INLINE void correlate_task(const Geom& g, const Val& val, const ui
             for (int64_t c = c0; c < c1; ++c) {
               const auto& r = rows[c - c0];
               if (r.empty()) continue;
-              acc_rows<A>(gw + c * wrow + (kh * g.kw + seg) * g.ci + t0, r.data(), xoff,
+              acc_rows<A, VB>(gw + c * wrow + (kh * g.kw + seg) * g.ci + t0, r.data(), xoff,
                           vals[c - c0].data(), static_cast<int64_t>(r.size()), cl);
             }
           }
@@ -357,31 +603,57 @@ CNNVIS_ALWAYS_INLINE void correlate_task(const Geom& g, const Val& val, const ui
 
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
-template <typename A, typename Val>
-void scatter_generic(const Geom& g, const Val& val, const uint8_t* sw, const A* const* wt,
-                     const uint8_t* nz, A* outp, int64_t n, int64_t r0, int64_t r1,
-                     Scratch<A>& sc, std::atomic<bool>& bad) {
-  scatter_task<A, Val>(g, val, sw, wt, nz, outp, n, r0, r1, sc, bad);
-}
-template <typename A, typename Val>
-void correlate_generic(const Geom& g, const Val& val, const uint8_t* sw, const A* xp, A* gw,
-                       int64_t c0, int64_t c1, std::atomic<bool>& bad) {
-  correlate_task<A, Val>(g, val, sw, xp, gw, c0, c1, bad);
-}
+// One copy of each task per instruction set: generic (32-byte vector types,
+// lowered to what the build targets), AVX2 + FMA, and AVX-512 (64-byte
+// vectors: twice the multiply-adds per instruction where the core has full
+// 512-bit units).
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+inline Isa best_isa() {
 #if CNNVIS_X86_DISPATCH
-template <typename A, typename Val>
-CNNVIS_TARGET_AVX2 void scatter_avx2(const Geom& g, const Val& val, const uint8_t* sw,
-                                     const A* const* wt, const uint8_t* nz, A* outp, int64_t n,
-                                     int64_t r0, int64_t r1, Scratch<A>& sc,
-                                     std::atomic<bool>& bad) {
-  scatter_task<A, Val>(g, val, sw, wt, nz, outp, n, r0, r1, sc, bad);
+  if (cpu_has_avx512f()) return Isa::kAvx512;
+  if (cpu_has_avx2_fma()) return Isa::kAvx2;
+#endif
+  return Isa::kGeneric;
 }
-template <typename A, typename Val>
-CNNVIS_TARGET_AVX2 void correlate_avx2(const Geom& g, const Val& val, const uint8_t* sw,
-                                       const A* xp, A* gw, int64_t c0, int64_t c1,
-                                       std::atomic<bool>& bad) {
-  correlate_task<A, Val>(g, val, sw, xp, gw, c0, c1, bad);
-}
+
+// The copies of the three tasks for one instruction set (SUFFIX), compiled
+// with TARGET's attribute and VB-byte vectors.
+#define CNNVIS_SWITCH_SPARSE_TASKS(SUFFIX, TARGET, VB)                                       \
+  template <typename A>                                                                      \
+  TARGET void scatter_##SUFFIX(const Geom& g, const RowGroups<A>* rg, const Panels& pn,      \
+                               A* outp, int64_t n, int64_t r0, int64_t r1) {                 \
+    scatter_task<A, VB>(g, rg, pn, outp, n, r0, r1);                                         \
+  }                                                                                          \
+  template <typename A, typename Val>                                                        \
+  TARGET bool column_##SUFFIX(const Geom& g, const Val& val, const uint8_t* sw,              \
+                              const A* const* wr, const Panels& pn, const int32_t* count,    \
+                              A* outp, int64_t n, int64_t r0, int64_t r1, A* cols,           \
+                              uint8_t* hit, A* vk, bool dense) {                             \
+    return column_any<A, Val, VB>(g, val, sw, wr, pn, count, outp, n, r0, r1, cols, hit, vk, \
+                                  dense);                                                    \
+  }                                                                                          \
+  template <typename A, typename Val>                                                        \
+  TARGET void correlate_##SUFFIX(const Geom& g, const Val& val, const uint8_t* sw,           \
+                                 const A* xp, A* gw, int64_t c0, int64_t c1,                 \
+                                 std::atomic<bool>& bad) {                                   \
+    correlate_task<A, Val, VB>(g, val, sw, xp, gw, c0, c1, bad);                             \
+  }
+
+CNNVIS_SWITCH_SPARSE_TASKS(generic, , 32)
+#if CNNVIS_X86_DISPATCH
+CNNVIS_SWITCH_SPARSE_TASKS(avx2, CNNVIS_TARGET_AVX2, 32)
+CNNVIS_SWITCH_SPARSE_TASKS(avx512, CNNVIS_TARGET_AVX512, 64)
+#endif
+#undef CNNVIS_SWITCH_SPARSE_TASKS
+
+// The copy of `isa` (the one switch over the instruction sets).
+#if CNNVIS_X86_DISPATCH
+#define CNNVIS_ON_ISA(isa, NAME, ...)                                   \
+  ((isa) == Isa::kAvx512 ? NAME##_avx512(__VA_ARGS__)                   \
+   : (isa) == Isa::kAvx2 ? NAME##_avx2(__VA_ARGS__) : NAME##_generic(__VA_ARGS__))
+#else
+#define CNNVIS_ON_ISA(isa, NAME, ...) NAME##_generic(__VA_ARGS__)
 #endif
 
 [[noreturn]] void bad_switch() {
@@ -421,6 +693,64 @@ at::Tensor padded_nhwc(const at::Tensor& x, int64_t ph, int64_t pw) {
   return xp;
 }
 
+// The panel layout of one scatter: chunks of kChunkBytes (measured: 256 to
+// 2048 bytes are alike; shorter chunks spend more on the per-group calls
+// than the L1-resident panels save).
+template <typename A>
+Panels panels_for(const Geom& g, int64_t used) {
+  constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(A));
+  Panels pn{kChunkBytes / static_cast<int64_t>(sizeof(A)), 0, used, !worthwhile(g)};
+  const int64_t len = pn.len(g), padded = (len + line - 1) / line * line;
+  // A column is one chunk, whatever its length.
+  pn.chunk = pn.col ? padded : std::min(pn.chunk, padded);
+  pn.nch = (len + pn.chunk - 1) / pn.chunk;
+  return pn;
+}
+
+// Packs filters sel[u] of w ((C, C_in, kH, kW), contiguous) into the panels
+// of pn (zero-padded to whole chunks).
+template <typename A>
+at::Tensor pack_panels(const Geom& g, const Panels& pn, const at::Tensor& w,
+                       const std::vector<int64_t>& sel) {
+  const int64_t runs = pn.runs(g), ci = g.ci, taps = g.kh * g.kw;
+  // One cache line more: acc_rows<..., Over> may read a vector past a row's end.
+  at::Tensor out = at::empty({runs * pn.nch * pn.used * pn.chunk + 64 / static_cast<int64_t>(sizeof(A))},
+                             w.options());
+  const A* wp = w.const_data_ptr<A>();
+  A* op = out.mutable_data_ptr<A>();
+  std::fill(op + runs * pn.nch * pn.used * pn.chunk, op + out.numel(), A(0));
+  at::parallel_for(0, pn.used, 8, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const A* wc = wp + sel[u] * ci * taps;  // (C_in, kH, kW)
+      // (kh, kw, c_in) in run order; a new run starts at every filter row
+      // (one run of kW * C_in), every tap (dilation_w > 1), or never (column).
+      int64_t ks = -1, tc = 0, t = 0;
+      A* dst = nullptr;
+      auto finish = [&] {
+        if (dst != nullptr && t > 0) std::fill(dst + t, dst + pn.chunk, A(0));
+      };
+      for (int64_t kh = 0; kh < g.kh; ++kh)
+        for (int64_t kw = 0; kw < g.kw; ++kw) {
+          const int64_t run = pn.col ? 0 : (g.nseg() == 1 ? kh : kh * g.kw + kw);
+          if (run != ks) {
+            finish();
+            ks = run, tc = 0, t = 0;
+            dst = op + pn.offset(ks, 0) + u * pn.chunk;
+          }
+          for (int64_t c_in = 0; c_in < ci; ++c_in) {
+            dst[t] = wc[c_in * taps + kh * g.kw + kw];
+            if (++t == pn.chunk) {
+              t = 0;
+              dst = ++tc < pn.nch ? op + pn.offset(ks, tc) + u * pn.chunk : nullptr;
+            }
+          }
+        }
+      finish();
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 bool worthwhile(const Geom& g) {
@@ -451,7 +781,7 @@ Survey survey(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor&
   const at::Tensor bc = b.defined() ? b.contiguous(kCL) : at::Tensor();
   const int64_t positions = g.n * g.PH * g.PW, C = g.c;
   Survey sv;
-  sv.nonzero.assign(positions, 0);
+  sv.count.assign(positions, 0);
   sv.used.assign(C, 0);
   std::atomic<int64_t> nnz{0};
   std::mutex mu;
@@ -462,10 +792,10 @@ Survey survey(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor&
                        [&](int64_t begin, int64_t end) {
         std::vector<int32_t> u(C, 0);
         int64_t cnt = 0;
-        uint8_t* flags = sv.nonzero.data();
+        int32_t* counts = sv.count.data();
         for (int64_t q = begin; q < end; ++q) {
           const int32_t k = survey_position<A>(val, q * C, C, u.data());
-          flags[q] = k > 0;
+          counts[q] = k;
           cnt += k;
         }
         nnz += cnt;
@@ -490,47 +820,92 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
   at::Tensor outp = at::zeros({g.n, g.H, g.W, g.ci}, a.options());
   std::atomic<bool> bad{false};
   const int64_t threads = at::get_num_threads();
-  const int64_t bands = std::max<int64_t>(
-      1, std::min<int64_t>(g.H, (4 * threads + g.n - 1) / std::max<int64_t>(1, g.n)));
-  const int64_t band_h = (g.H + bands - 1) / bands;
-#if CNNVIS_X86_DISPATCH
-  const bool avx2 = cpu_has_avx2_fma();
-#endif
+  const at::Tensor wc = weight.contiguous();
+  const Isa isa = best_isa();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "switch_sparse::scatter", [&] {
     using A = scalar_t;
     const uint8_t* sp = sc.defined() ? sc.const_data_ptr<uint8_t>() : nullptr;
     A* op = outp.mutable_data_ptr<A>();
+    // Column mode packs every filter (they are short): column_dense_task
+    // reads every channel's row.
+    const bool col = !worthwhile(g);
+    std::vector<int64_t> sel;
+    for (int64_t c = 0; c < g.c; ++c)
+      if (col || svr.used[c]) sel.push_back(c);
+    const Panels pn = panels_for<A>(g, static_cast<int64_t>(sel.size()));
+    // Masked-dense columns when at least 1 in 2 of the slots a position
+    // could fill holds a nonzero on average (K masked multiply-adds per
+    // channel against one per nonzero plus a dependency through memory).
+    const int64_t positions = std::max<int64_t>(1, g.n * g.PH * g.PW);
+    const bool dense = static_cast<double>(svr.nnz) >=
+                       0.5 * static_cast<double>(positions * g.c) / static_cast<double>(g.pool_kh * g.pool_kw);
+    const at::Tensor wpack = pack_panels<A>(g, pn, wc, sel);
+    const A* wp = wpack.const_data_ptr<A>();
+    std::vector<const A*> wrows(g.c, nullptr);
+    for (size_t u = 0; u < sel.size(); ++u) wrows[sel[u]] = wp + static_cast<int64_t>(u) * pn.chunk;
+    const int32_t* nzp = svr.count.data();
+    // Tasks: (image, band of output rows), each owning its rows (no atomics),
+    // handed out dynamically since the bands at the map's edges have less
+    // work; a few per thread so that one image feeds every thread (fewer in
+    // column mode, where a position on a band edge is computed twice).
+    const int64_t per = (pn.col ? 4 : 8) * threads;
+    const int64_t bands =
+        std::max<int64_t>(1, std::min<int64_t>(g.H, (per + g.n - 1) / std::max<int64_t>(1, g.n)));
+    const int64_t band_h = (g.H + bands - 1) / bands;
+    const int64_t items = g.n * bands;
+    std::atomic<int64_t> next{0};
+    if (pn.col) {
+      with_values<A>(mode, ac, bc, [&](const auto& val) {
+        at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
+          const int64_t K = g.pool_kh * g.pool_kw;
+          std::vector<A> cols(K * pn.chunk), vk(dense ? (K + 2) * g.c : 0);
+          std::vector<uint8_t> hit(K);
+          for (int64_t item = next++; item < items && !bad; item = next++) {
+            const int64_t n = item / bands, r0 = (item % bands) * band_h;
+            const int64_t r1 = std::min(g.H, r0 + band_h);
+            if (r0 < r1 && !CNNVIS_ON_ISA(isa, column, g, val, sp, wrows.data(), pn, nzp, op, n,
+                                          r0, r1, cols.data(), hit.data(), vk.data(), dense))
+              bad = true;
+          }
+        });
+      });
+      return;
+    }
+    // Phase 1: the groups of every pooled row, once (parallel over rows).
+    std::vector<RowGroups<A>> rg(g.n * g.PH);
     with_values<A>(mode, ac, bc, [&](const auto& val) {
       using Val = std::decay_t<decltype(val)>;
-      const std::vector<uint8_t>& used = svr.used;
-      const uint8_t* nzp = svr.nonzero.data();
-      std::vector<int64_t> sel;
-      for (int64_t c = 0; c < g.c; ++c)
-        if (used[c]) sel.push_back(c);
-      const bool all = static_cast<int64_t>(sel.size()) == g.c;
-      const at::Tensor wsel =
-          all ? weight
-              : weight.index_select(0, at::tensor(sel, at::TensorOptions().dtype(at::kLong)));
-      const at::Tensor wt = wsel.permute({0, 2, 3, 1}).contiguous();  // (C_used, kH, kW, C_in)
-      const A* wp = wt.const_data_ptr<A>();
-      const int64_t wrow = g.kh * g.kw * g.ci;
-      std::vector<const A*> wrows(g.c, nullptr);
-      for (size_t k = 0; k < sel.size(); ++k) wrows[sel[k]] = wp + static_cast<int64_t>(k) * wrow;
-      const A* const* wr = wrows.data();
-      at::parallel_for(0, g.n * bands, 1, [&](int64_t begin, int64_t end) {
-        Scratch<A> scratch(g);
-        for (int64_t item = begin; item < end && !bad; ++item) {
-          const int64_t n = item / bands, band = item % bands;
-          const int64_t r0 = band * band_h, r1 = std::min(g.H, r0 + band_h);
-#if CNNVIS_X86_DISPATCH
-          if (avx2) {
-            scatter_avx2<A, Val>(g, val, sp, wr, nzp, op, n, r0, r1, scratch, bad);
-            continue;
+      at::parallel_for(0, g.n * g.PH, 1, [&](int64_t begin, int64_t end) {
+        Scratch scratch(g);
+        std::vector<A> v(g.c);
+        for (int64_t row = begin; row < end && !bad; ++row) {
+          const int64_t n = row / g.PH, ph = row % g.PH;
+          int64_t m = 0, k = 0;
+          for (int64_t pw = 0; pw < g.PW; ++pw) {
+            const int32_t c = nzp[row * g.PW + pw];
+            m += c;
+            k += std::min<int64_t>(c, g.pool_kh * g.pool_kw);
           }
-#endif
-          scatter_generic<A, Val>(g, val, sp, wr, nzp, op, n, r0, r1, scratch, bad);
+          rg[row].rows.reserve(m);
+          rg[row].vals.reserve(m);
+          for (auto* v : {&rg[row].gy, &rg[row].gx, &rg[row].gj, &rg[row].gm}) v->reserve(k);
+          for (int64_t pw = 0; pw < g.PW; ++pw)
+            if (!add_position<A, Val>(g, val, sp, wrows.data(), nzp, n, ph, pw, scratch, v,
+                                      rg[row])) {
+              bad = true;
+              break;
+            }
         }
       });
+    });
+    if (bad) return;
+    // Phase 2: the products.
+    at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
+      for (int64_t item = next++; item < items; item = next++) {
+        const int64_t n = item / bands, r0 = (item % bands) * band_h;
+        const int64_t r1 = std::min(g.H, r0 + band_h);
+        if (r0 < r1) CNNVIS_ON_ISA(isa, scatter, g, rg.data(), pn, op, n, r0, r1);
+      }
     });
   });
   if (bad) bad_switch();
@@ -548,9 +923,7 @@ at::Tensor correlate(const Geom& g, Values mode, const at::Tensor& a, const at::
   const int64_t threads = at::get_num_threads();
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(g.c, 2 * threads));
   const int64_t per = (g.c + blocks - 1) / blocks;
-#if CNNVIS_X86_DISPATCH
-  const bool avx2 = cpu_has_avx2_fma();
-#endif
+  const Isa isa = best_isa();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "switch_sparse::correlate", [&] {
     using A = scalar_t;
     const uint8_t* sp = sc.defined() ? sc.const_data_ptr<uint8_t>() : nullptr;
@@ -562,13 +935,7 @@ at::Tensor correlate(const Geom& g, Values mode, const at::Tensor& a, const at::
         for (int64_t blk = begin; blk < end && !bad; ++blk) {
           const int64_t c0 = blk * per, c1 = std::min(g.c, c0 + per);
           if (c0 >= c1) continue;
-#if CNNVIS_X86_DISPATCH
-          if (avx2) {
-            correlate_avx2<A, Val>(g, val, sp, xpp, gp, c0, c1, bad);
-            continue;
-          }
-#endif
-          correlate_generic<A, Val>(g, val, sp, xpp, gp, c0, c1, bad);
+          CNNVIS_ON_ISA(isa, correlate, g, val, sp, xpp, gp, c0, c1, bad);
         }
       });
     });

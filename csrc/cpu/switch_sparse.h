@@ -68,11 +68,11 @@ enum class Values { kMaskedGrad, kRectified, kPlain };
 // formulation: long enough runs for the vector accumulators.
 bool worthwhile(const Geom& g);
 
-// One parallel read of the pooled values: how many are nonzero, which
-// pooled positions hold one, which channels do.
+// One parallel read of the pooled values: how many are nonzero, at each
+// pooled position and in all, and which channels hold one.
 struct Survey {
   int64_t nnz = 0;
-  std::vector<uint8_t> nonzero;  // per pooled position (N, PH, PW)
+  std::vector<int32_t> count;    // per pooled position (N, PH, PW)
   std::vector<uint8_t> used;     // per channel
 };
 Survey survey(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor& b);
