@@ -39,10 +39,13 @@ void check_unpool_conv_transpose_backward(const UnpoolConvTGeometry& g, const at
 // transposed convolution (measured, see benchmarks/bench_deconvnet.py).
 constexpr double kSparseDensityThresholdCPU = 0.05;
 // The same for the register-blocked switch-sparse scatter (groups 1, no
-// rectification after overlapping sums), which runs at about a quarter of
-// the GEMM's multiply-add rate: a pooled map that passed a ReLU has a
-// density of ~0.23 after a 2x2 unpooling, where both are close.
+// rectification after overlapping sums). Without pooling (the dense path is
+// one transposed convolution) it breaks even near 0.2; after a real pooling
+// (the dense path also unpools) it won at every density a 2x2 pool allows
+// (a ReLU'd pooled map has ~0.23 after unpooling: 1.1x-2x faster, measured
+// in benchmarks/bench_deconvnet.py), hence the higher threshold there.
 constexpr double kSwitchSparseDensityThresholdCPU = 0.2;
+constexpr double kSwitchSparsePooledDensityThresholdCPU = 0.3;
 constexpr double kSparseDensityThresholdCUDA = 0.01;
 
 }  // namespace cnnvis

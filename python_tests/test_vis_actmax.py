@@ -101,6 +101,39 @@ def test_channel_pruning_is_used():
     assert PrunedChannels.plan(m, "7") is None  # Linear
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("objs_kind", ["pruned", "mixed", "diversity"])
+@pytest.mark.parametrize("micro", [1, 2])
+def test_micro_batches_equal_one_pass(fused, objs_kind, micro):
+    m = tiny(torch.float64)
+    if fused:
+        m = cnnvis_ext.fuse(m)
+    k = 1
+    if objs_kind == "pruned":
+        objs = [vis.channel("2", c) for c in (0, 3, 5)]
+    elif objs_kind == "mixed":
+        objs = [vis.channel("3", 0), vis.neuron("0", 2), vis.class_probability(1)]
+    else:
+        objs, k = [vis.channel("3", 1) + 0.5 * vis.diversity("3"), vis.channel("3", 2)], 2
+    kw = dict(size=16, steps=4, seed=4, images_per_objective=k, transforms="standard",
+              regularizers=dict(alpha_weight=1e-3, tv_weight=1e-3))
+    one = vis.activation_maximization(m, objs, micro_batch=None, **kw)
+    parts = vis.activation_maximization(m, objs, micro_batch=micro, **kw)
+    torch.testing.assert_close(parts.values, one.values, rtol=0, atol=1e-10)
+    torch.testing.assert_close(parts.images, one.images, rtol=0, atol=1e-10)
+
+
+def test_micro_batch_auto_and_bad_values():
+    from cnnvis_ext.vis.actmax import _micro_batch
+    assert _micro_batch("auto", "cpu", 1, 128, 128) == 2
+    assert _micro_batch("auto", "cpu", 2, 224, 224) == 1
+    assert _micro_batch("auto", "cuda", 1, 128, 128) is None
+    assert _micro_batch(None, "cpu", 1, 8, 8) is None and _micro_batch(3, "cpu", 1, 8, 8) == 3
+    for bad in (0, -1, 1.5, True, "all"):
+        with pytest.raises(ValueError, match="micro_batch"):
+            vis.activation_maximization(tiny(), "3:0", size=8, steps=1, micro_batch=bad)
+
+
 def test_seed_reproducible_and_distinct():
     m = tiny()
     a = vis.activation_maximization(m, "3:0", size=16, steps=3, seed=1)

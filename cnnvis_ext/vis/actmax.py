@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -224,6 +224,7 @@ def activation_maximization(
     normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
     decorrelate: bool = True,
     prune: bool = True,
+    micro_batch: Union[int, str, None] = "auto",
 ) -> ActMaxResult:
     r"""Synthesize images that maximize objectives, one image per objective, in one batch.
 
@@ -275,6 +276,13 @@ def activation_maximization(
             Identity) computes inside an ``nn.Sequential``, compute just each
             image's own channel of that convolution (a grouped convolution)
             instead of the whole layer. Same values, far less work.
+        micro_batch: objectives whose images go through the model together in
+            each step; the step's gradient is the same (the objectives are
+            independent), only the working set shrinks. ``"auto"`` (default):
+            the whole batch on a GPU; on a CPU about 32k pixels per pass
+            (two 128 px images), which keeps a VGG's activations in cache,
+            measured faster per image than one large pass. ``None``: the
+            whole batch.
 
     Returns:
         :class:`ActMaxResult` ``(images, values)``: images ``(N*k, C, H, W)``
@@ -329,6 +337,7 @@ def activation_maximization(
     bs = len(objs) if batch_size is None else int(batch_size)
     if bs < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    micro = _micro_batch(micro_batch, device, k, h, w)
     layers = list(dict.fromkeys(l for o in objs for l in o.layers))
     pruned = None
     if prune and all(getattr(o, "kind", None) == "channel" and o.layer == objs[0].layer for o in objs):
@@ -363,11 +372,25 @@ def activation_maximization(
                 x = tfm(img, host_gens, k) if tfm is not None else img
                 if normalize is not None:
                     x = (x - mean) / std
-                if pruned is not None:
-                    v = pruned.values(model, x, chan, k)
+                if micro is None or micro >= len(chunk):
+                    v = _model_values(model, x, chunk, chan, pruned, layers, k)
+                    total = v
                 else:
-                    v = _values(chunk, run_layers(model, x, layers), k)
-                total = v
+                    # The model's part in micro-batches: each one's gradient
+                    # w.r.t. its images, then one backward through the
+                    # parameterization and transforms with x . dv/dx.
+                    xd, vs = x.detach(), []
+                    gx = torch.empty_like(xd)
+                    for o0 in range(0, len(chunk), micro):
+                        o1 = min(len(chunk), o0 + micro)
+                        xc = xd[o0 * k:o1 * k].requires_grad_(True)
+                        vc = _model_values(model, xc, chunk[o0:o1],
+                                           chan[o0:o1] if chan is not None else None,
+                                           pruned, layers, k)
+                        gx[o0 * k:o1 * k] = torch.autograd.grad(vc.sum(), xc)[0]
+                        vs.append(vc.detach())
+                    v = torch.cat(vs)
+                    total = (x * gx).flatten(1).sum(1)
                 if regs.alpha_weight:
                     total = total - regs.alpha_weight * (img - 0.5).abs().pow(regs.alpha).flatten(1).sum(1)
                 if regs.tv_weight:
@@ -395,6 +418,30 @@ def activation_maximization(
             all_values.append(torch.stack(values) if values else
                               torch.zeros(0, len(chunk), device=device, dtype=dtype))
     return ActMaxResult(torch.cat(all_images), torch.cat(all_values, dim=1))
+
+
+def _model_values(model, x, objs, chan, pruned, layers, k):
+    if pruned is not None:
+        return pruned.values(model, x, chan, k)
+    return _values(objs, run_layers(model, x, layers), k)
+
+
+_CPU_MICRO_PIXELS = 32768  # pixels per pass on a CPU (measured: VGG-11 at 128 px, 2 cores)
+
+
+def _micro_batch(micro_batch, device, k, h, w) -> Optional[int]:
+    """Objectives per model pass (None: the whole batch)."""
+    if micro_batch is None:
+        return None
+    if isinstance(micro_batch, str):
+        if micro_batch != "auto":
+            raise ValueError(f"micro_batch: expected 'auto', None or a positive int, got {micro_batch!r}")
+        if torch.device(device).type != "cpu":
+            return None
+        return max(1, _CPU_MICRO_PIXELS // (k * h * w))
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
+        raise ValueError(f"micro_batch: expected 'auto', None or a positive int, got {micro_batch!r}")
+    return micro_batch
 
 
 def _ascent_step(p: ImageParam, grads, lr, lr_policy, preset, regs: Regularizers, blur):

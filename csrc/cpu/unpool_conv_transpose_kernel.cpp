@@ -5,8 +5,10 @@
 //     the output for every tap; cost ~ nnz * kH * kW * C_in, independent of
 //     the map size except for one read of p. For groups 1 without
 //     rectification after overlapping sums this is switch_sparse::scatter
-//     (register-blocked; its survey of p also decides "auto", against
-//     kSwitchSparseDensityThresholdCPU); otherwise the nonzeros are listed
+//     (register-blocked, AVX-512/AVX2/generic copies; its survey of p also
+//     decides "auto", against kSwitchSparseDensityThresholdCPU without
+//     pooling and kSwitchSparsePooledDensityThresholdCPU with it, so every
+//     2x2-pooled map takes it); otherwise the nonzeros are listed
 //     per image and scattered one by one (scatter_taps), parallel over
 //     (image, channel block, output row band).
 //   dense: relu(p) is unpooled into a channels-last buffer by a gather that
@@ -14,8 +16,9 @@
 //     CUDA backend) and ATen's transposed convolution (oneDNN / GEMM, faster
 //     channels-last than NCHW at every measured shape) filters it.
 // "auto" takes the sparse path when nnz / (N * C_out * H_conv * W_conv) is
-// below the threshold (kSparseDensityThresholdCPU for scatter_taps) (measured: the axpy formulation runs at a
-// fraction of GEMM speed, so it wins only when most of the map is zero).
+// below the threshold (kSparseDensityThresholdCPU for scatter_taps: the
+// per-nonzero axpy runs at a fraction of GEMM speed, so it wins only when
+// most of the map is zero).
 //
 // Backward: grad_p gathers conv2d(grad_out, weight) at the switch positions
 // (masked by the rectification); grad_weight is ATen's transposed-conv
@@ -173,8 +176,9 @@ at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at
       const auto mode = pre ? switch_sparse::Values::kRectified : switch_sparse::Values::kPlain;
       const at::Tensor swt = has_sw ? sc : at::Tensor();
       const auto sv = switch_sparse::survey(sg, mode, pc, at::Tensor());
-      if (sparse || static_cast<double>(sv.nnz) <
-                        kSwitchSparseDensityThresholdCPU * static_cast<double>(N * C * CH * CW)) {
+      const double threshold = g.identity_pool ? kSwitchSparseDensityThresholdCPU
+                                               : kSwitchSparsePooledDensityThresholdCPU;
+      if (sparse || static_cast<double>(sv.nnz) < threshold * static_cast<double>(N * C * CH * CW)) {
         out = switch_sparse::scatter(sg, mode, pc, at::Tensor(), swt, weight, &sv);
         return;
       }
