@@ -788,7 +788,8 @@ Survey survey(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "switch_sparse::survey", [&] {
     using A = scalar_t;
     with_values<A>(mode, ac, bc, [&](const auto& val) {
-      at::parallel_for(0, positions, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)),
+      // 128k values per task at least: waking the threads costs more below that.
+      at::parallel_for(0, positions, std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, C)),
                        [&](int64_t begin, int64_t end) {
         std::vector<int32_t> u(C, 0);
         int64_t cnt = 0;
@@ -844,6 +845,10 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     std::vector<const A*> wrows(g.c, nullptr);
     for (size_t u = 0; u < sel.size(); ++u) wrows[sel[u]] = wp + static_cast<int64_t>(u) * pn.chunk;
     const int32_t* nzp = svr.count.data();
+    // Little work (a one-hot map, a few nonzeros): one thread, no wake-ups.
+    const double work = static_cast<double>(svr.nnz) * static_cast<double>(g.kh * g.kw * g.ci) +
+                        static_cast<double>(g.n * g.PH * g.PW * g.c);
+    const bool serial = work < 4e5;
     // Tasks: (image, band of output rows), each owning its rows (no atomics),
     // handed out dynamically since the bands at the map's edges have less
     // work; a few per thread so that one image feeds every thread (fewer in
@@ -856,7 +861,7 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     std::atomic<int64_t> next{0};
     if (pn.col) {
       with_values<A>(mode, ac, bc, [&](const auto& val) {
-        at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
+        at::parallel_for(0, serial ? 1 : std::min(threads, items), 1, [&](int64_t, int64_t) {
           const int64_t K = g.pool_kh * g.pool_kw;
           std::vector<A> cols(K * pn.chunk), vk(dense ? (K + 2) * g.c : 0);
           std::vector<uint8_t> hit(K);
@@ -875,7 +880,7 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     std::vector<RowGroups<A>> rg(g.n * g.PH);
     with_values<A>(mode, ac, bc, [&](const auto& val) {
       using Val = std::decay_t<decltype(val)>;
-      at::parallel_for(0, g.n * g.PH, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, g.n * g.PH, serial ? g.n * g.PH : 1, [&](int64_t begin, int64_t end) {
         Scratch scratch(g);
         std::vector<A> v(g.c);
         for (int64_t row = begin; row < end && !bad; ++row) {
@@ -900,7 +905,7 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     });
     if (bad) return;
     // Phase 2: the products.
-    at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
+    at::parallel_for(0, serial ? 1 : std::min(threads, items), 1, [&](int64_t, int64_t) {
       for (int64_t item = next++; item < items; item = next++) {
         const int64_t n = item / bands, r0 = (item % bands) * band_h;
         const int64_t r1 = std::min(g.H, r0 + band_h);

@@ -28,9 +28,21 @@
 // row (correlate), so the output run is loaded and stored once per group,
 // not once per nonzero.
 //
-// Parallelism: scatter over (image, band of output rows) — each task owns
-// its rows, no atomics; correlate over blocks of channels — each task owns
-// its rows of the weight gradient, no reduction. Deterministic.
+// The scatter packs the used filters into zero-padded panels of 1 KiB run
+// chunks (one re-layout; vector tails read the padding), groups the
+// nonzeros once per pooled row, then runs the products. With few input
+// channels (kW * C_in < 16, e.g. RGB first layers) runs are too short for
+// the vectors, so it works in column mode instead: a whole (kH, kW, C_in)
+// filter per column, accumulated per pooled position (in registers, masked
+// by switch, when the map is dense and the pooling 2x2 or none) and then
+// added into the output's kH x kW neighbourhood.
+//
+// Each task has AVX-512, AVX2 + FMA and generic copies (cpu_features.h).
+//
+// Parallelism: scatter over (image, band of output rows), handed out
+// dynamically — each task owns its rows, no atomics; correlate over blocks
+// of channels — each task owns its rows of the weight gradient, no
+// reduction. Deterministic.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -64,8 +76,10 @@ struct Geom {
 //   kRectified:  relu(a) (NaN passes);  kPlain: a.
 enum class Values { kMaskedGrad, kRectified, kPlain };
 
-// Whether the kernels (which need groups 1) are expected to beat the dense
-// formulation: long enough runs for the vector accumulators.
+// Whether the run formulation (which needs groups 1) is expected to beat the
+// dense one: long enough runs for the vector accumulators. The scatter
+// takes column mode where it is not; the conv_relu_pool backward keeps the
+// dense formulation there.
 bool worthwhile(const Geom& g);
 
 // One parallel read of the pooled values: how many are nonzero, at each
