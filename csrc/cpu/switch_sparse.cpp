@@ -10,7 +10,6 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <cstdlib>
 #include <mutex>
 #include <vector>
 
@@ -55,7 +54,6 @@ struct VecU {
 // independent accumulator chains: 8 vectors of the run, or 4 vectors (then
 // 1) with the rows taken two at a time into two sets; scalars last.
 constexpr int64_t kAhead = 4;  // software prefetch distance, in entries
-static const bool kPrefetch = std::getenv("CNNVIS_NOPF") == nullptr;
 
 // Over: the rows may be read up to one vector past off + len (the padded
 // filter panels), so the last partial vector is computed as a whole one
@@ -72,7 +70,7 @@ CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, i
     for (int64_t j = 0; j < m; ++j) {
       const A* r = rows[j] + off + t;
       const A s = v[j];
-      if (kPrefetch && j + kAhead < m) {  // the rows are scattered: fetch a few entries ahead
+      if (j + kAhead < m) {  // the rows are scattered: fetch a few entries ahead
         const A* rn = rows[j + kAhead] + off + t;
         for (int u = 0; u < 8 * L; u += 64 / static_cast<int>(sizeof(A))) __builtin_prefetch(rn + u);
       }
