@@ -335,9 +335,12 @@ def unpool_conv_transpose(p: Tensor, switches: Optional[Tensor], weight: Tensor,
     value scatters ``value * weight[c, :, kh, kw]`` straight into the result,
     so the cost scales with the number of nonzeros (a one-hot ``p`` costs
     ``kH * kW * C_in`` multiply-adds; the values of one pooled position that
-    share a switch are added into their common target together). When ``p``
-    is dense it unpools into a channels-last buffer and calls ATen's
-    transposed convolution.
+    share a switch are added into their common target together). On CPU
+    with ``groups=1`` this scatter also serves dense pooled maps (it does a
+    pool-area fraction of the multiply-adds: ``"auto"`` takes it up to a
+    density of 0.3 of the unpooled map after a pooling, 0.2 without one);
+    otherwise, when ``p`` is dense, it unpools into a channels-last buffer
+    and calls ATen's transposed convolution.
 
     ``weight`` is the weight of the *forward* convolution (``C_out`` filters
     of ``C_in / groups`` channels), which is also the layout

@@ -49,6 +49,29 @@ struct VecU {
   static constexpr int lanes = VB / static_cast<int>(sizeof(A));
 };
 
+// acc + sum_j v[j] * rows[j][off, off + one vector), in two chains.
+template <typename A, int VB>
+CNNVIS_ALWAYS_INLINE typename VecU<A, VB>::type dot_rows(typename VecU<A, VB>::type acc,
+                                                         const A* const* rows, int64_t off,
+                                                         const A* v, int64_t m) {
+  using V = typename VecU<A, VB>::type;
+  V a1 = V{};
+  int64_t j = 0;
+  for (; j + 2 <= m; j += 2) {
+    V b0, b1;
+    std::memcpy(&b0, rows[j] + off, sizeof(V));
+    std::memcpy(&b1, rows[j + 1] + off, sizeof(V));
+    acc += v[j] * b0;
+    a1 += v[j + 1] * b1;
+  }
+  if (j < m) {
+    V b0;
+    std::memcpy(&b0, rows[j] + off, sizeof(V));
+    acc += v[j] * b0;
+  }
+  return acc + a1;
+}
+
 // o[0, len) += sum_j v[j] * rows[j][off, off + len). FMA latency (4-5
 // cycles) would bound one accumulator per vector, so every pass keeps eight
 // independent accumulator chains: 8 vectors of the run, or 4 vectors (then
@@ -158,42 +181,13 @@ CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, i
     }
   }
   for (; t + L <= len; t += L) {
-    V a0, a1;
+    V a0;
     std::memcpy(&a0, o + t, sizeof(V));
-    a1 = a0 - a0;
-    int64_t j = 0;
-    for (; j + 2 <= m; j += 2) {
-      V b0, b1;
-      std::memcpy(&b0, rows[j] + off + t, sizeof(V));
-      std::memcpy(&b1, rows[j + 1] + off + t, sizeof(V));
-      a0 += v[j] * b0;
-      a1 += v[j + 1] * b1;
-    }
-    if (j < m) {
-      V b0;
-      std::memcpy(&b0, rows[j] + off + t, sizeof(V));
-      a0 += v[j] * b0;
-    }
-    a0 += a1;
+    a0 = dot_rows<A, VB>(a0, rows, off + t, v, m);
     std::memcpy(o + t, &a0, sizeof(V));
   }
   if (Over && t < len) {
-    V a0, a1;
-    a0 = a1 = V{};
-    int64_t j = 0;
-    for (; j + 2 <= m; j += 2) {
-      V b0, b1;
-      std::memcpy(&b0, rows[j] + off + t, sizeof(V));
-      std::memcpy(&b1, rows[j + 1] + off + t, sizeof(V));
-      a0 += v[j] * b0;
-      a1 += v[j + 1] * b1;
-    }
-    if (j < m) {
-      V b0;
-      std::memcpy(&b0, rows[j] + off + t, sizeof(V));
-      a0 += v[j] * b0;
-    }
-    a0 += a1;
+    const V a0 = dot_rows<A, VB>(V{}, rows, off + t, v, m);
     A part[L];
     std::memcpy(part, &a0, sizeof(V));
     for (int64_t i = 0; t + i < len; ++i) o[t + i] += part[i];
