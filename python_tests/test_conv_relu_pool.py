@@ -208,6 +208,21 @@ def test_sparse_backward_float32_large_channels(backward_path):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
 
 
+def test_sparse_backward_wide_layer_pairs(backward_path):
+    # Enough channels that the input gradient's scatter groups neighbouring
+    # pooled positions in pairs (see switch_sparse.cpp, kPairEntries).
+    torch.manual_seed(4)
+    x = torch.randn(1, 8, 12, 11, dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(600, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = conv_relu_pool(x, wt, None, padding=1, pool_kernel=2, ceil_mode=True)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, wt), g)
+    e_out, _ = ref.conv_relu_pool(x, wt, None, padding=1, pool_kernel=2, ceil_mode=True)
+    expected = torch.autograd.grad(e_out, (x, wt), g)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
 def test_pool_kernel_one_is_conv_relu():
     x, wt, b, kw = _args(CONFIGS[0], torch.float64, True)
     out, sw = conv_relu_pool(x, wt, b, padding=1, pool_kernel=1)

@@ -326,6 +326,13 @@ SCATTER_CONFIGS = [
     (1, 2, 15, 17, 11, 3, 1, 2, (1, 2), 1, 3, 3, 0, True),  # column, dilation_w 2, 3x3 pool
     (1, 5, 12, 12, 7, (5, 3), 2, 2, 1, 1, 2, 2, 1, True),  # column, stride 2, padded pool
     (1, 100, 9, 10, 12, 3, 1, 1, 1, 1, 2, 2, 0, False),  # runs of 300 floats: two chunks
+    # Wide maps, where neighbouring positions are grouped in pairs (at least
+    # 16 * K^2 nonzeros at both): pair groups, single groups of either
+    # position, targets on band and map edges, an odd last position.
+    (1, 16, 12, 14, 600, 3, 1, 1, 1, 1, 2, 2, 0, False),  # 2x2 pools, runs of 3 vectors
+    (1, 8, 13, 13, 560, 3, 1, 1, 1, 1, 2, 2, 0, True),   # PW odd (ceil mode)
+    (1, 20, 9, 11, 40, 3, 1, 1, 1, 1, 1, 1, 0, False),   # no pooling (K = 1): runs of 60
+    (1, 6, 11, 12, 300, 3, 2, 2, 1, 1, 2, 2, 0, False),  # stride 2, padding 2, runs of 18
 ]
 
 

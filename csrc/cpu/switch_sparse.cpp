@@ -49,155 +49,92 @@ struct VecU {
   static constexpr int lanes = VB / static_cast<int>(sizeof(A));
 };
 
-// acc + sum_j v[j] * rows[j][off, off + one vector), in two chains.
-template <typename A, int VB>
-CNNVIS_ALWAYS_INLINE typename VecU<A, VB>::type dot_rows(typename VecU<A, VB>::type acc,
-                                                         const A* const* rows, int64_t off,
-                                                         const A* v, int64_t m) {
-  using V = typename VecU<A, VB>::type;
-  V a1 = V{};
-  int64_t j = 0;
-  for (; j + 2 <= m; j += 2) {
-    V b0, b1;
-    std::memcpy(&b0, rows[j] + off, sizeof(V));
-    std::memcpy(&b1, rows[j + 1] + off, sizeof(V));
-    acc += v[j] * b0;
-    a1 += v[j + 1] * b1;
-  }
-  if (j < m) {
-    V b0;
-    std::memcpy(&b0, rows[j] + off, sizeof(V));
-    acc += v[j] * b0;
-  }
-  return acc + a1;
-}
-
-// o[0, len) += sum_j v[j] * rows[j][off, off + len). FMA latency (4-5
-// cycles) would bound one accumulator per vector, so every pass keeps eight
-// independent accumulator chains: 8 vectors of the run, or 4 vectors (then
-// 1) with the rows taken two at a time into two sets; scalars last.
+// One pass of acc_rows: vectors [t, t + U * L) of NO output runs,
+// o[i] += sum_j v[i][j] * rows[j][off + t, ...), with the rows taken S at a
+// time into S accumulator sets (NO * S * U independent FMA chains: the
+// FMA latency needs about eight). Each loaded row vector feeds all NO
+// outputs. PF: software prefetch of the rows kAhead entries ahead (they are
+// scattered over the panel).
 constexpr int64_t kAhead = 4;  // software prefetch distance, in entries
 
+template <typename A, int VB, int NO, int U, int S, bool PF>
+CNNVIS_ALWAYS_INLINE void acc_pass(A* const* o, const A* const* rows, int64_t off,
+                                   const A* const* v, int64_t m, int64_t t) {
+  using V = typename VecU<A, VB>::type;
+  constexpr int L = VecU<A, VB>::lanes;
+  V acc[NO][S][U];
+  for (int i = 0; i < NO; ++i)
+    for (int s = 0; s < S; ++s)
+      for (int u = 0; u < U; ++u) {
+        if (s == 0)
+          std::memcpy(&acc[i][0][u], o[i] + t + u * L, sizeof(V));
+        else
+          acc[i][s][u] = V{};
+      }
+  int64_t j = 0;
+  for (; j + S <= m; j += S) {
+    if (PF && j + kAhead + S - 1 < m)
+      for (int s = 0; s < S; ++s) {
+        const A* rn = rows[j + kAhead + s] + off + t;
+        for (int u = 0; u < U * L; u += 64 / static_cast<int>(sizeof(A))) __builtin_prefetch(rn + u);
+      }
+    for (int s = 0; s < S; ++s) {
+      const A* r = rows[j + s] + off + t;
+      for (int u = 0; u < U; ++u) {
+        V b;
+        std::memcpy(&b, r + u * L, sizeof(V));
+        for (int i = 0; i < NO; ++i) acc[i][s][u] += v[i][j + s] * b;
+      }
+    }
+  }
+  for (; j < m; ++j) {
+    const A* r = rows[j] + off + t;
+    for (int u = 0; u < U; ++u) {
+      V b;
+      std::memcpy(&b, r + u * L, sizeof(V));
+      for (int i = 0; i < NO; ++i) acc[i][0][u] += v[i][j] * b;
+    }
+  }
+  for (int i = 0; i < NO; ++i)
+    for (int u = 0; u < U; ++u) {
+      V a = acc[i][0][u];
+      for (int s = 1; s < S; ++s) a += acc[i][s][u];
+      std::memcpy(o[i] + t + u * L, &a, sizeof(V));
+    }
+}
+
+// o[i][0, len) += sum_j v[i][j] * rows[j][off, off + len) for NO (1 or 2)
+// outputs that share the rows (two pooled positions' nonzeros of the same
+// channels: each row vector is loaded once for both). Passes of 8, 4, 2 and
+// 1 vectors, each with about eight accumulator chains; scalars last.
 // Over: the rows may be read up to one vector past off + len (the padded
 // filter panels), so the last partial vector is computed as a whole one
 // and only its first lanes are added; otherwise those values go one by one.
-template <typename A, int VB, bool Over = false>
-CNNVIS_ALWAYS_INLINE void acc_rows(A* CNNVIS_RESTRICT o, const A* const* rows, int64_t off,
-                                   const A* v, int64_t m, int64_t len) {
-  using V = typename VecU<A, VB>::type;
+template <typename A, int VB, int NO, bool Over = false>
+CNNVIS_ALWAYS_INLINE void acc_rows(A* const* o, const A* const* rows, int64_t off,
+                                   const A* const* v, int64_t m, int64_t len) {
   constexpr int L = VecU<A, VB>::lanes;
   int64_t t = 0;
-  for (; t + 8 * L <= len; t += 8 * L) {
-    V a[8];
-    for (int u = 0; u < 8; ++u) std::memcpy(&a[u], o + t + u * L, sizeof(V));
-    for (int64_t j = 0; j < m; ++j) {
-      const A* r = rows[j] + off + t;
-      const A s = v[j];
-      if (j + kAhead < m) {  // the rows are scattered: fetch a few entries ahead
-        const A* rn = rows[j + kAhead] + off + t;
-        for (int u = 0; u < 8 * L; u += 64 / static_cast<int>(sizeof(A))) __builtin_prefetch(rn + u);
-      }
-      for (int u = 0; u < 8; ++u) {
-        V b;
-        std::memcpy(&b, r + u * L, sizeof(V));
-        a[u] += s * b;
-      }
-    }
-    for (int u = 0; u < 8; ++u) std::memcpy(o + t + u * L, &a[u], sizeof(V));
-  }
-  for (; t + 4 * L <= len; t += 4 * L) {
-    V a[4], c[4];
-    for (int u = 0; u < 4; ++u) {
-      std::memcpy(&a[u], o + t + u * L, sizeof(V));
-      c[u] = a[u] - a[u];
-    }
-    int64_t j = 0;
-    for (; j + 2 <= m; j += 2) {
-      const A* r0 = rows[j] + off + t;
-      const A* r1 = rows[j + 1] + off + t;
-      const A s0 = v[j], s1 = v[j + 1];
-      if (j + kAhead + 1 < m) {
-        __builtin_prefetch(rows[j + kAhead] + off + t);
-        __builtin_prefetch(rows[j + kAhead] + off + t + 2 * L);
-        __builtin_prefetch(rows[j + kAhead + 1] + off + t);
-        __builtin_prefetch(rows[j + kAhead + 1] + off + t + 2 * L);
-      }
-      for (int u = 0; u < 4; ++u) {
-        V b0, b1;
-        std::memcpy(&b0, r0 + u * L, sizeof(V));
-        std::memcpy(&b1, r1 + u * L, sizeof(V));
-        a[u] += s0 * b0;
-        c[u] += s1 * b1;
-      }
-    }
-    if (j < m) {
-      const A* r0 = rows[j] + off + t;
-      for (int u = 0; u < 4; ++u) {
-        V b0;
-        std::memcpy(&b0, r0 + u * L, sizeof(V));
-        a[u] += v[j] * b0;
-      }
-    }
-    for (int u = 0; u < 4; ++u) {
-      a[u] += c[u];
-      std::memcpy(o + t + u * L, &a[u], sizeof(V));
-    }
-  }
-  for (; t + 2 * L <= len; t += 2 * L) {  // two vectors: four sets of two
-    V a[2], c[2], d[2], e[2];
-    for (int u = 0; u < 2; ++u) {
-      std::memcpy(&a[u], o + t + u * L, sizeof(V));
-      c[u] = d[u] = e[u] = a[u] - a[u];
-    }
-    int64_t j = 0;
-    for (; j + 4 <= m; j += 4) {
-      const A* r0 = rows[j] + off + t;
-      const A* r1 = rows[j + 1] + off + t;
-      const A* r2 = rows[j + 2] + off + t;
-      const A* r3 = rows[j + 3] + off + t;
-      for (int u = 0; u < 2; ++u) {
-        V b0, b1, b2, b3;
-        std::memcpy(&b0, r0 + u * L, sizeof(V));
-        std::memcpy(&b1, r1 + u * L, sizeof(V));
-        std::memcpy(&b2, r2 + u * L, sizeof(V));
-        std::memcpy(&b3, r3 + u * L, sizeof(V));
-        a[u] += v[j] * b0;
-        c[u] += v[j + 1] * b1;
-        d[u] += v[j + 2] * b2;
-        e[u] += v[j + 3] * b3;
-      }
-    }
-    for (; j < m; ++j) {
-      const A* r0 = rows[j] + off + t;
-      for (int u = 0; u < 2; ++u) {
-        V b0;
-        std::memcpy(&b0, r0 + u * L, sizeof(V));
-        a[u] += v[j] * b0;
-      }
-    }
-    for (int u = 0; u < 2; ++u) {
-      a[u] += c[u] + (d[u] + e[u]);
-      std::memcpy(o + t + u * L, &a[u], sizeof(V));
-    }
-  }
-  for (; t + L <= len; t += L) {
-    V a0;
-    std::memcpy(&a0, o + t, sizeof(V));
-    a0 = dot_rows<A, VB>(a0, rows, off + t, v, m);
-    std::memcpy(o + t, &a0, sizeof(V));
-  }
-  if (Over && t < len) {
-    const V a0 = dot_rows<A, VB>(V{}, rows, off + t, v, m);
-    A part[L];
-    std::memcpy(part, &a0, sizeof(V));
-    for (int64_t i = 0; t + i < len; ++i) o[t + i] += part[i];
+  for (; t + 8 * L <= len; t += 8 * L) acc_pass<A, VB, NO, 8, 1, true>(o, rows, off, v, m, t);
+  for (; t + 4 * L <= len; t += 4 * L) acc_pass<A, VB, NO, 4, 3 - NO, true>(o, rows, off, v, m, t);
+  for (; t + 2 * L <= len; t += 2 * L) acc_pass<A, VB, NO, 2, 4 / NO, false>(o, rows, off, v, m, t);
+  for (; t + L <= len; t += L) acc_pass<A, VB, NO, 1, 2 * NO, false>(o, rows, off, v, m, t);
+  if (t == len) return;
+  if (Over) {
+    A part[NO][L] = {};
+    A* p[NO];
+    for (int i = 0; i < NO; ++i) p[i] = part[i];
+    acc_pass<A, VB, NO, 1, 2 * NO, false>(p, rows, off + t, v, m, 0);
+    for (int i = 0; i < NO; ++i)
+      for (int64_t k = 0; t + k < len; ++k) o[i][t + k] += part[i][k];
     return;
   }
-  for (; t < len; ++t) {
-    A a = o[t];
-    for (int64_t j = 0; j < m; ++j) a += v[j] * rows[j][off + t];
-    o[t] = a;
-  }
+  for (; t < len; ++t)
+    for (int i = 0; i < NO; ++i) {
+      A a = o[i][t];
+      for (int64_t j = 0; j < m; ++j) a += v[i][j] * rows[j][off + t];
+      o[i][t] = a;
+    }
 }
 
 inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
@@ -220,19 +157,33 @@ inline int64_t band_rows(const Geom& g) {
 
 // The nonzeros of one pooled row (n, ph), grouped by (position, switch):
 // entries (panel row of the channel, value), and per group its target
-// (gy, gx) in the conv output, first entry and count.
+// (gy, gx) in the conv output, first entry and count. A pair group holds
+// the channels that are nonzero at two neighbouring positions, with given
+// switches at both: a second target (gy2, gx2; gy2 < 0 for a single group)
+// and the second position's values in vals2, so that its product loads each
+// filter row once for both targets.
 template <typename A>
 struct RowGroups {
   std::vector<const A*> rows;
-  std::vector<A> vals;
-  std::vector<int32_t> gy, gx, gj, gm;
+  std::vector<A> vals, vals2;
+  std::vector<int32_t> gy, gx, gy2, gx2, gj, gm;
 };
+
+// Positions are paired when both hold at least kPairEntries * K^2 nonzeros
+// (K switch slots): a pair group then has about kPairEntries entries, enough
+// to amortize loading and storing two output runs instead of one.
+constexpr int64_t kPairEntries = 8;
+constexpr int64_t kPairMaxSlots = 16;
 
 // Per-thread temporaries of the grouping.
 struct Scratch {
-  std::vector<int32_t> c, s, cnt, start;
+  std::vector<int32_t> c, key, cnt, start;
   explicit Scratch(const Geom& g)
-      : c(g.c), s(g.c), cnt(g.pool_kh * g.pool_kw + 1), start(g.pool_kh * g.pool_kw + 1) {}
+      : c(g.c), key(g.c), cnt(buckets(g) + 1), start(buckets(g) + 1) {}
+  static int64_t buckets(const Geom& g) {
+    const int64_t K = g.pool_kh * g.pool_kw;
+    return K <= kPairMaxSlots ? (K + 1) * (K + 1) : K;
+  }
 };
 
 // The conv-output position named by switch k of pooled (ph, pw), through
@@ -242,49 +193,108 @@ inline bool target(const Geom& g, int64_t ph, int64_t pw, int64_t k, int64_t* y,
                          g.pool_kw, g.CH, g.CW, y, x);
 }
 
-// Appends the groups of pooled position (ph, pw) of image n to rg (the
-// channels with a nonzero value, counting-sorted by switch). False on a bad
-// switch.
+// Pair partners are pair_distance(g) positions apart in a pooled row: the
+// least distance at which the output runs of the two targets cannot
+// overlap when they fall in one output row (a pair's product holds both
+// runs in registers at once). 0: no pairs (more than kPairMaxSlots slots,
+// or no such distance nearby).
+inline int64_t pair_distance(const Geom& g) {
+  if (g.pool_kh * g.pool_kw > kPairMaxSlots) return 0;
+  const int64_t span = (g.kw - 1) * g.dw + 1;  // output columns of one run
+  for (int64_t d = 1; d <= 8; ++d)
+    if ((d * g.pool_sw - g.pool_kw + 1) * g.sw >= span) return d;
+  return 0;
+}
+
+// Whether pooled positions (ph, pw) and (ph, pw + d) of image n are grouped
+// as a pair (see kPairEntries).
+inline bool pairs_at(const Geom& g, const int32_t* count, int64_t n, int64_t ph, int64_t pw,
+                     int64_t d) {
+  const int64_t K = g.pool_kh * g.pool_kw;
+  if (d == 0 || pw + d >= g.PW) return false;
+  const int64_t q = (n * g.PH + ph) * g.PW + pw, need = kPairEntries * K * K;
+  return count[q] >= need && count[q + d] >= need;
+}
+
+// Appends the groups of pooled position (ph, pw) of image n, or of the pair
+// (ph, pw), (ph, pw + d) when d > 0, to rg: the channels with a nonzero
+// value, counting-sorted by switch (by the pair of switches, K standing for
+// "zero here"; a channel nonzero at one position only makes a single group
+// of that position). False on a bad switch.
 template <typename A, typename Val>
 CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint8_t* sw,
                                        const A* const* wrows, const int32_t* count, int64_t n,
-                                       int64_t ph, int64_t pw, Scratch& sc, std::vector<A>& v,
-                                       RowGroups<A>& rg) {
+                                       int64_t ph, int64_t pw, int64_t d, Scratch& sc,
+                                       std::vector<A>& v, std::vector<A>& v2, RowGroups<A>& rg) {
   const int64_t C = g.c, K = g.pool_kh * g.pool_kw;
-  const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C;
-  if (count[q] == 0) return true;
+  const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C, base2 = base + d * C;
+  const int np = d > 0 ? 2 : 1;
+  if (np == 1 && count[q] == 0) return true;
+  const int64_t nb = np == 2 ? (K + 1) * (K + 1) : K;
   int64_t m = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const A x = val(base + c);
-    if (x == A(0)) continue;
-    sc.c[m] = static_cast<int32_t>(c);
-    v[m] = x;
-    sc.s[m] = sw ? sw[base + c] : 0;
-    ++m;
+  if (np == 1) {
+    for (int64_t c = 0; c < C; ++c) {
+      const A x = val(base + c);
+      if (x == A(0)) continue;
+      const int64_t k = sw ? sw[base + c] : 0;
+      if (k >= K) return false;
+      sc.c[m] = static_cast<int32_t>(c);
+      sc.key[m] = static_cast<int32_t>(k);
+      v[m] = x;
+      ++m;
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const A x = val(base + c), x2 = val(base2 + c);
+      const bool h = x != A(0), h2 = x2 != A(0);
+      if (!h && !h2) continue;
+      const int64_t k = h ? (sw ? sw[base + c] : 0) : K;
+      const int64_t k2 = h2 ? (sw ? sw[base2 + c] : 0) : K;
+      if ((h && k >= K) || (h2 && k2 >= K)) return false;
+      sc.c[m] = static_cast<int32_t>(c);
+      sc.key[m] = static_cast<int32_t>(k * (K + 1) + k2);
+      v[m] = x;
+      v2[m] = x2;
+      ++m;
+    }
   }
-  std::fill(sc.cnt.begin(), sc.cnt.end(), 0);  // K + 1 buckets: the last holds bad switches
-  for (int64_t j = 0; j < m; ++j) ++sc.cnt[std::min<int64_t>(sc.s[j], K)];
-  if (sc.cnt[K] > 0) return false;
+  std::fill(sc.cnt.begin(), sc.cnt.begin() + nb, 0);
+  for (int64_t j = 0; j < m; ++j) ++sc.cnt[sc.key[j]];
   const int64_t e0 = static_cast<int64_t>(rg.rows.size());
   int32_t acc = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    sc.start[k] = acc;
-    if (sc.cnt[k] > 0) {
-      int64_t y, x;
-      if (!target(g, ph, pw, k, &y, &x)) return false;
+  for (int64_t b = 0; b < nb; ++b) {
+    sc.start[b] = acc;
+    if (sc.cnt[b] > 0) {
+      // Slot k at (ph, pw) (K: none), slot k2 at (ph, pw + d) (K: none).
+      const int64_t k = np == 2 ? b / (K + 1) : b, k2 = np == 2 ? b % (K + 1) : K;
+      int64_t y = -1, x = -1, y2 = -1, x2 = -1;
+      if (k < K && !target(g, ph, pw, k, &y, &x)) return false;
+      if (k2 < K && !target(g, ph, pw + d, k2, &y2, &x2)) return false;
+      if (k == K) std::swap(y, y2), std::swap(x, x2);  // a single group of the second position
       rg.gy.push_back(static_cast<int32_t>(y));
       rg.gx.push_back(static_cast<int32_t>(x));
+      rg.gy2.push_back(static_cast<int32_t>(y2));
+      rg.gx2.push_back(static_cast<int32_t>(x2));
       rg.gj.push_back(static_cast<int32_t>(e0 + acc));
-      rg.gm.push_back(sc.cnt[k]);
+      rg.gm.push_back(sc.cnt[b]);
     }
-    acc += sc.cnt[k];
+    acc += sc.cnt[b];
   }
   rg.rows.resize(e0 + m);
   rg.vals.resize(e0 + m);
+  if (np == 2) rg.vals2.resize(e0 + m);
   for (int64_t j = 0; j < m; ++j) {
-    const int64_t pos = e0 + sc.start[sc.s[j]]++;
-    rg.vals[pos] = v[j];
+    const int32_t b = sc.key[j];
+    const int64_t pos = e0 + sc.start[b]++;
     rg.rows[pos] = wrows[sc.c[j]];
+    if (np == 1) {
+      rg.vals[pos] = v[j];
+    } else {
+      // A single group of the second position keeps its values in vals.
+      const bool first = b / (K + 1) < K;
+      rg.vals[pos] = first ? v[j] : v2[j];
+      rg.vals2[pos] = v2[j];
+    }
   }
   return true;
 }
@@ -339,24 +349,50 @@ CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const RowGroups<A>* rg, co
           const RowGroups<A>& r = rows[ph];
           const int64_t ng = static_cast<int64_t>(r.gy.size());
           for (int64_t q = 0; q < ng; ++q) {
-            const int64_t iy = static_cast<int64_t>(r.gy[q]) * g.sh - g.pad_h + kh * g.dh;
-            if (iy < r0 || iy >= r1) continue;
-            // The part of the run inside the map's columns: taps
-            // [kw_lo, kw_hi) of one run of kW*C_in values, or one tap.
-            const int64_t ix0 = static_cast<int64_t>(r.gx[q]) * g.sw - g.pad_w + seg * g.dw;
-            int64_t lo, hi;
-            if (nseg == 1) {
-              lo = std::max<int64_t>(0, -ix0) * ci;
-              hi = std::min<int64_t>(g.kw, g.W - ix0) * ci;
-            } else {
-              lo = 0;
-              hi = (ix0 >= 0 && ix0 < g.W) ? ci : 0;
+            // The part [a, b) of the chunk that lands inside the band's rows
+            // and the map's columns for the target (y, x); false if none.
+            auto clip = [&](int64_t y, int64_t x, A** o, int64_t* a, int64_t* b) {
+              const int64_t iy = y * g.sh - g.pad_h + kh * g.dh;
+              if (iy < r0 || iy >= r1) return false;
+              // Taps [kw_lo, kw_hi) of one run of kW*C_in values, or one tap.
+              const int64_t ix0 = x * g.sw - g.pad_w + seg * g.dw;
+              int64_t lo, hi;
+              if (nseg == 1) {
+                lo = std::max<int64_t>(0, -ix0) * ci;
+                hi = std::min<int64_t>(g.kw, g.W - ix0) * ci;
+              } else {
+                lo = 0;
+                hi = (ix0 >= 0 && ix0 < g.W) ? ci : 0;
+              }
+              *a = std::max(t0, lo), *b = std::min(t1, hi);
+              if (*a >= *b) return false;
+              *o = outp + ((n * g.H + iy) * g.W + ix0) * ci + *a;  // a >= lo: inside the row
+              return true;
+            };
+            const A* const* er = r.rows.data() + r.gj[q];
+            const int64_t em = r.gm[q];
+            A* o[2];
+            int64_t a, b, a2, b2;
+            const bool in = clip(r.gy[q], r.gx[q], &o[0], &a, &b);
+            if (r.gy2[q] < 0) {
+              if (in) {
+                const A* v = r.vals.data() + r.gj[q];
+                acc_rows<A, VB, 1, true>(o, er, base + a, &v, em, b - a);
+              }
+              continue;
             }
-            const int64_t a = std::max(t0, lo), b = std::min(t1, hi);
-            if (a >= b) continue;
-            A* o = outp + ((n * g.H + iy) * g.W + ix0) * ci + a;  // a >= lo: inside the row
-            acc_rows<A, VB, true>(o, r.rows.data() + r.gj[q], base + a,
-                                  r.vals.data() + r.gj[q], r.gm[q], b - a);
+            const bool in2 = clip(r.gy2[q], r.gx2[q], &o[1], &a2, &b2);
+            const A* v[2] = {r.vals.data() + r.gj[q], r.vals2.data() + r.gj[q]};
+            // Both runs at once when they are the same part of the chunk and
+            // cannot overlap (pair_distance makes that the rule).
+            if (in && in2 && a == a2 && b == b2 &&
+                (o[1] - o[0] >= b - a || o[0] - o[1] >= b - a)) {
+              acc_rows<A, VB, 2, true>(o, er, base + a, v, em, b - a);
+              continue;
+            }
+            // One target outside the band or clipped differently (map edges).
+            if (in) acc_rows<A, VB, 1, true>(o, er, base + a, v, em, b - a);
+            if (in2) acc_rows<A, VB, 1, true>(o + 1, er, base + a2, v + 1, em, b2 - a2);
           }
         }
       }
@@ -585,8 +621,9 @@ CNNVIS_ALWAYS_INLINE void correlate_task(const Geom& g, const Val& val, const ui
             for (int64_t c = c0; c < c1; ++c) {
               const auto& r = rows[c - c0];
               if (r.empty()) continue;
-              acc_rows<A, VB>(gw + c * wrow + (kh * g.kw + seg) * g.ci + t0, r.data(), xoff,
-                          vals[c - c0].data(), static_cast<int64_t>(r.size()), cl);
+              A* o = gw + c * wrow + (kh * g.kw + seg) * g.ci + t0;
+              const A* v = vals[c - c0].data();
+              acc_rows<A, VB, 1>(&o, r.data(), xoff, &v, static_cast<int64_t>(r.size()), cl);
             }
           }
     }
@@ -711,33 +748,24 @@ at::Tensor pack_panels(const Geom& g, const Panels& pn, const at::Tensor& w,
   const A* wp = w.const_data_ptr<A>();
   A* op = out.mutable_data_ptr<A>();
   std::fill(op + runs * pn.nch * pn.used * pn.chunk, op + out.numel(), A(0));
+  const int64_t len = pn.len(g);
   at::parallel_for(0, pn.used, 8, [&](int64_t u0, int64_t u1) {
+    // One filter as (kh, kw, c_in): the runs one after another (a filter
+    // row of kW * C_in values, a tap of C_in with dilation_w > 1, or the
+    // whole filter in column mode), then cut into the panels' chunks.
+    std::vector<A> runs_buf(taps * ci);
+    A* CNNVIS_RESTRICT tr = runs_buf.data();
     for (int64_t u = u0; u < u1; ++u) {
-      const A* wc = wp + sel[u] * ci * taps;  // (C_in, kH, kW)
-      // (kh, kw, c_in) in run order; a new run starts at every filter row
-      // (one run of kW * C_in), every tap (dilation_w > 1), or never (column).
-      int64_t ks = -1, tc = 0, t = 0;
-      A* dst = nullptr;
-      auto finish = [&] {
-        if (dst != nullptr && t > 0) std::fill(dst + t, dst + pn.chunk, A(0));
-      };
-      for (int64_t kh = 0; kh < g.kh; ++kh)
-        for (int64_t kw = 0; kw < g.kw; ++kw) {
-          const int64_t run = pn.col ? 0 : (g.nseg() == 1 ? kh : kh * g.kw + kw);
-          if (run != ks) {
-            finish();
-            ks = run, tc = 0, t = 0;
-            dst = op + pn.offset(ks, 0) + u * pn.chunk;
-          }
-          for (int64_t c_in = 0; c_in < ci; ++c_in) {
-            dst[t] = wc[c_in * taps + kh * g.kw + kw];
-            if (++t == pn.chunk) {
-              t = 0;
-              dst = ++tc < pn.nch ? op + pn.offset(ks, tc) + u * pn.chunk : nullptr;
-            }
-          }
+      const A* CNNVIS_RESTRICT wc = wp + sel[u] * ci * taps;  // (C_in, kH, kW)
+      for (int64_t c_in = 0; c_in < ci; ++c_in)
+        for (int64_t tap = 0; tap < taps; ++tap) tr[tap * ci + c_in] = wc[c_in * taps + tap];
+      for (int64_t ks = 0; ks < runs; ++ks)
+        for (int64_t tc = 0; tc < pn.nch; ++tc) {
+          A* dst = op + pn.offset(ks, tc) + u * pn.chunk;
+          const int64_t t0 = tc * pn.chunk, cnt = std::min(pn.chunk, len - t0);
+          std::memcpy(dst, tr + ks * len + t0, cnt * sizeof(A));
+          std::fill(dst + cnt, dst + pn.chunk, A(0));
         }
-      finish();
     }
   });
   return out;
@@ -874,24 +902,45 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
       using Val = std::decay_t<decltype(val)>;
       at::parallel_for(0, g.n * g.PH, serial ? g.n * g.PH : 1, [&](int64_t begin, int64_t end) {
         Scratch scratch(g);
-        std::vector<A> v(g.c);
+        std::vector<A> v(g.c), v2(g.c);
+        std::vector<int64_t> partner(g.PW);
+        std::vector<uint8_t> taken(g.PW);
+        const int64_t K = g.pool_kh * g.pool_kw, dist = pair_distance(g);
         for (int64_t row = begin; row < end && !bad; ++row) {
           const int64_t n = row / g.PH, ph = row % g.PH;
+          // Pairs (pw, pw + d), taken greedily from the left; reservations:
+          // entries (at most the nonzeros) and groups (at most
+          // min(nonzeros, buckets) per position or pair).
+          std::fill(partner.begin(), partner.end(), int64_t{0});
+          std::fill(taken.begin(), taken.end(), uint8_t{0});
           int64_t m = 0, k = 0;
           for (int64_t pw = 0; pw < g.PW; ++pw) {
-            const int32_t c = nzp[row * g.PW + pw];
-            m += c;
-            k += std::min<int64_t>(c, g.pool_kh * g.pool_kw);
+            if (taken[pw]) continue;
+            const int64_t c = nzp[row * g.PW + pw];
+            if (pairs_at(g, nzp, n, ph, pw, dist)) {
+              partner[pw] = dist;
+              taken[pw + dist] = 1;
+              const int64_t c2 = c + nzp[row * g.PW + pw + dist];
+              m += c2;
+              k += std::min<int64_t>(c2, (K + 1) * (K + 1));
+            } else {
+              m += c;
+              k += std::min<int64_t>(c, K);
+            }
           }
-          rg[row].rows.reserve(m);
-          rg[row].vals.reserve(m);
-          for (auto* v : {&rg[row].gy, &rg[row].gx, &rg[row].gj, &rg[row].gm}) v->reserve(k);
-          for (int64_t pw = 0; pw < g.PW; ++pw)
-            if (!add_position<A, Val>(g, val, sp, wrows.data(), nzp, n, ph, pw, scratch, v,
-                                      rg[row])) {
+          RowGroups<A>& rr = rg[row];
+          rr.rows.reserve(m);
+          rr.vals.reserve(m);
+          for (auto* v : {&rr.gy, &rr.gx, &rr.gy2, &rr.gx2, &rr.gj, &rr.gm}) v->reserve(k);
+          for (int64_t pw = 0; pw < g.PW; ++pw) {
+            if (taken[pw]) continue;
+            if (partner[pw] > 0 && rr.vals2.empty()) rr.vals2.reserve(m);
+            if (!add_position<A, Val>(g, val, sp, wrows.data(), nzp, n, ph, pw, partner[pw],
+                                      scratch, v, v2, rr)) {
               bad = true;
               break;
             }
+          }
         }
       });
     });

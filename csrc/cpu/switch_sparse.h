@@ -30,7 +30,11 @@
 //
 // The scatter packs the used filters into zero-padded panels of 1 KiB run
 // chunks (one re-layout; vector tails read the padding), groups the
-// nonzeros once per pooled row, then runs the products. With few input
+// nonzeros once per pooled row, then runs the products. On wide maps
+// (enough nonzeros per position) two positions of a pooled row, far enough
+// apart that their output runs cannot overlap, are grouped as a pair: by
+// the pair of switches a channel has there, so each loaded filter vector
+// feeds two targets' accumulators (half the filter traffic). With few input
 // channels (kW * C_in < 16, e.g. RGB first layers) runs are too short for
 // the vectors, so it works in column mode instead: a whole (kH, kW, C_in)
 // filter per column, accumulated per pooled position (in registers, masked
