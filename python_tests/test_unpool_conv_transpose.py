@@ -349,13 +349,18 @@ def test_scatter_formulations_match_reference(cfg, density, dtype, rectify):
     torch.testing.assert_close(got.double(), expected, **tol)
 
 
-@pytest.mark.parametrize("cfg", SCATTER_CONFIGS[1:3])
-def test_scatter_column_mode_nan_and_bad_switch(cfg):
-    top, sw, wt, kw, idx = _sample(cfg, torch.float64)
+# Column mode (two configs), run mode with single groups (the float32 AVX-512
+# grouping compresses per switch slot) and run mode with pairs.
+@pytest.mark.parametrize("cfg", SCATTER_CONFIGS[1:3] + SCATTER_CONFIGS[5:7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scatter_nan_and_bad_switch(cfg, dtype):
+    top, sw, wt, kw, idx = _sample(cfg, dtype)
     top[0, 1, 0, 1] = float("nan")  # passes the rectification, as torch.relu lets it
     got = unpool_conv_transpose(top, sw, wt, **kw, algorithm="sparse")
-    expected = _expected(top, idx, wt, kw)
-    torch.testing.assert_close(got, expected, equal_nan=True)
+    expected = _expected(top.double(), idx, wt.double(), kw)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.double(), expected, equal_nan=True, **tol)
+    assert got.isnan().any()
     top[0, 2, 1, 0] = 1.0
     bad = sw.clone()
     bad[0, 2, 1, 0] = 4  # a 2x2 window has positions 0..3

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "../macros.h"
@@ -110,13 +111,25 @@ CNNVIS_ALWAYS_INLINE void acc_pass(A* const* o, const A* const* rows, int64_t of
 // Over: the rows may be read up to one vector past off + len (the padded
 // filter panels), so the last partial vector is computed as a whole one
 // and only its first lanes are added; otherwise those values go one by one.
+// pf: prefetch the rows in the wide passes (worth it where the rows come
+// from L2; where they sit in L1 the prefetches only take load slots).
 template <typename A, int VB, int NO, bool Over = false>
 CNNVIS_ALWAYS_INLINE void acc_rows(A* const* o, const A* const* rows, int64_t off,
-                                   const A* const* v, int64_t m, int64_t len) {
+                                   const A* const* v, int64_t m, int64_t len, bool pf) {
   constexpr int L = VecU<A, VB>::lanes;
   int64_t t = 0;
-  for (; t + 8 * L <= len; t += 8 * L) acc_pass<A, VB, NO, 8, 1, true>(o, rows, off, v, m, t);
-  for (; t + 4 * L <= len; t += 4 * L) acc_pass<A, VB, NO, 4, 3 - NO, true>(o, rows, off, v, m, t);
+  for (; t + 8 * L <= len; t += 8 * L) {
+    if (pf)
+      acc_pass<A, VB, NO, 8, 1, true>(o, rows, off, v, m, t);
+    else
+      acc_pass<A, VB, NO, 8, 1, false>(o, rows, off, v, m, t);
+  }
+  for (; t + 4 * L <= len; t += 4 * L) {
+    if (pf)
+      acc_pass<A, VB, NO, 4, 3 - NO, true>(o, rows, off, v, m, t);
+    else
+      acc_pass<A, VB, NO, 4, 3 - NO, false>(o, rows, off, v, m, t);
+  }
   for (; t + 2 * L <= len; t += 2 * L) acc_pass<A, VB, NO, 2, 4 / NO, false>(o, rows, off, v, m, t);
   for (; t + L <= len; t += L) acc_pass<A, VB, NO, 1, 2 * NO, false>(o, rows, off, v, m, t);
   if (t == len) return;
@@ -150,6 +163,7 @@ inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
 constexpr int64_t kChunkBytes = 1024;     // scatter run chunk: 256 floats, 128 doubles
 constexpr int64_t kCorrelateChunkBytes = 512;  // correlate run chunk
 constexpr int64_t kBandPositions = 64;    // pooled positions per band, at least
+constexpr int64_t kL1PanelBytes = 32 * 1024;  // a panel this size stays in L1 (no prefetch)
 
 inline int64_t band_rows(const Geom& g) {
   return std::max<int64_t>(1, (kBandPositions + g.PW - 1) / std::max<int64_t>(1, g.PW));
@@ -178,6 +192,8 @@ constexpr int64_t kPairMaxSlots = 16;
 // Per-thread temporaries of the grouping.
 struct Scratch {
   std::vector<int32_t> c, key, cnt, start;
+  std::vector<int32_t> slot_c;  // add_position_avx512: per slot, channels
+  std::vector<float> slot_v;    // and values (K regions of C + 16)
   explicit Scratch(const Geom& g)
       : c(g.c), key(g.c), cnt(buckets(g) + 1), start(buckets(g) + 1) {}
   static int64_t buckets(const Geom& g) {
@@ -221,7 +237,76 @@ inline bool pairs_at(const Geom& g, const int32_t* count, int64_t n, int64_t ph,
 // value, counting-sorted by switch (by the pair of switches, K standing for
 // "zero here"; a channel nonzero at one position only makes a single group
 // of that position). False on a bad switch.
-template <typename A, typename Val>
+#if CNNVIS_X86_DISPATCH
+// add_position for one float position with AVX-512 (at most kPairMaxSlots
+// slots): per 16 channels, the nonzero lanes of each switch slot are
+// compressed into that slot's list (register compress, full-vector store),
+// so no histogram or per-entry scatter through memory.
+template <typename Val>
+CNNVIS_TARGET_AVX512 __attribute__((noinline)) bool add_position_avx512(
+    const Geom& g, const Val& val, const uint8_t* sw, const float* const* wrows, int64_t ph,
+    int64_t pw, int64_t base, Scratch& sc, std::vector<float>& v, RowGroups<float>& rg) {
+  const int64_t C = g.c, K = g.pool_kh * g.pool_kw, stride = C + 16;
+  if (static_cast<int64_t>(sc.slot_c.size()) < K * stride) {
+    sc.slot_c.resize(K * stride);
+    sc.slot_v.resize(K * stride);
+  }
+  float* CNNVIS_RESTRICT xv = v.data();
+  CNNVIS_IVDEP
+  for (int64_t c = 0; c < C; ++c) xv[c] = val(base + c);
+  int32_t cnt[kPairMaxSlots] = {};
+  __mmask16 bad = 0;
+  const __m512i kv = _mm512_set1_epi32(static_cast<int32_t>(K));
+  const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
+    const int64_t nl = std::min<int64_t>(16, C - c0);
+    const __mmask16 lane = nl == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nl) - 1);
+    const __m512 x = _mm512_maskz_loadu_ps(lane, xv + c0);
+    // Unordered compare: a NaN counts as a nonzero, as everywhere else.
+    const __mmask16 nz = _mm512_mask_cmp_ps_mask(lane, x, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    if (nz == 0) continue;
+    __m512i sv = _mm512_setzero_si512();
+    if (sw && nl == 16) {
+      sv = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sw + base + c0)));
+    } else if (sw) {  // the last, partial 16 channels
+      alignas(16) uint8_t b[16] = {};
+      std::memcpy(b, sw + base + c0, static_cast<size_t>(nl));
+      sv = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(b)));
+    }
+    bad |= _mm512_mask_cmpge_epi32_mask(nz, sv, kv);
+    const __m512i ci = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(c0)), iota);
+    for (int64_t k = 0; k < K; ++k) {
+      const __mmask16 mk = _mm512_mask_cmpeq_epi32_mask(nz, sv, _mm512_set1_epi32(static_cast<int32_t>(k)));
+      if (mk == 0) continue;
+      _mm512_storeu_si512(sc.slot_c.data() + k * stride + cnt[k], _mm512_maskz_compress_epi32(mk, ci));
+      _mm512_storeu_ps(sc.slot_v.data() + k * stride + cnt[k], _mm512_maskz_compress_ps(mk, x));
+      cnt[k] += __builtin_popcount(static_cast<unsigned>(mk));
+    }
+  }
+  if (bad) return false;
+  for (int64_t k = 0; k < K; ++k) {
+    if (cnt[k] == 0) continue;
+    int64_t y, x;
+    if (!target(g, ph, pw, k, &y, &x)) return false;
+    const int64_t e0 = static_cast<int64_t>(rg.rows.size());
+    rg.gy.push_back(static_cast<int32_t>(y));
+    rg.gx.push_back(static_cast<int32_t>(x));
+    rg.gy2.push_back(-1);
+    rg.gx2.push_back(-1);
+    rg.gj.push_back(static_cast<int32_t>(e0));
+    rg.gm.push_back(cnt[k]);
+    rg.rows.resize(e0 + cnt[k]);
+    rg.vals.resize(e0 + cnt[k]);
+    const float** CNNVIS_RESTRICT rp = rg.rows.data() + e0;
+    const int32_t* CNNVIS_RESTRICT sc_c = sc.slot_c.data() + k * stride;
+    for (int64_t j = 0; j < cnt[k]; ++j) rp[j] = wrows[sc_c[j]];
+    std::memcpy(rg.vals.data() + e0, sc.slot_v.data() + k * stride, cnt[k] * sizeof(float));
+  }
+  return true;
+}
+#endif
+
+template <typename A, typename Val, bool Avx512 = false>
 CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint8_t* sw,
                                        const A* const* wrows, const int32_t* count, int64_t n,
                                        int64_t ph, int64_t pw, int64_t d, Scratch& sc,
@@ -230,34 +315,47 @@ CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint
   const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C, base2 = base + d * C;
   const int np = d > 0 ? 2 : 1;
   if (np == 1 && count[q] == 0) return true;
+#if CNNVIS_X86_DISPATCH
+  if constexpr (Avx512 && std::is_same<A, float>::value) {
+    if (np == 1 && K <= kPairMaxSlots)
+      return add_position_avx512(g, val, sw, wrows, ph, pw, base, sc, v, rg);
+  }
+#endif
   const int64_t nb = np == 2 ? (K + 1) * (K + 1) : K;
+  // Branch-free compaction of the nonzeros (every channel is written at
+  // slot m, which only advances past a nonzero).
+  int32_t* CNNVIS_RESTRICT cc = sc.c.data();
+  int32_t* CNNVIS_RESTRICT kk = sc.key.data();
+  A* CNNVIS_RESTRICT vv = v.data();
+  A* CNNVIS_RESTRICT vv2 = v2.data();
   int64_t m = 0;
+  int32_t bad = 0;
   if (np == 1) {
     for (int64_t c = 0; c < C; ++c) {
       const A x = val(base + c);
-      if (x == A(0)) continue;
-      const int64_t k = sw ? sw[base + c] : 0;
-      if (k >= K) return false;
-      sc.c[m] = static_cast<int32_t>(c);
-      sc.key[m] = static_cast<int32_t>(k);
-      v[m] = x;
-      ++m;
+      const int32_t h = x != A(0);
+      const int32_t k = sw ? sw[base + c] : 0;
+      bad |= h & (k >= K);
+      cc[m] = static_cast<int32_t>(c);
+      kk[m] = k;
+      vv[m] = x;
+      m += h;
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
       const A x = val(base + c), x2 = val(base2 + c);
-      const bool h = x != A(0), h2 = x2 != A(0);
-      if (!h && !h2) continue;
-      const int64_t k = h ? (sw ? sw[base + c] : 0) : K;
-      const int64_t k2 = h2 ? (sw ? sw[base2 + c] : 0) : K;
-      if ((h && k >= K) || (h2 && k2 >= K)) return false;
-      sc.c[m] = static_cast<int32_t>(c);
-      sc.key[m] = static_cast<int32_t>(k * (K + 1) + k2);
-      v[m] = x;
-      v2[m] = x2;
-      ++m;
+      const int32_t h = x != A(0), h2 = x2 != A(0);
+      const int32_t s1 = sw ? sw[base + c] : 0, s2 = sw ? sw[base2 + c] : 0;
+      bad |= (h & (s1 >= K)) | (h2 & (s2 >= K));
+      const int32_t k = h ? s1 : static_cast<int32_t>(K), k2 = h2 ? s2 : static_cast<int32_t>(K);
+      cc[m] = static_cast<int32_t>(c);
+      kk[m] = k * static_cast<int32_t>(K + 1) + k2;
+      vv[m] = x;
+      vv2[m] = x2;
+      m += h | h2;
     }
   }
+  if (bad) return false;
   std::fill(sc.cnt.begin(), sc.cnt.begin() + nb, 0);
   for (int64_t j = 0; j < m; ++j) ++sc.cnt[sc.key[j]];
   const int64_t e0 = static_cast<int64_t>(rg.rows.size());
@@ -283,18 +381,25 @@ CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint
   rg.rows.resize(e0 + m);
   rg.vals.resize(e0 + m);
   if (np == 2) rg.vals2.resize(e0 + m);
-  for (int64_t j = 0; j < m; ++j) {
-    const int32_t b = sc.key[j];
-    const int64_t pos = e0 + sc.start[b]++;
-    rg.rows[pos] = wrows[sc.c[j]];
-    if (np == 1) {
-      rg.vals[pos] = v[j];
-    } else {
-      // A single group of the second position keeps its values in vals.
-      const bool first = b / (K + 1) < K;
-      rg.vals[pos] = first ? v[j] : v2[j];
-      rg.vals2[pos] = v2[j];
+  const A** CNNVIS_RESTRICT rp = rg.rows.data() + e0;
+  A* CNNVIS_RESTRICT vp = rg.vals.data() + e0;
+  int32_t* CNNVIS_RESTRICT st = sc.start.data();
+  if (np == 1) {
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t pos = st[kk[j]]++;
+      rp[pos] = wrows[cc[j]];
+      vp[pos] = vv[j];
     }
+    return true;
+  }
+  A* CNNVIS_RESTRICT vp2 = rg.vals2.data() + e0;
+  for (int64_t j = 0; j < m; ++j) {
+    const int32_t b = kk[j];
+    const int64_t pos = st[b]++;
+    rp[pos] = wrows[cc[j]];
+    // A single group of the second position keeps its values in vals.
+    vp[pos] = b / (K + 1) < K ? vv[j] : vv2[j];
+    vp2[pos] = vv2[j];
   }
   return true;
 }
@@ -340,6 +445,8 @@ CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const RowGroups<A>* rg, co
   const RowGroups<A>* rows = rg + n * g.PH;
   const int64_t ci = g.ci, chunk = pn.chunk;
   const int64_t nseg = g.nseg(), len = g.seglen();
+  // The panel of one chunk (what a chunk's groups read) in L1 or not.
+  const bool pf = pn.used * chunk * static_cast<int64_t>(sizeof(A)) > kL1PanelBytes;
   for (int64_t kh = 0; kh < g.kh; ++kh)
     for (int64_t seg = 0; seg < nseg; ++seg)
       for (int64_t t0 = 0, tc = 0; t0 < len; t0 += chunk, ++tc) {
@@ -377,7 +484,7 @@ CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const RowGroups<A>* rg, co
             if (r.gy2[q] < 0) {
               if (in) {
                 const A* v = r.vals.data() + r.gj[q];
-                acc_rows<A, VB, 1, true>(o, er, base + a, &v, em, b - a);
+                acc_rows<A, VB, 1, true>(o, er, base + a, &v, em, b - a, pf);
               }
               continue;
             }
@@ -387,12 +494,12 @@ CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const RowGroups<A>* rg, co
             // cannot overlap (pair_distance makes that the rule).
             if (in && in2 && a == a2 && b == b2 &&
                 (o[1] - o[0] >= b - a || o[0] - o[1] >= b - a)) {
-              acc_rows<A, VB, 2, true>(o, er, base + a, v, em, b - a);
+              acc_rows<A, VB, 2, true>(o, er, base + a, v, em, b - a, pf);
               continue;
             }
             // One target outside the band or clipped differently (map edges).
-            if (in) acc_rows<A, VB, 1, true>(o, er, base + a, v, em, b - a);
-            if (in2) acc_rows<A, VB, 1, true>(o + 1, er, base + a2, v + 1, em, b2 - a2);
+            if (in) acc_rows<A, VB, 1, true>(o, er, base + a, v, em, b - a, pf);
+            if (in2) acc_rows<A, VB, 1, true>(o + 1, er, base + a2, v + 1, em, b2 - a2, pf);
           }
         }
       }
@@ -623,7 +730,7 @@ CNNVIS_ALWAYS_INLINE void correlate_task(const Geom& g, const Val& val, const ui
               if (r.empty()) continue;
               A* o = gw + c * wrow + (kh * g.kw + seg) * g.ci + t0;
               const A* v = vals[c - c0].data();
-              acc_rows<A, VB, 1>(&o, r.data(), xoff, &v, static_cast<int64_t>(r.size()), cl);
+              acc_rows<A, VB, 1>(&o, r.data(), xoff, &v, static_cast<int64_t>(r.size()), cl, true);
             }
           }
     }
@@ -935,8 +1042,13 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
           for (int64_t pw = 0; pw < g.PW; ++pw) {
             if (taken[pw]) continue;
             if (partner[pw] > 0 && rr.vals2.empty()) rr.vals2.reserve(m);
-            if (!add_position<A, Val>(g, val, sp, wrows.data(), nzp, n, ph, pw, partner[pw],
-                                      scratch, v, v2, rr)) {
+            const bool ok =
+                isa == Isa::kAvx512
+                    ? add_position<A, Val, true>(g, val, sp, wrows.data(), nzp, n, ph, pw,
+                                                 partner[pw], scratch, v, v2, rr)
+                    : add_position<A, Val, false>(g, val, sp, wrows.data(), nzp, n, ph, pw,
+                                                  partner[pw], scratch, v, v2, rr);
+            if (!ok) {
               bad = true;
               break;
             }
