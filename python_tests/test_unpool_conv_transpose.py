@@ -349,6 +349,34 @@ def test_scatter_formulations_match_reference(cfg, density, dtype, rectify):
     torch.testing.assert_close(got.double(), expected, **tol)
 
 
+# Few images of few rows and many input channels (at least 128 per thread):
+# the scatter's tasks split the input channels (per-tap runs, one chunk of
+# channels per task) instead of bands of output rows.
+SPLIT_CONFIGS = [
+    (1, 390, 10, 9, 48, 3, 1, 1, 1, 1, 2, 2, 0, True),    # single groups, 2 or 3 chunks
+    (1, 520, 8, 8, 300, 3, 1, 1, 1, 1, 2, 2, 0, False),   # pair groups, 4 or 3 chunks, padded
+    (2, 300, 9, 8, 40, (3, 5), 2, (1, 2), 1, 1, 1, 1, 0, False),  # no pooling, stride 2
+]
+
+
+@pytest.mark.parametrize("cfg", SPLIT_CONFIGS)
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("density", [1.0, 0.3])
+def test_scatter_channel_split_matches_reference(cfg, threads, dtype, density):
+    torch.manual_seed(12)
+    top, sw, wt, kw, idx = _sample(cfg, dtype, density=density)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = unpool_conv_transpose(top, sw, wt, **kw, algorithm="sparse")
+    finally:
+        torch.set_num_threads(before)
+    expected = _expected(top.double(), idx, wt.double(), kw)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.double(), expected, **tol)
+
+
 # Column mode (two configs), run mode with single groups (the float32 AVX-512
 # grouping compresses per switch slot) and run mode with pairs.
 @pytest.mark.parametrize("cfg", SCATTER_CONFIGS[1:3] + SCATTER_CONFIGS[5:7])

@@ -164,6 +164,7 @@ constexpr int64_t kChunkBytes = 1024;     // scatter run chunk: 256 floats, 128 
 constexpr int64_t kCorrelateChunkBytes = 512;  // correlate run chunk
 constexpr int64_t kBandPositions = 64;    // pooled positions per band, at least
 constexpr int64_t kL1PanelBytes = 32 * 1024;  // a panel this size stays in L1 (no prefetch)
+constexpr int64_t kSplitChannels = 128;  // input channels per chunk, at least, in the channel split
 
 inline int64_t band_rows(const Geom& g) {
   return std::max<int64_t>(1, (kBandPositions + g.PW - 1) / std::max<int64_t>(1, g.PW));
@@ -232,11 +233,6 @@ inline bool pairs_at(const Geom& g, const int32_t* count, int64_t n, int64_t ph,
   return count[q] >= need && count[q + d] >= need;
 }
 
-// Appends the groups of pooled position (ph, pw) of image n, or of the pair
-// (ph, pw), (ph, pw + d) when d > 0, to rg: the channels with a nonzero
-// value, counting-sorted by switch (by the pair of switches, K standing for
-// "zero here"; a channel nonzero at one position only makes a single group
-// of that position). False on a bad switch.
 #if CNNVIS_X86_DISPATCH
 // add_position for one float position with AVX-512 (at most kPairMaxSlots
 // slots): per 16 channels, the nonzero lanes of each switch slot are
@@ -306,6 +302,12 @@ CNNVIS_TARGET_AVX512 __attribute__((noinline)) bool add_position_avx512(
 }
 #endif
 
+// Appends the groups of pooled position (ph, pw) of image n, or of the pair
+// (ph, pw), (ph, pw + d) when d > 0, to rg: the channels with a nonzero
+// value, counting-sorted by switch (by the pair of switches, K standing for
+// "zero here"; a channel nonzero at one position only makes a single group
+// of that position). False on a bad switch. Avx512: float positions go through
+// add_position_avx512.
 template <typename A, typename Val, bool Avx512 = false>
 CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint8_t* sw,
                                        const A* const* wrows, const int32_t* count, int64_t n,
@@ -412,12 +414,17 @@ CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint
 // channel u is wpack + u * chunk, and chunk (ks, tc) lies `offset` further.
 // In column mode (runs shorter than two vectors: few input channels) the
 // whole filter (kH, kW, C_in) is one run: a group's product is one column,
-// added into the output's kH x kW neighbourhood afterwards.
+// added into the output's kH x kW neighbourhood afterwards. With per-tap
+// runs (`tap`: the channel split of few wide images) every tap is a run of
+// C_in values, so that chunk tc covers the same input channels in every
+// run and a task that owns those channels owns its outputs.
 struct Panels {
   int64_t chunk, nch, used;
   bool col;
-  int64_t runs(const Geom& g) const { return col ? 1 : g.kh * g.nseg(); }
-  int64_t len(const Geom& g) const { return col ? g.kh * g.kw * g.ci : g.seglen(); }
+  bool tap = false;
+  int64_t runs(const Geom& g) const { return col ? 1 : g.kh * nseg(g); }
+  int64_t len(const Geom& g) const { return col ? g.kh * g.kw * g.ci : (tap ? g.ci : g.seglen()); }
+  int64_t nseg(const Geom& g) const { return tap ? g.kw : g.nseg(); }
   int64_t offset(int64_t ks, int64_t tc) const { return (ks * nch + tc) * used * chunk; }
 };
 
@@ -435,21 +442,23 @@ inline bool pooled_rows_for(const Geom& g, int64_t r0, int64_t r1, int64_t* plo,
   return *plo <= *phi;
 }
 
-// Scatter task: the rows [r0, r1) of the output of image n, from the
-// groups of its pooled rows (rg, one per (n, ph)); outp: (N, H, W, C_in).
+// Scatter task: the rows [r0, r1) of the output of image n, the run chunks
+// [tc0, tc1) only, from the groups of its pooled rows (rg, one per (n, ph));
+// outp: (N, H, W, C_in).
 template <typename A, int VB>
 CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const RowGroups<A>* rg, const Panels& pn,
-                                       A* outp, int64_t n, int64_t r0, int64_t r1) {
+                                       A* outp, int64_t n, int64_t r0, int64_t r1, int64_t tc0,
+                                       int64_t tc1) {
   int64_t plo, phi;
   if (!pooled_rows_for(g, r0, r1, &plo, &phi)) return;
   const RowGroups<A>* rows = rg + n * g.PH;
   const int64_t ci = g.ci, chunk = pn.chunk;
-  const int64_t nseg = g.nseg(), len = g.seglen();
+  const int64_t nseg = pn.nseg(g), len = pn.len(g);
   // The panel of one chunk (what a chunk's groups read) in L1 or not.
   const bool pf = pn.used * chunk * static_cast<int64_t>(sizeof(A)) > kL1PanelBytes;
   for (int64_t kh = 0; kh < g.kh; ++kh)
     for (int64_t seg = 0; seg < nseg; ++seg)
-      for (int64_t t0 = 0, tc = 0; t0 < len; t0 += chunk, ++tc) {
+      for (int64_t tc = tc0, t0 = tc0 * chunk; tc < tc1 && t0 < len; t0 += chunk, ++tc) {
         const int64_t t1 = std::min(len, t0 + chunk);
         const int64_t base = pn.offset(kh * nseg + seg, tc) - t0;
         for (int64_t ph = plo; ph <= phi; ++ph) {
@@ -758,8 +767,9 @@ inline Isa best_isa() {
 #define CNNVIS_SWITCH_SPARSE_TASKS(SUFFIX, TARGET, VB)                                       \
   template <typename A>                                                                      \
   TARGET void scatter_##SUFFIX(const Geom& g, const RowGroups<A>* rg, const Panels& pn,      \
-                               A* outp, int64_t n, int64_t r0, int64_t r1) {                 \
-    scatter_task<A, VB>(g, rg, pn, outp, n, r0, r1);                                         \
+                               A* outp, int64_t n, int64_t r0, int64_t r1, int64_t tc0,      \
+                               int64_t tc1) {                                                \
+    scatter_task<A, VB>(g, rg, pn, outp, n, r0, r1, tc0, tc1);                               \
   }                                                                                          \
   template <typename A, typename Val>                                                        \
   TARGET bool column_##SUFFIX(const Geom& g, const Val& val, const uint8_t* sw,              \
@@ -832,11 +842,18 @@ at::Tensor padded_nhwc(const at::Tensor& x, int64_t ph, int64_t pw) {
 // The panel layout of one scatter: chunks of kChunkBytes (measured: 256 to
 // 2048 bytes are alike; shorter chunks spend more on the per-group calls
 // than the L1-resident panels save).
+// split > 0: per-tap runs cut into at least `split` chunks (the channel
+// split), each of whole cache lines.
 template <typename A>
-Panels panels_for(const Geom& g, int64_t used) {
+Panels panels_for(const Geom& g, int64_t used, int64_t split = 0) {
   constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(A));
   Panels pn{kChunkBytes / static_cast<int64_t>(sizeof(A)), 0, used, !worthwhile(g)};
+  pn.tap = split > 0 && !pn.col;
   const int64_t len = pn.len(g), padded = (len + line - 1) / line * line;
+  if (pn.tap) {
+    const int64_t part = (len + split - 1) / split;
+    pn.chunk = std::min(pn.chunk, (part + line - 1) / line * line);
+  }
   // A column is one chunk, whatever its length.
   pn.chunk = pn.col ? padded : std::min(pn.chunk, padded);
   pn.nch = (len + pn.chunk - 1) / pn.chunk;
@@ -960,7 +977,28 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     std::vector<int64_t> sel;
     for (int64_t c = 0; c < g.c; ++c)
       if (col || svr.used[c]) sel.push_back(c);
-    const Panels pn = panels_for<A>(g, static_cast<int64_t>(sel.size()));
+    // Little work (a one-hot map, a few nonzeros): one thread, no wake-ups.
+    const double work = static_cast<double>(svr.nnz) * static_cast<double>(g.kh * g.kw * g.ci) +
+                        static_cast<double>(g.n * g.PH * g.PW * g.c);
+    const bool serial = work < 4e5;
+    // Tasks: (image, band of output rows), each owning its rows (no atomics),
+    // handed out dynamically since the bands at the map's edges have less
+    // work; a few per thread so that one image feeds every thread (fewer in
+    // column mode, where a position on a band edge is computed twice).
+    const int64_t per = (col ? 4 : 8) * threads;
+    const int64_t bands =
+        std::max<int64_t>(1, std::min<int64_t>(g.H, (per + g.n - 1) / std::max<int64_t>(1, g.n)));
+    const int64_t band_h = (g.H + bands - 1) / bands;
+    // Few images of few rows and many input channels, where those bands
+    // would be one or two rows: tasks split the input channels instead
+    // (per-tap runs, one chunk of channels each, two chunks per thread where
+    // they stay 128 channels or more), so that every task sees whole pooled
+    // rows (no pair straddles a band edge) and reads only its own chunks of
+    // the filters.
+    const bool split = !col && !serial && threads > 1 && band_h <= 2 &&
+                       g.ci >= kSplitChannels * threads;
+    const int64_t parts = g.ci >= 2 * kSplitChannels * threads ? 2 * threads : threads;
+    const Panels pn = panels_for<A>(g, static_cast<int64_t>(sel.size()), split ? parts : 0);
     // Masked-dense columns when at least 1 in 2 of the slots a position
     // could fill holds a nonzero on average (K masked multiply-adds per
     // channel against one per nonzero plus a dependency through memory).
@@ -972,19 +1010,7 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     std::vector<const A*> wrows(g.c, nullptr);
     for (size_t u = 0; u < sel.size(); ++u) wrows[sel[u]] = wp + static_cast<int64_t>(u) * pn.chunk;
     const int32_t* nzp = svr.count.data();
-    // Little work (a one-hot map, a few nonzeros): one thread, no wake-ups.
-    const double work = static_cast<double>(svr.nnz) * static_cast<double>(g.kh * g.kw * g.ci) +
-                        static_cast<double>(g.n * g.PH * g.PW * g.c);
-    const bool serial = work < 4e5;
-    // Tasks: (image, band of output rows), each owning its rows (no atomics),
-    // handed out dynamically since the bands at the map's edges have less
-    // work; a few per thread so that one image feeds every thread (fewer in
-    // column mode, where a position on a band edge is computed twice).
-    const int64_t per = (pn.col ? 4 : 8) * threads;
-    const int64_t bands =
-        std::max<int64_t>(1, std::min<int64_t>(g.H, (per + g.n - 1) / std::max<int64_t>(1, g.n)));
-    const int64_t band_h = (g.H + bands - 1) / bands;
-    const int64_t items = g.n * bands;
+    const int64_t items = split ? g.n * pn.nch : g.n * bands;
     std::atomic<int64_t> next{0};
     if (pn.col) {
       with_values<A>(mode, ac, bc, [&](const auto& val) {
@@ -1060,9 +1086,14 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     // Phase 2: the products.
     at::parallel_for(0, serial ? 1 : std::min(threads, items), 1, [&](int64_t, int64_t) {
       for (int64_t item = next++; item < items; item = next++) {
+        if (split) {
+          const int64_t n = item / pn.nch, tc = item % pn.nch;
+          CNNVIS_ON_ISA(isa, scatter, g, rg.data(), pn, op, n, 0, g.H, tc, tc + 1);
+          continue;
+        }
         const int64_t n = item / bands, r0 = (item % bands) * band_h;
         const int64_t r1 = std::min(g.H, r0 + band_h);
-        if (r0 < r1) CNNVIS_ON_ISA(isa, scatter, g, rg.data(), pn, op, n, r0, r1);
+        if (r0 < r1) CNNVIS_ON_ISA(isa, scatter, g, rg.data(), pn, op, n, r0, r1, 0, pn.nch);
       }
     });
   });
