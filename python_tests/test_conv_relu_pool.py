@@ -223,6 +223,21 @@ def test_sparse_backward_wide_layer_pairs(backward_path):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
+def test_sparse_backward_many_images(backward_path):
+    # At least 2 images per thread: the input gradient's scatter runs one task
+    # per image, grouping fused with the products.
+    torch.manual_seed(5)
+    x = torch.randn(6, 16, 16, 15, dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(24, 16, 3, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = conv_relu_pool(x, wt, None, padding=1, pool_kernel=2)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, wt), g)
+    e_out, _ = ref.conv_relu_pool(x, wt, None, padding=1, pool_kernel=2)
+    expected = torch.autograd.grad(e_out, (x, wt), g)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
 def test_pool_kernel_one_is_conv_relu():
     x, wt, b, kw = _args(CONFIGS[0], torch.float64, True)
     out, sw = conv_relu_pool(x, wt, b, padding=1, pool_kernel=1)

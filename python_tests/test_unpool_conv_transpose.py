@@ -333,6 +333,9 @@ SCATTER_CONFIGS = [
     (1, 8, 13, 13, 560, 3, 1, 1, 1, 1, 2, 2, 0, True),   # PW odd (ceil mode)
     (1, 20, 9, 11, 40, 3, 1, 1, 1, 1, 1, 1, 0, False),   # no pooling (K = 1): runs of 60
     (1, 6, 11, 12, 300, 3, 2, 2, 1, 1, 2, 2, 0, False),  # stride 2, padding 2, runs of 18
+    # Many images (at least 2 per thread): one task per image, its grouping
+    # fused with its products.
+    (5, 24, 10, 9, 40, 3, 1, 1, 1, 1, 2, 2, 0, True),
 ]
 
 
@@ -378,8 +381,9 @@ def test_scatter_channel_split_matches_reference(cfg, threads, dtype, density):
 
 
 # Column mode (two configs), run mode with single groups (the float32 AVX-512
-# grouping compresses per switch slot) and run mode with pairs.
-@pytest.mark.parametrize("cfg", SCATTER_CONFIGS[1:3] + SCATTER_CONFIGS[5:7])
+# grouping compresses per switch slot), run mode with pairs, and one task per
+# image.
+@pytest.mark.parametrize("cfg", SCATTER_CONFIGS[1:3] + SCATTER_CONFIGS[5:7] + SCATTER_CONFIGS[-1:])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_scatter_nan_and_bad_switch(cfg, dtype):
     top, sw, wt, kw, idx = _sample(cfg, dtype)

@@ -182,6 +182,10 @@ struct RowGroups {
   std::vector<const A*> rows;
   std::vector<A> vals, vals2;
   std::vector<int32_t> gy, gx, gy2, gx2, gj, gm;
+  void clear() {  // keeps the capacity, for reuse
+    rows.clear(), vals.clear(), vals2.clear();
+    for (auto* v : {&gy, &gx, &gy2, &gx2, &gj, &gm}) v->clear();
+  }
 };
 
 // Positions are paired when both hold at least kPairEntries * K^2 nonzeros
@@ -406,6 +410,60 @@ CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint
   return true;
 }
 
+// Per-thread state of the grouping, and the grouping of one pooled row
+// (n, ph) into rr: pairs (pw, pw + d) taken greedily from the left where
+// pairs_at says so, then add_position per position or pair (add_position<
+// ..., true> where `avx512`). False on a bad switch.
+template <typename A>
+struct Grouper {
+  Scratch scratch;
+  std::vector<A> v, v2;
+  std::vector<int64_t> partner;
+  std::vector<uint8_t> taken;
+  int64_t K, dist;
+  explicit Grouper(const Geom& g)
+      : scratch(g), v(g.c), v2(g.c), partner(g.PW), taken(g.PW), K(g.pool_kh * g.pool_kw),
+        dist(pair_distance(g)) {}
+
+  template <typename Val>
+  bool row(const Geom& g, const Val& val, const uint8_t* sw, const A* const* wrows,
+           const int32_t* count, bool avx512, int64_t n, int64_t ph, RowGroups<A>& rr) {
+    const int32_t* cnt = count + (n * g.PH + ph) * g.PW;
+    // Reservations: entries (at most the nonzeros) and groups (at most
+    // min(nonzeros, buckets) per position or pair).
+    std::fill(partner.begin(), partner.end(), int64_t{0});
+    std::fill(taken.begin(), taken.end(), uint8_t{0});
+    int64_t m = 0, k = 0;
+    for (int64_t pw = 0; pw < g.PW; ++pw) {
+      if (taken[pw]) continue;
+      if (pairs_at(g, count, n, ph, pw, dist)) {
+        partner[pw] = dist;
+        taken[pw + dist] = 1;
+        const int64_t c2 = cnt[pw] + cnt[pw + dist];
+        m += c2;
+        k += std::min<int64_t>(c2, (K + 1) * (K + 1));
+      } else {
+        m += cnt[pw];
+        k += std::min<int64_t>(cnt[pw], K);
+      }
+    }
+    rr.rows.reserve(m);
+    rr.vals.reserve(m);
+    for (auto* x : {&rr.gy, &rr.gx, &rr.gy2, &rr.gx2, &rr.gj, &rr.gm}) x->reserve(k);
+    for (int64_t pw = 0; pw < g.PW; ++pw) {
+      if (taken[pw]) continue;
+      if (partner[pw] > 0 && rr.vals2.capacity() < static_cast<size_t>(m)) rr.vals2.reserve(m);
+      const bool ok =
+          avx512 ? add_position<A, Val, true>(g, val, sw, wrows, count, n, ph, pw, partner[pw],
+                                              scratch, v, v2, rr)
+                 : add_position<A, Val, false>(g, val, sw, wrows, count, n, ph, pw, partner[pw],
+                                               scratch, v, v2, rr);
+      if (!ok) return false;
+    }
+    return true;
+  }
+};
+
 // The filters as panels: the runs of every filter row cut into chunks of
 // `chunk` values, and chunk tc of run ks of every used channel u stored
 // together, (runs, nch, used, chunk), zero-padded: while the groups of a band
@@ -443,15 +501,14 @@ inline bool pooled_rows_for(const Geom& g, int64_t r0, int64_t r1, int64_t* plo,
 }
 
 // Scatter task: the rows [r0, r1) of the output of image n, the run chunks
-// [tc0, tc1) only, from the groups of its pooled rows (rg, one per (n, ph));
+// [tc0, tc1) only, from the groups of its pooled rows (rows: one per ph);
 // outp: (N, H, W, C_in).
 template <typename A, int VB>
-CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const RowGroups<A>* rg, const Panels& pn,
+CNNVIS_ALWAYS_INLINE void scatter_task(const Geom& g, const RowGroups<A>* rows, const Panels& pn,
                                        A* outp, int64_t n, int64_t r0, int64_t r1, int64_t tc0,
                                        int64_t tc1) {
   int64_t plo, phi;
   if (!pooled_rows_for(g, r0, r1, &plo, &phi)) return;
-  const RowGroups<A>* rows = rg + n * g.PH;
   const int64_t ci = g.ci, chunk = pn.chunk;
   const int64_t nseg = pn.nseg(g), len = pn.len(g);
   // The panel of one chunk (what a chunk's groups read) in L1 or not.
@@ -766,10 +823,10 @@ inline Isa best_isa() {
 // with TARGET's attribute and VB-byte vectors.
 #define CNNVIS_SWITCH_SPARSE_TASKS(SUFFIX, TARGET, VB)                                       \
   template <typename A>                                                                      \
-  TARGET void scatter_##SUFFIX(const Geom& g, const RowGroups<A>* rg, const Panels& pn,      \
+  TARGET void scatter_##SUFFIX(const Geom& g, const RowGroups<A>* rows, const Panels& pn,    \
                                A* outp, int64_t n, int64_t r0, int64_t r1, int64_t tc0,      \
                                int64_t tc1) {                                                \
-    scatter_task<A, VB>(g, rg, pn, outp, n, r0, r1, tc0, tc1);                               \
+    scatter_task<A, VB>(g, rows, pn, outp, n, r0, r1, tc0, tc1);                             \
   }                                                                                          \
   template <typename A, typename Val>                                                        \
   TARGET bool column_##SUFFIX(const Geom& g, const Val& val, const uint8_t* sw,              \
@@ -873,7 +930,9 @@ at::Tensor pack_panels(const Geom& g, const Panels& pn, const at::Tensor& w,
   A* op = out.mutable_data_ptr<A>();
   std::fill(op + runs * pn.nch * pn.used * pn.chunk, op + out.numel(), A(0));
   const int64_t len = pn.len(g);
-  at::parallel_for(0, pn.used, 8, [&](int64_t u0, int64_t u1) {
+  // 64k values per task at least: small filter banks are packed by one thread.
+  const int64_t grain = std::max<int64_t>(8, (int64_t{1} << 16) / std::max<int64_t>(1, ci * taps));
+  at::parallel_for(0, pn.used, grain, [&](int64_t u0, int64_t u1) {
     // One filter as (kh, kw, c_in): the runs one after another (a filter
     // row of kW * C_in values, a tap of C_in with dilation_w > 1, or the
     // whole filter in column mode), then cut into the panels' chunks.
@@ -1010,7 +1069,9 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     std::vector<const A*> wrows(g.c, nullptr);
     for (size_t u = 0; u < sel.size(); ++u) wrows[sel[u]] = wp + static_cast<int64_t>(u) * pn.chunk;
     const int32_t* nzp = svr.count.data();
-    const int64_t items = split ? g.n * pn.nch : g.n * bands;
+    // Many images: one task per image (grouping fused with the products).
+    const bool fused = !col && !serial && !split && g.n >= 2 * threads;
+    const int64_t items = split ? g.n * pn.nch : fused ? g.n : g.n * bands;
     std::atomic<int64_t> next{0};
     if (pn.col) {
       with_values<A>(mode, ac, bc, [&](const auto& val) {
@@ -1029,57 +1090,36 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
       });
       return;
     }
+    const bool avx512 = isa == Isa::kAvx512;
+    if (fused) {
+      // One task per image: its groups (in this thread's reused buffers, so
+      // they stay in its cache), then its products.
+      with_values<A>(mode, ac, bc, [&](const auto& val) {
+        at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
+          Grouper<A> gr(g);
+          std::vector<RowGroups<A>> local(g.PH);
+          for (int64_t n = next++; n < items && !bad; n = next++) {
+            for (int64_t ph = 0; ph < g.PH; ++ph) {
+              local[ph].clear();
+              if (!gr.row(g, val, sp, wrows.data(), nzp, avx512, n, ph, local[ph])) {
+                bad = true;
+                break;
+              }
+            }
+            if (!bad) CNNVIS_ON_ISA(isa, scatter, g, local.data(), pn, op, n, 0, g.H, 0, pn.nch);
+          }
+        });
+      });
+      return;
+    }
     // Phase 1: the groups of every pooled row, once (parallel over rows).
     std::vector<RowGroups<A>> rg(g.n * g.PH);
     with_values<A>(mode, ac, bc, [&](const auto& val) {
-      using Val = std::decay_t<decltype(val)>;
       at::parallel_for(0, g.n * g.PH, serial ? g.n * g.PH : 1, [&](int64_t begin, int64_t end) {
-        Scratch scratch(g);
-        std::vector<A> v(g.c), v2(g.c);
-        std::vector<int64_t> partner(g.PW);
-        std::vector<uint8_t> taken(g.PW);
-        const int64_t K = g.pool_kh * g.pool_kw, dist = pair_distance(g);
-        for (int64_t row = begin; row < end && !bad; ++row) {
-          const int64_t n = row / g.PH, ph = row % g.PH;
-          // Pairs (pw, pw + d), taken greedily from the left; reservations:
-          // entries (at most the nonzeros) and groups (at most
-          // min(nonzeros, buckets) per position or pair).
-          std::fill(partner.begin(), partner.end(), int64_t{0});
-          std::fill(taken.begin(), taken.end(), uint8_t{0});
-          int64_t m = 0, k = 0;
-          for (int64_t pw = 0; pw < g.PW; ++pw) {
-            if (taken[pw]) continue;
-            const int64_t c = nzp[row * g.PW + pw];
-            if (pairs_at(g, nzp, n, ph, pw, dist)) {
-              partner[pw] = dist;
-              taken[pw + dist] = 1;
-              const int64_t c2 = c + nzp[row * g.PW + pw + dist];
-              m += c2;
-              k += std::min<int64_t>(c2, (K + 1) * (K + 1));
-            } else {
-              m += c;
-              k += std::min<int64_t>(c, K);
-            }
-          }
-          RowGroups<A>& rr = rg[row];
-          rr.rows.reserve(m);
-          rr.vals.reserve(m);
-          for (auto* v : {&rr.gy, &rr.gx, &rr.gy2, &rr.gx2, &rr.gj, &rr.gm}) v->reserve(k);
-          for (int64_t pw = 0; pw < g.PW; ++pw) {
-            if (taken[pw]) continue;
-            if (partner[pw] > 0 && rr.vals2.empty()) rr.vals2.reserve(m);
-            const bool ok =
-                isa == Isa::kAvx512
-                    ? add_position<A, Val, true>(g, val, sp, wrows.data(), nzp, n, ph, pw,
-                                                 partner[pw], scratch, v, v2, rr)
-                    : add_position<A, Val, false>(g, val, sp, wrows.data(), nzp, n, ph, pw,
-                                                  partner[pw], scratch, v, v2, rr);
-            if (!ok) {
-              bad = true;
-              break;
-            }
-          }
-        }
+        Grouper<A> gr(g);
+        for (int64_t row = begin; row < end && !bad; ++row)
+          if (!gr.row(g, val, sp, wrows.data(), nzp, avx512, row / g.PH, row % g.PH, rg[row]))
+            bad = true;
       });
     });
     if (bad) return;
@@ -1088,12 +1128,13 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
       for (int64_t item = next++; item < items; item = next++) {
         if (split) {
           const int64_t n = item / pn.nch, tc = item % pn.nch;
-          CNNVIS_ON_ISA(isa, scatter, g, rg.data(), pn, op, n, 0, g.H, tc, tc + 1);
+          CNNVIS_ON_ISA(isa, scatter, g, rg.data() + n * g.PH, pn, op, n, 0, g.H, tc, tc + 1);
           continue;
         }
         const int64_t n = item / bands, r0 = (item % bands) * band_h;
         const int64_t r1 = std::min(g.H, r0 + band_h);
-        if (r0 < r1) CNNVIS_ON_ISA(isa, scatter, g, rg.data(), pn, op, n, r0, r1, 0, pn.nch);
+        if (r0 < r1)
+          CNNVIS_ON_ISA(isa, scatter, g, rg.data() + n * g.PH, pn, op, n, r0, r1, 0, pn.nch);
       }
     });
   });
