@@ -44,7 +44,10 @@
 // Each task has AVX-512, AVX2 + FMA and generic copies (cpu_features.h).
 //
 // Parallelism: scatter over (image, band of output rows), handed out
-// dynamically — each task owns its rows, no atomics; correlate over blocks
+// dynamically — each task owns its rows, no atomics (for few images of few
+// rows and many input channels, over (image, chunk of input channels)
+// instead, on per-tap runs; for at least two images per thread, one task per
+// image that also groups its rows); correlate over blocks
 // of channels — each task owns its rows of the weight gradient, no
 // reduction. Deterministic.
 #pragma once
