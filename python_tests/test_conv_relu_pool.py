@@ -194,18 +194,23 @@ def test_backward_nan_gradient_propagates_like_pytorch(backward_path):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9, equal_nan=True)
 
 
+def _check_grads_against_reference(x, wt, tol, **kw):
+    """x and weight gradients of conv_relu_pool (no bias) against the reference's."""
+    out, _ = conv_relu_pool(x, wt, None, **kw)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, wt), g)
+    e_out, _ = ref.conv_relu_pool(x, wt, None, **kw)
+    expected = torch.autograd.grad(e_out, (x, wt), g)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=tol, atol=tol)
+
+
 def test_sparse_backward_float32_large_channels(backward_path):
     # The vector accumulators (8 floats, 64-float tiles) and their tails.
     torch.manual_seed(3)
     x = torch.randn(3, 37, 10, 9, requires_grad=True)
     wt = (torch.randn(70, 37, 3, 3) * 0.1).requires_grad_()
-    out, _ = conv_relu_pool(x, wt, None, padding=1, pool_kernel=2)
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, (x, wt), g)
-    e_out, _ = ref.conv_relu_pool(x, wt, None, padding=1, pool_kernel=2)
-    expected = torch.autograd.grad(e_out, (x, wt), g)
-    for a, e in zip(got, expected):
-        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+    _check_grads_against_reference(x, wt, 1e-4, padding=1, pool_kernel=2)
 
 
 def test_sparse_backward_wide_layer_pairs(backward_path):
@@ -214,13 +219,7 @@ def test_sparse_backward_wide_layer_pairs(backward_path):
     torch.manual_seed(4)
     x = torch.randn(1, 8, 12, 11, dtype=torch.float64, requires_grad=True)
     wt = torch.randn(600, 8, 3, 3, dtype=torch.float64, requires_grad=True)
-    out, _ = conv_relu_pool(x, wt, None, padding=1, pool_kernel=2, ceil_mode=True)
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, (x, wt), g)
-    e_out, _ = ref.conv_relu_pool(x, wt, None, padding=1, pool_kernel=2, ceil_mode=True)
-    expected = torch.autograd.grad(e_out, (x, wt), g)
-    for a, e in zip(got, expected):
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    _check_grads_against_reference(x, wt, 1e-10, padding=1, pool_kernel=2, ceil_mode=True)
 
 
 def test_sparse_backward_many_images(backward_path):
@@ -229,13 +228,7 @@ def test_sparse_backward_many_images(backward_path):
     torch.manual_seed(5)
     x = torch.randn(6, 16, 16, 15, dtype=torch.float64, requires_grad=True)
     wt = torch.randn(24, 16, 3, 3, dtype=torch.float64, requires_grad=True)
-    out, _ = conv_relu_pool(x, wt, None, padding=1, pool_kernel=2)
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, (x, wt), g)
-    e_out, _ = ref.conv_relu_pool(x, wt, None, padding=1, pool_kernel=2)
-    expected = torch.autograd.grad(e_out, (x, wt), g)
-    for a, e in zip(got, expected):
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    _check_grads_against_reference(x, wt, 1e-10, padding=1, pool_kernel=2)
 
 
 def test_pool_kernel_one_is_conv_relu():
