@@ -31,17 +31,15 @@ build: setup
 # The op kernels' tests once more with the generic and the AVX2 copies of the
 # CPU kernels (CNNVIS_CPU_ISA caps the run-time dispatch), so that every copy
 # is checked on one machine.
-KERNEL_TESTS := python_tests/test_conv_relu_pool.py python_tests/test_unpool_conv_transpose.py \
-                python_tests/test_gaussian_blur.py python_tests/test_regularize.py \
-                python_tests/test_total_variation.py
+KERNEL_TESTS := tests/ops
 
 test: build
-	$(BIN)/python -m pytest python_tests -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
 	CNNVIS_CPU_ISA=avx2 $(BIN)/python -m pytest $(KERNEL_TESTS) -q -m "not slow" $(PYTEST_ARGS)
 	CNNVIS_CPU_ISA=generic $(BIN)/python -m pytest $(KERNEL_TESTS) -q -m "not slow" $(PYTEST_ARGS)
 
 test-fast: build
-	$(BIN)/python -m pytest python_tests -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
 
 demo: build
 	$(BIN)/cnnvis demo --out $(OUT)
