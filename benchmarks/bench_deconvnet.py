@@ -24,7 +24,7 @@ from torch import nn
 
 import cnnvis_ext
 from cnnvis_ext import ops
-from cnnvis_ext.deconv import deconvnet
+from cnnvis_ext.vis import deconvnet
 
 try:
     from captum.attr import Deconvolution, NeuronDeconvolution

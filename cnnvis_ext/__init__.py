@@ -12,10 +12,10 @@ from . import ops
 from .ops import conv_relu_pool, switches_to_indices, indices_to_switches
 from .ops import total_variation, total_variation_and_grad, gaussian_blur, regularize_  # noqa: F401
 from .ops import unpool_conv_transpose  # noqa: F401
-from .deconv import deconvnet, top_activations  # noqa: F401
 from . import nn
 from .nn import ConvReLUPool2d, fuse
 from . import vis
+from .vis import deconvnet, top_activations  # noqa: F401
 from . import models
 
 __version__ = _C.build_info()["version"]

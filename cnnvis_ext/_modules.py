@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import difflib
 from contextlib import contextmanager
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -55,13 +55,17 @@ def _first_tensor(out):
 
 
 @contextmanager
-def capture(model: nn.Module, layers: Sequence[str], stop: bool = False):
+def capture(model: nn.Module, layers: Sequence[str], stop: bool = False, protect: bool = False):
     """Record the outputs of ``layers`` during forward passes run inside the block.
 
-    Yields a dict ``name -> Tensor`` filled by forward hooks. With
-    ``stop=True`` the forward pass raises :class:`StopForward` as soon as the
-    last of ``layers`` has produced its output, so nothing above the deepest
-    needed layer is computed; use :func:`forward_until` to run it.
+    Yields a dict ``name -> Tensor`` filled by forward hooks (the first tensor
+    of a tuple output). With ``stop=True`` the forward pass raises
+    :class:`StopForward` as soon as the last of ``layers`` has produced its
+    output, so nothing above the deepest needed layer is computed; use
+    :func:`forward_until` to run it. With ``protect=True`` the model goes on
+    with a copy of each captured output, so an in-place module after it
+    (``ReLU(inplace=True)``, ``out += identity``) cannot change the recorded
+    activation, which keeps its autograd graph.
     """
     acts: Dict[str, Tensor] = {}
     wanted = list(dict.fromkeys(layers))
@@ -72,6 +76,8 @@ def capture(model: nn.Module, layers: Sequence[str], stop: bool = False):
             acts[name] = _first_tensor(out)
             if stop and all(n in acts for n in wanted):
                 raise StopForward()
+            if protect and isinstance(out, Tensor):
+                return out.clone()
         return hook
 
     try:
@@ -83,19 +89,26 @@ def capture(model: nn.Module, layers: Sequence[str], stop: bool = False):
             h.remove()
 
 
-def forward_until(model: nn.Module, x: Tensor, layers: Iterable[str]) -> Dict[str, Tensor]:
+def forward_until(model: nn.Module, x: Tensor, layers: Iterable[str], *,
+                  output_key: Optional[str] = None, protect: bool = False,
+                  arg: str = "layer") -> Dict[str, Tensor]:
     """Run ``model(x)`` only as far as needed to get the outputs of ``layers``.
 
-    Returns ``{name: activation}``. The activations keep their autograd graph.
+    Returns ``{name: activation}``; the activations keep their autograd graph.
+    With ``output_key`` the whole forward pass runs and the model's output is
+    returned under that key too. ``protect`` is as for :func:`capture`. A layer
+    the forward pass never calls raises a RuntimeError naming ``arg``.
     """
-    layers = list(layers)
-    with capture(model, layers, stop=True) as acts:
+    layers = list(dict.fromkeys(layers))
+    with capture(model, layers, stop=output_key is None, protect=protect) as acts:
         try:
-            model(x)
+            out = model(x)
+            if output_key is not None:
+                acts[output_key] = _first_tensor(out)
         except StopForward:
             pass
     missing = [n for n in layers if n not in acts]
     if missing:
-        raise RuntimeError(f"layer: {missing} produced no output during the forward pass "
+        raise RuntimeError(f"{arg}: {missing} produced no output during the forward pass "
                            "(is it used by the model's forward?)")
     return dict(acts)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import DataSplit
+from .io import atomic_write_bytes
 from .models import cifar_cnn
 
 __all__ = ["TrainConfig", "train", "evaluate", "predict", "confusion_matrix", "save_checkpoint",
@@ -164,33 +164,6 @@ def train(model: nn.Module, data: DataSplit, config: Optional[TrainConfig] = Non
                 f"test acc {test_acc:.2%}  ({history['seconds'][-1]:.1f}s)")
     model.eval()
     return history
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def save_checkpoint(path: Union[str, os.PathLike], model: nn.Module, *,

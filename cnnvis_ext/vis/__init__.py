@@ -1,6 +1,6 @@
-"""Visualization loops: activation maximization, feature inversion, attribution
-(saliency, guided backprop, deconvnet, Grad-CAM, LRP), feature-map and kernel
-views, and image export.
+"""Visualization loops: activation maximization, feature inversion, deconvnet
+projections and top-k grids, attribution (saliency, guided backprop, deconvnet,
+Grad-CAM, LRP), feature-map and kernel views, and image export.
 
 Everything takes any ``nn.Module`` and names layers as ``model.named_modules()``
 does; results are tensors on the model's device.
@@ -8,14 +8,16 @@ does; results are tensors on the model's device.
 from . import objectives, param, transforms
 from .objectives import (OUTPUT, Objective, channel, class_logit, class_probability, direction,
                          diversity, neuron, parse_objective, weighted_sum)
-from .param import FourierParam, ImageParam, PixelParam
+from .param import FourierParam, GeneratorParam, ImageParam, PixelParam
 from .actmax import (ActMaxResult, Regularizers, YOSINSKI_PRESETS, YosinskiPreset,
                      activation_maximization, yosinski_preset)
 from .attribution import deconvnet_attribution, grad_cam, guided_backprop, saliency
 from .lrp import FIRST_LAYER, AlphaBeta, Epsilon, Gamma, LRPResult, Rule, ZBox, lrp
 from .views import feature_maps, kernels, make_grid
 from .inversion import InversionResult, invert
-from .learned import GeneratorParam, UpConvInverter, invert_learned, train_inverter
+from .learned import UpConvInverter, invert_learned, train_inverter
+from .deconvnet import deconvnet
+from .top_activations import TopActivations, top_activations
 from .export import COLORMAPS, colormap, heatmap, overlay, save_image, to_uint8
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "lrp", "LRPResult", "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "FIRST_LAYER",
     "invert", "InversionResult",
     "UpConvInverter", "train_inverter", "invert_learned", "GeneratorParam",
+    "deconvnet", "top_activations", "TopActivations",
     "feature_maps", "kernels", "make_grid",
     "COLORMAPS", "colormap", "heatmap", "overlay", "save_image", "to_uint8",
 ]

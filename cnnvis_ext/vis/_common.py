@@ -1,7 +1,6 @@
 """Small helpers shared by the visualization loops."""
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from typing import Dict, Iterable, Optional, Sequence
@@ -9,38 +8,13 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._modules import StopForward, get_layer
+from .._modules import forward_until, get_layer
 from .objectives import OUTPUT
-
-_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 
 
 def check_model(model) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-
-
-def stream_seed(seed: int, index: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for (seed, objective index, stream)."""
-    z = (int(seed) * _MIX[0] + (int(index) + 1) * _MIX[1] + (stream + 1) * _MIX[2]) % (1 << 64)
-    z ^= z >> 31
-    z = (z * _MIX[1]) % (1 << 64)
-    z ^= z >> 29
-    return z % (1 << 63)
-
-
-def make_generator(seed: int, index: int, stream: int, device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(stream_seed(seed, index, stream))
-    return g
-
-
-def resolve_seed(seed: Optional[int]) -> int:
-    if seed is None:
-        return int.from_bytes(os.urandom(7), "little")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
-    return seed
 
 
 @contextmanager
@@ -83,35 +57,9 @@ def run_layers(model: nn.Module, x: Tensor, layers: Sequence[str]) -> Dict[str, 
     so in-place modules after it (``ReLU(inplace=True)``) cannot change it.
     """
     layers = list(dict.fromkeys(layers))
-    need_out = OUTPUT in layers
     inner = [n for n in layers if n != OUTPUT]
-    acts: Dict[str, Tensor] = {}
-
-    def make_hook(name):
-        def hook(_m, _i, out):
-            t = out[0] if isinstance(out, (tuple, list)) else out
-            acts[name] = t
-            if all(n in acts for n in inner) and not need_out:
-                raise StopForward()
-            if isinstance(out, Tensor):
-                return out.clone()
-        return hook
-
-    handles = [get_layer(model, n).register_forward_hook(make_hook(n)) for n in inner]
-    try:
-        out = model(x)
-        if need_out:
-            acts[OUTPUT] = out if isinstance(out, Tensor) else out[0]
-    except StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in layers if n not in acts]
-    if missing:
-        raise RuntimeError(f"layer: {missing} produced no output during the forward pass "
-                           "(is it used by the model's forward?)")
-    return acts
+    return forward_until(model, x, inner, output_key=OUTPUT if OUTPUT in layers else None,
+                         protect=True)
 
 
 def progress_bar(iterable, total: int, progress: Optional[bool], desc: str, long_after: int = 2000):

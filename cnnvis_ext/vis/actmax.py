@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from .._modules import model_device_dtype
-from . import _priors
-from ._common import (check_layers, check_model, eval_mode, input_channels, make_generator,
-                      progress_bar, resolve_seed, run_layers)
+from .. import ops
+from ..seeding import make_generator, resolve_seed
+from ._common import check_layers, check_model, eval_mode, input_channels, progress_bar, run_layers
 from .objectives import Objective, as_objective
 from ._prune import PrunedChannels
 from .param import ImageParam, make_param
@@ -394,7 +394,7 @@ def activation_maximization(
                 if regs.alpha_weight:
                     total = total - regs.alpha_weight * (img - 0.5).abs().pow(regs.alpha).flatten(1).sum(1)
                 if regs.tv_weight:
-                    total = total - regs.tv_weight * _priors.total_variation(img, regs.tv_beta)
+                    total = total - regs.tv_weight * ops.total_variation(img, beta=regs.tv_beta, reduction="none")
                 grads = torch.autograd.grad(total.sum(), leaves)
                 values.append(v.detach().reshape(len(chunk), k).mean(1))
                 blur = regs.blur_sigma if (regs.blur_every and (step + 1) % regs.blur_every == 0) else 0.0
@@ -408,9 +408,9 @@ def activation_maximization(
                         for leaf in leaves:
                             leaf.grad = None
                         if getattr(p, "pixel_space", False):
-                            _priors.regularize_(p.raw, grads[0], lr=0.0, decay=regs.decay,
-                                                blur_sigma=blur, norm_pct=regs.norm_pct,
-                                                contrib_pct=regs.contrib_pct, lo=p.lo, hi=p.hi)
+                            ops.regularize_(p.raw, grads[0], lr=0.0, decay=regs.decay, blur_sigma=blur,
+                                            norm_pct=regs.norm_pct, contrib_pct=regs.contrib_pct,
+                                            lo=p.lo, hi=p.hi)
                     if hasattr(p, "after_step"):  # e.g. the generator prior's decay and clipping
                         p.after_step()
             with torch.no_grad():
@@ -455,5 +455,5 @@ def _ascent_step(p: ImageParam, grads, lr, lr_policy, preset, regs: Regularizers
         step_lr = (preset.desired_progress / sq).clamp(max=preset.max_lr)
         p.raw.add_(g * step_lr.reshape(-1, 1, 1, 1).to(g.dtype))
         lr = 0.0
-    _priors.regularize_(p.raw, g, lr=float(lr), decay=regs.decay, blur_sigma=blur,
-                        norm_pct=regs.norm_pct, contrib_pct=regs.contrib_pct, lo=p.lo, hi=p.hi)
+    ops.regularize_(p.raw, g, lr=float(lr), decay=regs.decay, blur_sigma=blur,
+                    norm_pct=regs.norm_pct, contrib_pct=regs.contrib_pct, lo=p.lo, hi=p.hi)

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from ..nn import ConvReLUPool2d
 from .._modules import get_layer
-from ._common import as_targets, check_model, eval_mode, make_generator, resolve_seed
-
+from ..seeding import make_generator, resolve_seed
+from ._common import as_targets, check_model, eval_mode
 __all__ = ["saliency", "guided_backprop", "deconvnet_attribution", "grad_cam"]
 
 

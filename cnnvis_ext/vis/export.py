@@ -5,13 +5,13 @@ No matplotlib: the colour maps are closed-form piecewise-linear functions.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..io import atomic_write
 from .views import make_grid
 
 __all__ = ["COLORMAPS", "colormap", "heatmap", "overlay", "to_uint8", "save_image"]
@@ -189,17 +189,6 @@ def save_image(tensor: Union[Tensor, list], path: Union[str, os.PathLike], *, fo
                          "(e.g. 'PNG' or 'JPEG')")
     if fmt.upper() == "JPEG" and mode == "RGBA":
         img = img.convert("RGB")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=ext or ".img")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            kw = {"quality": int(quality)} if fmt.upper() == "JPEG" else {}
-            img.save(f, format=fmt, **kw)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    kw = {"quality": int(quality)} if fmt.upper() == "JPEG" else {}
+    atomic_write(path, lambda f: img.save(f, format=fmt, **kw))
     return path

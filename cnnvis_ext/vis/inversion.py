@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from .._modules import model_device_dtype
-from . import _priors
-from ._common import check_layers, check_model, eval_mode, make_generator, progress_bar, resolve_seed, run_layers
-
+from .. import ops
+from ..seeding import make_generator, resolve_seed
+from ._common import check_layers, check_model, eval_mode, progress_bar, run_layers
 __all__ = ["InversionResult", "invert"]
 
 
@@ -133,7 +133,7 @@ def invert(model: nn.Module, layer: Union[str, Sequence[str]], image: Tensor, *,
                 if lambda_alpha:
                     total = total + lambda_alpha * u.abs().pow(alpha).sum()
                 if lambda_tv:
-                    total = total + lambda_tv * (6.5 ** beta) * _priors.total_variation(u, beta).sum()
+                    total = total + lambda_tv * (6.5 ** beta) * ops.total_variation(u, beta=beta)
                 opt.zero_grad(set_to_none=True)
                 total.backward(inputs=[u])
             opt.step()

@@ -9,7 +9,7 @@ activation maximization.
   gradient steps of optimization-based inversion (:func:`~cnnvis_ext.vis.invert`).
   The loss is the pixel MSE, optionally plus the distance between
   ``phi(inverter(phi(x)))`` and ``phi(x)`` (a feature-space loss).
-* :class:`GeneratorParam`: Nguyen et al., "Synthesizing the preferred inputs
+* :class:`~cnnvis_ext.vis.param.GeneratorParam` (in :mod:`.param`): Nguyen et al., "Synthesizing the preferred inputs
   for neurons in neural networks via deep generator networks" (NeurIPS 2016,
   DGN-AM). Activation maximization optimizes a code ``h`` at the inverter's
   layer; the image is ``x = inverter(h)``. ``h`` decays towards zero (L2) and
@@ -22,23 +22,22 @@ Everything trains on the user's own data (a tensor of images, a
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._modules import forward_until, get_layer, model_device_dtype
-from ._common import check_model, eval_mode, input_channels, make_generator, progress_bar
-from .param import ImageParam
+from ._common import check_model, eval_mode, input_channels, progress_bar
+from ..io import atomic_save
 
-__all__ = ["UpConvInverter", "train_inverter", "invert_learned", "GeneratorParam",
-           "make_generator_param", "layer_output_shape", "INVERTER_FORMAT"]
+__all__ = ["UpConvInverter", "train_inverter", "invert_learned", "layer_output_shape",
+           "INVERTER_FORMAT"]
 
 #: The ``format`` entry of a file written by :meth:`UpConvInverter.save`.
 INVERTER_FORMAT = "cnnvis_ext.inverter/1"
@@ -218,15 +217,11 @@ class UpConvInverter(nn.Module):
         ``weights_only=True``; it is written to a temporary file in the same
         folder and moved into place with :func:`os.replace`.
         """
-        from ..train import atomic_write_bytes
-
         obj = {"format": INVERTER_FORMAT, "layer": self.layer, "code_shape": list(self.code_shape),
                "image_shape": list(self.image_shape), "width": self.width,
                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
                "history": {k: list(map(float, v)) for k, v in self.history.items()}}
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        return atomic_write_bytes(path, buf.getvalue())
+        return atomic_save(obj, path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu",
@@ -290,13 +285,11 @@ class _Source:
     """Re-iterable batches of images from a tensor, a DataSplit, a Dataset or an iterable."""
 
     def __init__(self, data, batch_size: int):
-        from ..data import DataSplit
-
         self.batch_size = batch_size
         self.tensor: Optional[Tensor] = None
         self.dataset = None
         self.iterable = None
-        if isinstance(data, DataSplit):
+        if isinstance(getattr(data, "train_images", None), Tensor):  # a cnnvis_ext.data.DataSplit
             data = data.train_images
         if isinstance(data, Tensor):
             if data.dim() == 3:
@@ -596,90 +589,3 @@ def invert_learned(inverter: UpConvInverter, model: nn.Module, images: Tensor, *
             outs.append(inverter(code.to(inverter.code_lo.dtype)).to(dtype))
     rec = torch.cat(outs) if outs else x.new_empty(x.shape)
     return rec[0] if one else rec
-
-
-# ---------------------------------------------------------------------- generator prior
-
-class GeneratorParam(ImageParam):
-    r"""Generator-prior parameterization (Nguyen et al. 2016, DGN-AM): ``image = inverter(h)``.
-
-    The leaf is a code ``h`` at the inverter's layer, one per image. It starts
-    at the mean code of the real data plus ``init_sd`` standard deviations of
-    noise (drawn from each objective's generator), and after every step
-    :meth:`after_step` applies the L2 decay ``h *= 1 - decay`` and clips ``h``
-    to the per-dimension range of real codes recorded by :func:`train_inverter`.
-
-    Args:
-        generator: a trained :class:`UpConvInverter`.
-        generators, per_generator: one ``torch.Generator`` per objective and the
-            number of images each one draws.
-        decay: L2 decay of the code per step (0: none).
-        clip: clip the code to ``[code_lo, code_hi]`` (Nguyen et al.: yes).
-        init_sd: standard deviation of the initial noise, in units of the
-            per-dimension code standard deviation.
-        device, dtype: of the code.
-    """
-
-    pixel_space = False
-
-    def __init__(self, generator: UpConvInverter, generators, per_generator: int = 1, *,
-                 decay: float = 0.01, clip: bool = True, init_sd: float = 0.5,
-                 device=None, dtype=torch.float32):
-        if not isinstance(generator, UpConvInverter):
-            raise TypeError(f"generator: expected an UpConvInverter (train_inverter / "
-                            f"UpConvInverter.load), got {type(generator).__name__}")
-        if not 0 <= decay < 1:
-            raise ValueError(f"decay: expected a value in [0, 1), got {decay!r}")
-        # The loops differentiate with respect to the code only (autograd.grad on params()),
-        # so the generator's weights never receive a .grad.
-        self.generator = generator
-        self.decay, self.clip = float(decay), bool(clip)
-        gdev = generator.code_lo.device
-        device = gdev if device is None else torch.device(device)
-        self.lo = generator.code_lo.to(device=device, dtype=dtype)
-        self.hi = generator.code_hi.to(device=device, dtype=dtype)
-        mean = generator.code_mean.to(device=device, dtype=dtype)
-        std = generator.code_std.to(device=device, dtype=dtype)
-        noise = torch.cat([torch.randn((per_generator, *generator.code_shape), generator=g,
-                                       device=g.device, dtype=torch.float32)
-                           for g in generators]).to(device=device, dtype=dtype)
-        h = mean + init_sd * std * noise
-        if self.clip:
-            h = torch.minimum(torch.maximum(h, self.lo), self.hi)
-        self.code = h.requires_grad_(True)
-
-    @property
-    def image_shape(self) -> Tuple[int, int, int]:
-        return self.generator.image_shape
-
-    def params(self) -> List[Tensor]:
-        return [self.code]
-
-    def image(self) -> Tensor:
-        return self.generator(self.code)
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """L2 decay of the code, then clipping to the range of real codes."""
-        if self.decay:
-            self.code.mul_(1.0 - self.decay)
-        if self.clip:
-            torch.minimum(torch.maximum(self.code, self.lo), self.hi, out=self.code)
-
-
-def make_generator_param(generator, channels: int, size, generators, per_generator: int, device,
-                         dtype) -> GeneratorParam:
-    """``param="generator"`` of :func:`~cnnvis_ext.vis.activation_maximization`, with its checks."""
-    if generator is None:
-        raise ValueError("generator: param='generator' needs generator=<UpConvInverter> (from "
-                         "train_inverter or UpConvInverter.load)")
-    if not isinstance(generator, UpConvInverter):
-        raise TypeError(f"generator: expected an UpConvInverter, got {type(generator).__name__}")
-    c, h, w = generator.image_shape
-    if channels != c:
-        raise ValueError(f"generator: it makes {c}-channel images but the model takes {channels} "
-                         "channels")
-    if tuple(size) != (h, w):
-        raise ValueError(f"size: the generator makes {h}x{w} images; got size {tuple(size)} "
-                         "(leave size unset)")
-    return GeneratorParam(generator, generators, per_generator, device=device, dtype=dtype)

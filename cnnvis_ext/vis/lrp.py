@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._modules import get_layer, model_device_dtype
+from ..graph import batchnorm_affine, fold_batchnorm
 from ..nn import ConvReLUPool2d
 from ._common import as_targets, check_model, eval_mode
 
@@ -289,14 +290,6 @@ def _linear_f(a, w, b):
     return F.linear(a, w, b)
 
 
-def _fold_bn(w: Tensor, b: Optional[Tensor], bn: nn.BatchNorm2d):
-    scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
-    w2 = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
-    b2 = shift if b is None else b * scale + shift
-    return w2, b2
-
-
 def _route_max(y: Tensor, pool_args, R: Tensor) -> Tensor:
     with torch.enable_grad():
         y = y.detach().requires_grad_(True)
@@ -413,7 +406,7 @@ def lrp(model: nn.Module, images: Tensor, target, rules=None, *,
                 folded_into = i - 1
             if folded_into is not None:
                 conv = steps[i - 1]
-                w, b = _fold_bn(conv.module.weight, conv.module.bias, m)
+                w, b = fold_batchnorm(conv.module.weight, conv.module.bias, m)
                 R = _linear_rule(rule_for(i - 1, conv), _conv_f(conv.module), conv.inp, w.detach(),
                                  None if b is None else b.detach(), R)
                 i -= 1
@@ -438,8 +431,7 @@ def lrp(model: nn.Module, images: Tensor, target, rules=None, *,
             elif isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
                 R = _linear_rule(Epsilon(pool_eps(i, s)), lambda aa, w_, b_: m(aa), a, a, None, R)
             elif isinstance(m, nn.BatchNorm2d):
-                scale = (m.weight if m.affine else torch.ones_like(m.running_var)) / torch.sqrt(m.running_var + m.eps)
-                shift = (m.bias if m.affine else torch.zeros_like(m.running_mean)) - m.running_mean * scale
+                scale, shift = batchnorm_affine(m)
                 R = _linear_rule(Epsilon(pool_eps(i, s)),
                                  lambda aa, w_, b_: aa * w_.reshape(1, -1, 1, 1) + (0 if b_ is None else b_.reshape(1, -1, 1, 1)),
                                  a, scale.detach(), shift.detach(), R)

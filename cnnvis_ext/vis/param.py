@@ -15,12 +15,14 @@ so an image does not depend on which other images share its batch.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["ImageParam", "PixelParam", "FourierParam", "IMAGENET_COLOR_CORRELATION"]
+from .learned import UpConvInverter
+
+__all__ = ["ImageParam", "PixelParam", "FourierParam", "GeneratorParam", "IMAGENET_COLOR_CORRELATION"]
 
 #: Square root of the colour covariance of ImageNet images (Lucid's constant), RGB.
 IMAGENET_COLOR_CORRELATION = ((0.26, 0.09, 0.02),
@@ -140,9 +142,94 @@ def make_param(param, channels: int, size, generators, per_generator: int, devic
         return FourierParam(channels, size, generators, per_generator, device=device, dtype=dtype,
                             decorrelate=decorrelate)
     if param == "generator":
-        from .learned import make_generator_param
-
         return make_generator_param(generator, channels, size, generators, per_generator, device,
                                     dtype)
     raise ValueError(f"param: expected 'pixel', 'fourier', 'generator', an ImageParam or a "
                      f"factory, got {param!r}")
+
+
+# ---------------------------------------------------------------------- generator prior
+
+class GeneratorParam(ImageParam):
+    r"""Generator-prior parameterization (Nguyen et al. 2016, DGN-AM): ``image = inverter(h)``.
+
+    The leaf is a code ``h`` at the inverter's layer, one per image. It starts
+    at the mean code of the real data plus ``init_sd`` standard deviations of
+    noise (drawn from each objective's generator), and after every step
+    :meth:`after_step` applies the L2 decay ``h *= 1 - decay`` and clips ``h``
+    to the per-dimension range of real codes recorded by :func:`train_inverter`.
+
+    Args:
+        generator: a trained :class:`UpConvInverter`.
+        generators, per_generator: one ``torch.Generator`` per objective and the
+            number of images each one draws.
+        decay: L2 decay of the code per step (0: none).
+        clip: clip the code to ``[code_lo, code_hi]`` (Nguyen et al.: yes).
+        init_sd: standard deviation of the initial noise, in units of the
+            per-dimension code standard deviation.
+        device, dtype: of the code.
+    """
+
+    pixel_space = False
+
+    def __init__(self, generator: UpConvInverter, generators, per_generator: int = 1, *,
+                 decay: float = 0.01, clip: bool = True, init_sd: float = 0.5,
+                 device=None, dtype=torch.float32):
+        if not isinstance(generator, UpConvInverter):
+            raise TypeError(f"generator: expected an UpConvInverter (train_inverter / "
+                            f"UpConvInverter.load), got {type(generator).__name__}")
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay: expected a value in [0, 1), got {decay!r}")
+        # The loops differentiate with respect to the code only (autograd.grad on params()),
+        # so the generator's weights never receive a .grad.
+        self.generator = generator
+        self.decay, self.clip = float(decay), bool(clip)
+        gdev = generator.code_lo.device
+        device = gdev if device is None else torch.device(device)
+        self.lo = generator.code_lo.to(device=device, dtype=dtype)
+        self.hi = generator.code_hi.to(device=device, dtype=dtype)
+        mean = generator.code_mean.to(device=device, dtype=dtype)
+        std = generator.code_std.to(device=device, dtype=dtype)
+        noise = torch.cat([torch.randn((per_generator, *generator.code_shape), generator=g,
+                                       device=g.device, dtype=torch.float32)
+                           for g in generators]).to(device=device, dtype=dtype)
+        h = mean + init_sd * std * noise
+        if self.clip:
+            h = torch.minimum(torch.maximum(h, self.lo), self.hi)
+        self.code = h.requires_grad_(True)
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return self.generator.image_shape
+
+    def params(self) -> List[Tensor]:
+        return [self.code]
+
+    def image(self) -> Tensor:
+        return self.generator(self.code)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """L2 decay of the code, then clipping to the range of real codes."""
+        if self.decay:
+            self.code.mul_(1.0 - self.decay)
+        if self.clip:
+            torch.minimum(torch.maximum(self.code, self.lo), self.hi, out=self.code)
+
+
+def make_generator_param(generator, channels: int, size, generators, per_generator: int, device,
+                         dtype) -> GeneratorParam:
+    """``param="generator"`` of :func:`~cnnvis_ext.vis.activation_maximization`, with its checks."""
+    if generator is None:
+        raise ValueError("generator: param='generator' needs generator=<UpConvInverter> (from "
+                         "train_inverter or UpConvInverter.load)")
+    if not isinstance(generator, UpConvInverter):
+        raise TypeError(f"generator: expected an UpConvInverter, got {type(generator).__name__}")
+    c, h, w = generator.image_shape
+    if channels != c:
+        raise ValueError(f"generator: it makes {c}-channel images but the model takes {channels} "
+                         "channels")
+    if tuple(size) != (h, w):
+        raise ValueError(f"size: the generator makes {h}x{w} images; got size {tuple(size)} "
+                         "(leave size unset)")
+    return GeneratorParam(generator, generators, per_generator, device=device, dtype=dtype)

@@ -6,7 +6,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .._modules import StopForward, get_layer, model_device_dtype
+from .._modules import forward_until, get_layer, model_device_dtype
 from ._common import check_model, eval_mode
 
 __all__ = ["feature_maps", "kernels", "make_grid"]
@@ -44,30 +44,10 @@ def feature_maps(model: nn.Module, image: Tensor, layers: Union[str, Sequence[st
     for name in layers:
         get_layer(model, name)
     device, dtype = model_device_dtype(model)
-    acts: Dict[str, Tensor] = {}
-    wanted = list(dict.fromkeys(layers))
-
-    def make_hook(name):
-        def hook(_m, _i, out):
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            # A copy taken now: a later in-place op (ReLU(inplace=True)) would change the output.
-            acts[name] = out.detach().clone()
-            if all(n in acts for n in wanted):
-                raise StopForward()
-        return hook
-
-    handles = [get_layer(model, n).register_forward_hook(make_hook(n)) for n in wanted]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(image.to(device=device, dtype=dtype))
-    except StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in wanted if n not in acts]
-    if missing:
-        raise RuntimeError(f"layers: {missing} produced no output during the forward pass")
+    # protect: a later in-place module (ReLU(inplace=True)) must not change a recorded map
+    with eval_mode(model), torch.no_grad():
+        acts = forward_until(model, image.to(device=device, dtype=dtype), layers, protect=True,
+                             arg="layers")
     return {n: acts[n] for n in layers}
 
 

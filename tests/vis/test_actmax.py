@@ -4,7 +4,6 @@ from torch import nn
 
 import cnnvis_ext
 from cnnvis_ext import vis
-from cnnvis_ext.vis import _priors
 from cnnvis_ext.vis import objectives as O
 from cnnvis_ext.vis.transforms import Jitter, Pad, RandomRotate, RandomScale
 
@@ -353,54 +352,3 @@ def test_bad_inputs():
         vis.activation_maximization(m, vis.direction("3", torch.ones(3)), size=8, steps=1)
 
 
-# -- the priors: plain reference vs the fused ops --------------------------------------------
-
-def test_plain_priors_behave():
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 10, 12, dtype=torch.float64)
-    g = torch.randn_like(x)
-    y = _priors.plain_regularize_(x.clone(), g, lr=0.5, decay=0.1, norm_pct=50)
-    n = y.norm(dim=1)
-    assert ((n == 0).flatten(1).float().mean(1) - 0.5).abs().max() < 0.05
-    tv = _priors.plain_total_variation(x, beta=2.0, eps=0.0, reduction="none")
-    dx = x[..., :, 1:] - x[..., :, :-1]
-    dy = x[..., 1:, :] - x[..., :-1, :]
-    torch.testing.assert_close(tv, (dx ** 2).flatten(1).sum(1) + (dy ** 2).flatten(1).sum(1))
-    b = _priors.plain_gaussian_blur(torch.ones(1, 2, 9, 9, dtype=torch.float64), 1.0)
-    torch.testing.assert_close(b, torch.ones_like(b))
-
-
-@pytest.mark.skipif(not hasattr(cnnvis_ext.ops, "total_variation"), reason="op not built yet")
-@pytest.mark.parametrize("beta", [2.0, 1.0, 1.5])
-def test_tv_op_matches_plain_reference(beta):
-    x = torch.randn(3, 2, 9, 11, dtype=torch.float64, requires_grad=True)
-    got = _priors.total_variation(x, beta)
-    ref = _priors.plain_total_variation(x, beta, reduction="none")
-    torch.testing.assert_close(got, ref)
-    g1, = torch.autograd.grad(got.sum(), x)
-    g2, = torch.autograd.grad(ref.sum(), x)
-    torch.testing.assert_close(g1, g2)
-    for red in ("sum", "mean"):
-        torch.testing.assert_close(cnnvis_ext.ops.total_variation(x, beta, reduction=red),
-                                   _priors.plain_total_variation(x, beta, reduction=red))
-
-
-@pytest.mark.skipif(not hasattr(cnnvis_ext.ops, "regularize_"), reason="op not built yet")
-def test_regularize_op_matches_plain_reference():
-    torch.manual_seed(0)
-    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
-    g = torch.randn_like(x)
-    for kw in (dict(lr=0.3, decay=0.05), dict(lr=0.3, decay=0.05, lo=-0.5, hi=0.5),
-               dict(lr=0.0, norm_pct=30.0), dict(lr=1.0, contrib_pct=20.0),
-               dict(lr=0.2, decay=0.01, blur_sigma=1.0, norm_pct=30.0, contrib_pct=20.0, lo=-0.5, hi=0.5)):
-        torch.testing.assert_close(cnnvis_ext.ops.regularize_(x.clone(), g, **kw),
-                                   _priors.plain_regularize_(x.clone(), g, **kw), rtol=1e-6, atol=1e-6,
-                                   msg=str(kw))
-
-
-@pytest.mark.skipif(not hasattr(cnnvis_ext.ops, "gaussian_blur"), reason="op not built yet")
-def test_blur_op_matches_plain_reference():
-    x = torch.randn(2, 3, 16, 13, dtype=torch.float64)
-    for sigma in (0.5, 1.0, 2.0):
-        torch.testing.assert_close(cnnvis_ext.ops.gaussian_blur(x, sigma), _priors.plain_gaussian_blur(x, sigma),
-                                   rtol=1e-6, atol=1e-8)

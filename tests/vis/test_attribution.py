@@ -7,7 +7,7 @@ from torch import nn
 
 import cnnvis_ext
 from cnnvis_ext import vis
-from cnnvis_ext.vis._common import make_generator
+from cnnvis_ext.seeding import make_generator
 
 
 def net(dtype=torch.float64):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnvis_ext import _reference as ref
-from cnnvis_ext.deconv import deconvnet
+from cnnvis_ext.vis import deconvnet
 from cnnvis_ext.nn import fuse
 
 
@@ -187,7 +187,7 @@ def test_errors():
 # ----------------------------------------------------------------------------- top_activations
 
 def test_top_activations_matches_brute_force_and_deconvnet():
-    from cnnvis_ext.deconv import top_activations
+    from cnnvis_ext.vis import top_activations
     torch.manual_seed(5)
     model = fuse(_vgg())
     data = torch.randn(11, 3, 16, 16, dtype=torch.float64)

@@ -13,7 +13,7 @@ from cnnvis_ext.models import cifar_cnn
 from cnnvis_ext.train import TrainConfig, train
 from cnnvis_ext.vis import (GeneratorParam, UpConvInverter, activation_maximization, class_logit,
                             invert, invert_learned, train_inverter)
-from cnnvis_ext.vis._common import make_generator
+from cnnvis_ext.seeding import make_generator
 
 
 @pytest.fixture(scope="module")
