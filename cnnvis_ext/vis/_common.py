@@ -8,7 +8,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._modules import forward_until, get_layer
+from .._modules import forward_until, get_layer, model_device_dtype
 from .objectives import OUTPUT
 
 
@@ -104,3 +104,26 @@ def as_targets(target, n: int, device) -> Tensor:
     if (t < 0).any():
         raise ValueError("target: class indices must be non-negative")
     return t.to(device)
+
+
+def check_images(images) -> Tensor:
+    """``images`` if it is a tensor with a batch dimension; a clear error naming it otherwise."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images: expected a Tensor, got {type(images).__name__}")
+    if images.dim() < 2:
+        raise ValueError(f"images: expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
+    return images
+
+
+def prepare_inputs(model: nn.Module, images: Tensor, target):
+    """``(x, t, multi)`` for the attribution methods: the images on the model's device and
+    dtype, the targets as (N,) or (N, T), and for (N, T) targets the images repeated T times
+    (row ``n * T + j`` is image ``n`` with target ``t[n, j]``)."""
+    images = check_images(images)
+    device, dtype = model_device_dtype(model)
+    x = images.to(device=device, dtype=dtype)
+    t = as_targets(target, x.shape[0], device)
+    multi = t.dim() == 2
+    if multi:
+        x = x.repeat_interleave(t.shape[1], dim=0)
+    return x, t, multi

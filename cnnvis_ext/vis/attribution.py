@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..nn import ConvReLUPool2d
 from .._modules import get_layer
 from ..seeding import make_generator, resolve_seed
-from ._common import as_targets, check_model, eval_mode
+from ._common import check_model, eval_mode, prepare_inputs
 __all__ = ["saliency", "guided_backprop", "deconvnet_attribution", "grad_cam"]
 
 
@@ -89,26 +89,6 @@ def _relu_backward(model: nn.Module, fn):
                 del m.forward
 
 
-def _check_images(images) -> Tensor:
-    if not isinstance(images, Tensor):
-        raise TypeError(f"images: expected a Tensor, got {type(images).__name__}")
-    if images.dim() < 2:
-        raise ValueError(f"images: expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
-    return images
-
-
-def _prepare(model, images, target):
-    from .._modules import model_device_dtype
-    images = _check_images(images)
-    device, dtype = model_device_dtype(model)
-    x = images.to(device=device, dtype=dtype)
-    t = as_targets(target, x.shape[0], device)
-    multi = t.dim() == 2
-    if multi:
-        x = x.repeat_interleave(t.shape[1], dim=0)
-    return x, t, multi
-
-
 def _select(out, t_flat):
     if isinstance(out, (tuple, list)):
         out = out[0]
@@ -153,7 +133,7 @@ def saliency(model: nn.Module, images: Tensor, target, *, absolute: bool = True,
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.
     """
     check_model(model)
-    x, t, multi = _prepare(model, images, target)
+    x, t, multi = prepare_inputs(model, images, target)
     t_flat = t.reshape(-1)
     s = int(smoothgrad_samples)
     if s < 0:
@@ -187,6 +167,15 @@ def saliency(model: nn.Module, images: Tensor, target, *, absolute: bool = True,
     return _unflatten(torch.cat(outs), t, multi)
 
 
+def _modified_relu_gradient(model: nn.Module, images: Tensor, target, relu_fn) -> Tensor:
+    """The input gradient of the target logits with every ReLU's backward replaced by ``relu_fn``."""
+    check_model(model)
+    x, t, multi = prepare_inputs(model, images, target)
+    with eval_mode(model), torch.enable_grad(), _relu_backward(model, relu_fn):
+        g = _input_grad(model, x, t.reshape(-1))
+    return _unflatten(g, t, multi)
+
+
 def guided_backprop(model: nn.Module, images: Tensor, target) -> Tensor:
     """Guided backpropagation (Springenberg et al. 2015).
 
@@ -196,11 +185,7 @@ def guided_backprop(model: nn.Module, images: Tensor, target) -> Tensor:
     Returns:
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.
     """
-    check_model(model)
-    x, t, multi = _prepare(model, images, target)
-    with eval_mode(model), torch.enable_grad(), _relu_backward(model, _GuidedReLU):
-        g = _input_grad(model, x, t.reshape(-1))
-    return _unflatten(g, t, multi)
+    return _modified_relu_gradient(model, images, target, _GuidedReLU)
 
 
 def deconvnet_attribution(model: nn.Module, images: Tensor, target) -> Tensor:
@@ -214,11 +199,7 @@ def deconvnet_attribution(model: nn.Module, images: Tensor, target) -> Tensor:
     Returns:
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.
     """
-    check_model(model)
-    x, t, multi = _prepare(model, images, target)
-    with eval_mode(model), torch.enable_grad(), _relu_backward(model, _DeconvReLU):
-        g = _input_grad(model, x, t.reshape(-1))
-    return _unflatten(g, t, multi)
+    return _modified_relu_gradient(model, images, target, _DeconvReLU)
 
 
 def grad_cam(model: nn.Module, layer: str, images: Tensor, target, *, relu: bool = True,
@@ -240,7 +221,7 @@ def grad_cam(model: nn.Module, layer: str, images: Tensor, target, *, relu: bool
     """
     check_model(model)
     mod = get_layer(model, layer)
-    x, t, multi = _prepare(model, images, target)
+    x, t, multi = prepare_inputs(model, images, target)
     store = {}
 
     def hook(_m, _i, out):

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._modules import get_layer, model_device_dtype
+from .._modules import get_layer
 from ..graph import batchnorm_affine, fold_batchnorm
 from ..nn import ConvReLUPool2d
-from ._common import as_targets, check_model, eval_mode
+from ._common import check_model, eval_mode, prepare_inputs
 
 __all__ = ["Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "FIRST_LAYER", "lrp", "LRPResult"]
 
@@ -333,14 +333,7 @@ def lrp(model: nn.Module, images: Tensor, target, rules=None, *,
         ...                                        FIRST_LAYER: ZBox(-2.2, 2.7)}).relevance
     """
     check_model(model)
-    if not isinstance(images, Tensor):
-        raise TypeError(f"images: expected a Tensor, got {type(images).__name__}")
-    device, dtype = model_device_dtype(model)
-    x = images.to(device=device, dtype=dtype)
-    t = as_targets(target, x.shape[0], device)
-    multi = t.dim() == 2
-    if multi:
-        x = x.repeat_interleave(t.shape[1], dim=0)
+    x, t, multi = prepare_inputs(model, images, target)
     t_flat = t.reshape(-1)
 
     # rule table

@@ -171,15 +171,20 @@ def neuron(layer: str, c: int, y: Optional[int] = None, x: Optional[int] = None)
     return Objective(fn, (layer,), f"neuron({layer!r}, {c}, {y}, {x})")
 
 
+def _model_output(acts, c: int) -> Tensor:
+    """The model output as (N, classes), checking that class ``c`` exists."""
+    out = acts[OUTPUT].reshape(acts[OUTPUT].shape[0], -1)
+    if c >= out.shape[1]:
+        raise ValueError(f"class: {c} is out of range for a model with {out.shape[1]} outputs")
+    return out
+
+
 def class_logit(c: int) -> Objective:
     """The model output (logit) of class ``c``."""
     c = _check_index("class", c)
 
     def fn(acts):
-        out = acts[OUTPUT].reshape(acts[OUTPUT].shape[0], -1)
-        if c >= out.shape[1]:
-            raise ValueError(f"class: {c} is out of range for a model with {out.shape[1]} outputs")
-        return out[:, c]
+        return _model_output(acts, c)[:, c]
 
     return Objective(fn, (OUTPUT,), f"class_logit({c})")
 
@@ -189,10 +194,7 @@ def class_probability(c: int) -> Objective:
     c = _check_index("class", c)
 
     def fn(acts):
-        out = acts[OUTPUT].reshape(acts[OUTPUT].shape[0], -1)
-        if c >= out.shape[1]:
-            raise ValueError(f"class: {c} is out of range for a model with {out.shape[1]} outputs")
-        return F.softmax(out, dim=1)[:, c]
+        return F.softmax(_model_output(acts, c), dim=1)[:, c]
 
     return Objective(fn, (OUTPUT,), f"class_probability({c})")
 
