@@ -7,19 +7,26 @@ image) or a ``(N, T)`` one (``T`` classes per image, computed in one batch;
 results gain a ``T`` dimension after ``N``).
 
 Guided backprop and the deconvnet change the backward pass of every
-``nn.ReLU`` module and of the ReLU inside the fused
+ReLU-family activation the forward pass runs: ``nn.ReLU`` and ``nn.ReLU6``
+modules, functional calls (``F.relu``, ``torch.relu``, ``x.relu()``,
+``F.relu6``, ``F.hardtanh(x, 0, ...)``, in place or not) anywhere in a custom
+``forward``, and the ReLU inside the fused
 :class:`~cnnvis_ext.nn.ConvReLUPool2d` / :class:`~cnnvis_ext.nn.ConvReLU2d`
-modules; ReLUs called functionally inside a custom ``forward`` are invisible
-to them.
+modules. They are intercepted with a :class:`torch.overrides.TorchFunctionMode`,
+so no tracing is needed. Element-wise activations for which the methods define
+no rule (SiLU, Hardswish, GELU, ...) pass the gradient unchanged, with a
+warning naming them.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from ..nn import ConvReLUPool2d
 from .._modules import get_layer
@@ -29,30 +36,32 @@ __all__ = ["saliency", "guided_backprop", "deconvnet_attribution", "grad_cam"]
 
 
 class _GuidedReLU(torch.autograd.Function):
-    """relu forward; backward passes only positive gradients where the input was positive."""
+    """clamp(x, lo, hi) forward; backward passes only the positive gradients, and only where
+    the forward's derivative is 1 (``lo < x < hi``)."""
 
     @staticmethod
-    def forward(ctx, x):
-        out = x.clamp(min=0)
-        ctx.save_for_backward(out)
-        return out
+    def forward(ctx, x, lo, hi):
+        # the mask, not x: an in-place activation overwrites x after this returns
+        ctx.save_for_backward(x > lo if hi is None else (x > lo) & (x < hi))
+        return x.clamp(min=lo, max=hi)
 
     @staticmethod
     def backward(ctx, g):
-        (out,) = ctx.saved_tensors
-        return g.clamp(min=0) * (out > 0).to(g.dtype)
+        (inside,) = ctx.saved_tensors
+        return g.clamp(min=0) * inside.to(g.dtype), None, None
 
 
 class _DeconvReLU(torch.autograd.Function):
-    """relu forward; backward rectifies the gradient, ignoring the forward mask (Zeiler & Fergus)."""
+    """clamp(x, lo, hi) forward; backward rectifies the gradient, ignoring the forward mask
+    (Zeiler & Fergus)."""
 
     @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
+    def forward(ctx, x, lo, hi):
+        return x.clamp(min=lo, max=hi)
 
     @staticmethod
     def backward(ctx, g):
-        return g.clamp(min=0)
+        return g.clamp(min=0), None, None
 
 
 def fused_forward(m: ConvReLUPool2d, x: Tensor, relu: Callable[[Tensor], Tensor] = F.relu) -> Tensor:
@@ -64,29 +73,98 @@ def fused_forward(m: ConvReLUPool2d, x: Tensor, relu: Callable[[Tensor], Tensor]
     return F.max_pool2d(y, m.pool_kernel_size, m.pool_stride, m.pool_padding, ceil_mode=m.ceil_mode)
 
 
+def _arg(args, kwargs, i, name, default=None):
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _relu_bounds(func, args, kwargs):
+    """``(x, lo, hi, inplace)`` when ``func`` is a ReLU-family call, else None.
+
+    The family: ``relu`` in every spelling (``F.relu``, ``torch.relu``, ``Tensor.relu``,
+    their in-place forms; ``nn.ReLU`` calls ``F.relu``), ``relu6`` and ``hardtanh`` with a
+    lower bound of 0 (``nn.ReLU6`` calls ``F.hardtanh(x, 0, 6)``).
+    """
+    if func in _RELU_FUNCS:
+        inplace = func in _RELU_INPLACE or bool(_arg(args, kwargs, 1, "inplace", False))
+        return args[0], 0.0, None, inplace
+    if func is F.relu6:
+        return args[0], 0.0, 6.0, bool(_arg(args, kwargs, 1, "inplace", False))
+    if func is F.hardtanh:
+        lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
+        if lo == 0.0:
+            return (args[0], 0.0, float(_arg(args, kwargs, 2, "max_val", 1.0)),
+                    bool(_arg(args, kwargs, 3, "inplace", False)))
+    return None
+
+
+_RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
+_RELU_INPLACE = {F.relu_, torch.relu_, Tensor.relu_}
+#: Element-wise activations for which guided backprop and the deconvnet define no rule.
+_UNDEFINED_ACTIVATIONS = {F.silu: "SiLU", F.hardswish: "Hardswish", F.gelu: "GELU",
+                          F.mish: "Mish", F.elu: "ELU", F.selu: "SELU", F.celu: "CELU",
+                          F.leaky_relu: "LeakyReLU", F.softplus: "Softplus"}
+
+
+class _ModifiedReLUMode(TorchFunctionMode):
+    """Routes every ReLU-family call of a forward pass through ``fn`` (whatever module or
+    functional call makes it) and records the activations that have no such rule."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.undefined = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        hit = _relu_bounds(func, args, kwargs)
+        if hit is not None and isinstance(hit[0], Tensor) and hit[0].is_floating_point():
+            x, lo, hi, inplace = hit
+            y = self.fn.apply(x, lo, hi)
+            if inplace:  # keep the caller's in-place semantics; autograd goes through y
+                return x.copy_(y)
+            return y
+        if func in _UNDEFINED_ACTIVATIONS:
+            self.undefined.add(_UNDEFINED_ACTIVATIONS[func])
+        return func(*args, **kwargs)
+
+
+_ACTIVATION_MODULES = (nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ELU, nn.SELU, nn.CELU,
+                       nn.LeakyReLU, nn.Softplus)
+
+
 @contextmanager
-def _relu_backward(model: nn.Module, fn):
-    """Replace the forward of every nn.ReLU / fused module so that its ReLU is ``fn.apply``."""
+def _relu_backward(model: nn.Module, fn, method: str):
+    """Inside the block, every ReLU-family activation of ``model``'s forward has ``fn``'s
+    backward: calls of the ReLU family through :class:`_ModifiedReLUMode`, and the ReLU
+    inside the fused :class:`~cnnvis_ext.nn.ConvReLUPool2d` modules by running them as
+    conv -> relu -> pool. Activations without a rule pass the plain gradient, with one
+    warning naming them."""
     patched = []
+    mode = _ModifiedReLUMode(fn)
     try:
         for m in model.modules():
-            if type(m) is nn.ReLU or isinstance(m, ConvReLUPool2d):
-                if isinstance(m, ConvReLUPool2d) and m.return_switches:
+            if isinstance(m, ConvReLUPool2d):
+                if m.return_switches:
                     raise ValueError("model: fused modules with return_switches=True are not supported")
                 had = "forward" in m.__dict__
                 old = m.__dict__.get("forward")
-                if isinstance(m, ConvReLUPool2d):
-                    m.forward = (lambda mod: (lambda x: fused_forward(mod, x, fn.apply)))(m)
-                else:
-                    m.forward = lambda x: fn.apply(x)
+                m.forward = (lambda mod: (lambda x: fused_forward(mod, x, F.relu)))(m)
                 patched.append((m, had, old))
-        yield
+        with mode:
+            yield
     finally:
         for m, had, old in patched:
             if had:
                 m.forward = old
             else:
                 del m.forward
+    if mode.undefined:
+        names = [n for n, m in model.named_modules() if isinstance(m, _ACTIVATION_MODULES)]
+        where = (f"modules {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names
+                 else "functional calls in the model's forward")
+        warnings.warn(f"{method}: the model has {', '.join(sorted(mode.undefined))} activations "
+                      f"({where}); {method} defines no rule for them, so the gradient passes "
+                      "through them unchanged", stacklevel=4)
 
 
 def _select(out, t_flat):
@@ -167,11 +245,12 @@ def saliency(model: nn.Module, images: Tensor, target, *, absolute: bool = True,
     return _unflatten(torch.cat(outs), t, multi)
 
 
-def _modified_relu_gradient(model: nn.Module, images: Tensor, target, relu_fn) -> Tensor:
+def _modified_relu_gradient(model: nn.Module, images: Tensor, target, relu_fn, method: str
+                            ) -> Tensor:
     """The input gradient of the target logits with every ReLU's backward replaced by ``relu_fn``."""
     check_model(model)
     x, t, multi = prepare_inputs(model, images, target)
-    with eval_mode(model), torch.enable_grad(), _relu_backward(model, relu_fn):
+    with eval_mode(model), torch.enable_grad(), _relu_backward(model, relu_fn, method):
         g = _input_grad(model, x, t.reshape(-1))
     return _unflatten(g, t, multi)
 
@@ -185,7 +264,7 @@ def guided_backprop(model: nn.Module, images: Tensor, target) -> Tensor:
     Returns:
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.
     """
-    return _modified_relu_gradient(model, images, target, _GuidedReLU)
+    return _modified_relu_gradient(model, images, target, _GuidedReLU, "guided_backprop")
 
 
 def deconvnet_attribution(model: nn.Module, images: Tensor, target) -> Tensor:
@@ -199,7 +278,8 @@ def deconvnet_attribution(model: nn.Module, images: Tensor, target) -> Tensor:
     Returns:
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.
     """
-    return _modified_relu_gradient(model, images, target, _DeconvReLU)
+    return _modified_relu_gradient(model, images, target, _DeconvReLU,
+                                   "deconvnet_attribution")
 
 
 def grad_cam(model: nn.Module, layer: str, images: Tensor, target, *, relu: bool = True,

@@ -184,3 +184,76 @@ def test_bad_inputs(data):
         vis.saliency(m, x, t, smoothgrad_samples=-1)
     with pytest.raises(TypeError, match="model"):
         vis.saliency(None, x, t)
+
+
+# -- ReLU-family activations wherever the forward calls them ------------------------------------
+
+class FunctionalNet(nn.Module):
+    """Every spelling of the ReLU family in a custom forward, with a skip connection."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.c3 = nn.Conv2d(6, 6, 3, padding=1)
+        self.act6 = nn.ReLU6()
+        self.fc = nn.Linear(6 * 4, 5)
+
+    def forward(self, x, relu=None, relu6=None):
+        relu = relu or (lambda z, k: [F.relu, torch.relu, lambda t: t.relu(),
+                                      lambda t: F.relu(t, inplace=True)][k](z))
+        relu6 = relu6 or (lambda z, k: [self.act6, F.relu6, lambda t: F.hardtanh(t, 0.0, 6.0)][k](z))
+        h = relu(self.c1(x) * 3, 0)
+        h = F.max_pool2d(h, 2)
+        r = relu6(self.c2(h) * 4, 0)
+        h = relu(self.c3(r) + h, 1)          # residual add, then torch.relu
+        h = relu6(h * 5, 1) + relu6(h * 7, 2)
+        h = relu(h - 0.5, 2)
+        h = relu(F.adaptive_avg_pool2d(h, 2).flatten(1), 3)
+        return self.fc(h)
+
+
+def _guided(z, hi=None):
+    h = z.clamp(0, hi)  # clamp's backward masks by 0 < z (< hi) ...
+    if h.requires_grad:
+        h.register_hook(lambda g: g.clamp(min=0))  # ... and the hook by grad > 0
+    return h
+
+
+def _deconv(z, hi=None):
+    h = z + (z.clamp(0, hi) - z).detach()
+    if h.requires_grad:
+        h.register_hook(lambda g: g.clamp(min=0))
+    return h
+
+
+@pytest.mark.parametrize("fn,rule", [(vis.guided_backprop, _guided), (vis.deconvnet_attribution, _deconv)])
+def test_rule_applies_at_functional_and_relu6_activations(fn, rule, data):
+    x, t = data
+    torch.manual_seed(1)
+    m = FunctionalNet().double()
+    xr = x.clone().requires_grad_(True)
+    out = m(xr, relu=lambda z, k: rule(z), relu6=lambda z, k: rule(z, 6.0))
+    out[torch.arange(4), t].sum().backward()
+    got = fn(m, x, t)
+    torch.testing.assert_close(got, xr.grad)
+    # the rule really changed the gradient (the test would pass on a plain gradient otherwise)
+    assert not torch.allclose(got, vis.saliency(m, x, t, absolute=False))
+    assert "forward" not in m.__dict__  # nothing left patched
+
+
+@pytest.mark.parametrize("act", [nn.SiLU, nn.Hardswish, nn.GELU])
+def test_undefined_activation_passes_gradient_and_warns(act, data):
+    x, t = data
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), act(), nn.Flatten(), nn.Linear(4 * 10 * 10, 5)).double()
+    with pytest.warns(UserWarning, match=rf"guided_backprop: .*{act.__name__}.*modules 1"):
+        got = vis.guided_backprop(m, x, t)
+    torch.testing.assert_close(got, vis.saliency(m, x, t, absolute=False))
+
+
+def test_no_warning_for_relu_only_models(data, recwarn):
+    x, t = data
+    vis.guided_backprop(net(), x, t)
+    vis.deconvnet_attribution(net(), x, t)
+    assert not [w for w in recwarn if "defines no rule" in str(w.message)]
