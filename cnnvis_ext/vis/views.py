@@ -6,7 +6,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .._modules import forward_until, get_layer, model_device_dtype
+from .._modules import capture, forward_until, get_layer, model_device_dtype
 from ._common import check_model, eval_mode
 
 __all__ = ["feature_maps", "kernels", "make_grid"]
@@ -21,7 +21,7 @@ def feature_maps(model: nn.Module, image: Tensor, layers: Union[str, Sequence[st
             forward pass stops after the deepest requested layer).
         image: ``(C, H, W)`` or ``(N, C, H, W)``.
         layers: a name, a list of names (``named_modules()`` names), or
-            ``None`` for every leaf module.
+            ``None`` for every leaf module that the forward pass runs.
 
     Returns:
         ``{name: activation}``, each ``(N, C_l, H_l, W_l)`` (or ``(N, F)``) on
@@ -34,7 +34,8 @@ def feature_maps(model: nn.Module, image: Tensor, layers: Union[str, Sequence[st
         image = image.unsqueeze(0)
     if image.dim() != 4:
         raise ValueError(f"image: expected (C, H, W) or (N, C, H, W), got shape {tuple(image.shape)}")
-    if layers is None:
+    every_leaf = layers is None
+    if every_leaf:
         layers = [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
     elif isinstance(layers, str):
         layers = [layers]
@@ -44,10 +45,16 @@ def feature_maps(model: nn.Module, image: Tensor, layers: Union[str, Sequence[st
     for name in layers:
         get_layer(model, name)
     device, dtype = model_device_dtype(model)
+    x = image.to(device=device, dtype=dtype)
     # protect: a later in-place module (ReLU(inplace=True)) must not change a recorded map
     with eval_mode(model), torch.no_grad():
-        acts = forward_until(model, image.to(device=device, dtype=dtype), layers, protect=True,
-                             arg="layers")
+        if every_leaf:
+            # the leaves the forward pass runs (a model may define modules it never calls),
+            # in the order they first produce their output
+            with capture(model, layers, protect=True) as acts:
+                model(x)
+            return dict(acts)
+        acts = forward_until(model, x, layers, protect=True, arg="layers")
     return {n: acts[n] for n in layers}
 
 

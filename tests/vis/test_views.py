@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+import torch.nn.functional as F
 from torch import nn
 
 import cnnvis_ext
@@ -152,3 +153,27 @@ def test_colormaps_and_overlay():
         vis.overlay(img, attr, alpha=2)
     with pytest.raises(ValueError, match="reduce"):
         vis.heatmap(attr, reduce="median")
+
+
+def test_feature_maps_of_every_leaf_skips_modules_never_called():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.unused = nn.Conv2d(4, 4, 3)   # defined, never called
+            self.act = nn.ReLU(inplace=True)
+            self.pool = nn.MaxPool2d(2)
+
+        def forward(self, x):
+            return self.pool(self.act(self.conv(x)))
+
+    m = Net().eval()
+    x = torch.randn(2, 3, 10, 10)
+    maps = vis.feature_maps(m, x)
+    assert list(maps) == ["conv", "act", "pool"]
+    y = m.conv(x)
+    torch.testing.assert_close(maps["conv"], y)   # not rectified by the in-place ReLU after it
+    torch.testing.assert_close(maps["act"], y.relu())
+    torch.testing.assert_close(maps["pool"], F.max_pool2d(y.relu(), 2))
+    with pytest.raises(RuntimeError, match="layers: .*unused"):
+        vis.feature_maps(m, x, ["conv", "unused"])
