@@ -117,7 +117,7 @@ def invert(model: nn.Module, layer: Union[str, Sequence[str]], image: Tensor, *,
         milestones = sorted({int(round(f * steps)) for f in lr_drops if 0 < f < 1})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=lr_drop_factor)
         errors = []
-        for _ in progress_bar(range(steps), steps, progress, "invert"):
+        for step in progress_bar(range(steps), steps, progress, "invert"):
             with torch.enable_grad():
                 x = B * u
                 acts = run_layers(model, x, layers)
@@ -134,8 +134,19 @@ def invert(model: nn.Module, layer: Union[str, Sequence[str]], image: Tensor, *,
                     total = total + lambda_alpha * u.abs().pow(alpha).sum()
                 if lambda_tv:
                     total = total + lambda_tv * (6.5 ** beta) * ops.total_variation(u, beta=beta)
+                if not torch.isfinite(total):
+                    raise FloatingPointError(
+                        f"invert: the objective became non-finite at step {step} (of {steps}); "
+                        "the image or the model's activations overflowed. Lower lr or check the "
+                        "model on this input")
                 opt.zero_grad(set_to_none=True)
                 total.backward(inputs=[u])
+                # Scale-free steps: each reconstruction's gradient is divided by its RMS, so a
+                # step moves its pixels by about lr (in units of the image scale B) whatever the
+                # network's gain; the objective's normalization alone does not bound that gain.
+                g = u.grad
+                rms = g.flatten(1).pow(2).mean(1).sqrt().clamp_min(torch.finfo(dtype).tiny)
+                g.div_(rms.reshape(-1, 1, 1, 1))
             opt.step()
             sched.step()
             errors.append(err.detach())

@@ -83,3 +83,41 @@ def test_bad_inputs():
         vis.invert(m, "1", x, momentum=1.0)
     with pytest.raises(ValueError, match="lambda_tv"):
         vis.invert(m, "1", x, lambda_tv=-1)
+
+
+class _Residual(nn.Module):
+    """A BatchNorm residual block with a large gain: the steps must not depend on it."""
+
+    def __init__(self, gain):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.proj = nn.Conv2d(3, 8, 1)
+        self.gain = gain
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)) * self.gain + self.proj(x))
+
+
+@pytest.mark.parametrize("gain", [1.0, 1e4])
+def test_converges_whatever_the_gain(gain):
+    torch.manual_seed(0)
+    m = _Residual(gain).eval()
+    with torch.no_grad():
+        m.bn.running_var.fill_(0.5)
+    res = vis.invert(m, "bn", images(1), steps=60)
+    assert torch.isfinite(res.images).all()
+    assert res.errors[-1].item() < 0.1 * res.errors[0].item()
+
+
+def test_non_finite_objective_names_the_step():
+    class Overflow(nn.Module):
+        calls = 0
+
+        def forward(self, y):
+            self.calls += 1  # call 1 computes the target, calls 2 and 3 are steps 0 and 1
+            return y * float("inf") if self.calls > 3 else y
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), Overflow())
+    with pytest.raises(FloatingPointError, match=r"invert: .*non-finite at step 2 \(of 10\)"):
+        vis.invert(m, "1", images(1), steps=10)
