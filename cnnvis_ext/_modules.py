@@ -59,7 +59,7 @@ def capture(model: nn.Module, layers: Sequence[str], stop: bool = False, protect
     """Record the outputs of ``layers`` during forward passes run inside the block.
 
     Yields a dict ``name -> Tensor`` filled by forward hooks (the first tensor
-    of a tuple output). With ``stop=True`` the forward pass raises
+    of a tuple output; for a module called more than once, its first call). With ``stop=True`` the forward pass raises
     :class:`StopForward` as soon as the last of ``layers`` has produced its
     output, so nothing above the deepest needed layer is computed; use
     :func:`forward_until` to run it. With ``protect=True`` the model goes on
@@ -73,7 +73,7 @@ def capture(model: nn.Module, layers: Sequence[str], stop: bool = False, protect
 
     def make_hook(name):
         def hook(_mod, _inp, out):
-            acts[name] = _first_tensor(out)
+            acts.setdefault(name, _first_tensor(out))  # a module called twice: its first call
             if stop and all(n in acts for n in wanted):
                 raise StopForward()
             if protect and isinstance(out, Tensor):

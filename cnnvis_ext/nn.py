@@ -43,6 +43,9 @@ class ConvReLUPool2d(nn.Module):
         torch.Size([4, 16, 16, 16])
     """
 
+    #: Marks a module that runs a fused op: a leaf of :func:`cnnvis_ext.graph.trace`.
+    fused_op = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, pool_kernel_size=2,
                  pool_stride=None, pool_padding=0, ceil_mode: bool = False,
