@@ -1,15 +1,29 @@
 """Zeiler & Fergus deconvnet projections: :func:`deconvnet`.
 
-A projection runs the forward pass once, recording the max-pooling switches
-of every pool below the chosen layer, keeps only the chosen activations at
-that layer and maps them back to pixel space: unpool with the switches,
-rectify, filter with the transposed weights, layer by layer. Each
-Conv2d(+ReLU)(+MaxPool2d) group, fused or not, is one call of
-:func:`cnnvis_ext.ops.unpool_conv_transpose`, whose sparse path makes the
-first steps of a single-unit projection nearly free.
+A projection keeps only the chosen activations at a layer and maps them back
+to pixel space with the deconvnet's rule: max pools unpool with the forward
+pass's switches, ReLU-family activations rectify the signal, convolutions and
+linear maps (eval BatchNorm, average pooling) are transposed, a residual add
+sends the signal down both branches, a concatenation splits it, a gate
+multiplies it by its forward value.
 
-Many units of many images are projected in one batched pass: every
-(image, unit) pair is a batch entry of the backward chain.
+Two formulations give the same values:
+
+* on a chain of modules below the layer (Conv2d, ReLU, MaxPool2d, eval
+  BatchNorm2d, the fused modules; seen in the model's traced dataflow, so an
+  in-place residual add is never mistaken for a chain), each
+  Conv2d(+ReLU)(+MaxPool2d) group is one call of
+  :func:`cnnvis_ext.ops.unpool_conv_transpose` on the window of the map that
+  the unit's receptive field covers, whose sparse path makes the first steps
+  nearly free;
+* on any other model (residual networks, concatenations, gates, functional
+  calls, models that cannot be traced), the gradient of the chosen
+  activations with the deconvnet's rule at every ReLU-family activation
+  (:func:`~cnnvis_ext.vis.deconvnet_attribution`'s rule), after one forward
+  pass per batch of images.
+
+Many units of many images are projected in one batched call: every
+(image, unit) pair is an entry of the result.
 """
 from __future__ import annotations
 
@@ -20,11 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
-from .._modules import StopForward, get_layer, model_device_dtype
+from .. import graph, ops
+from .._modules import StopForward, forward_until, get_layer, model_device_dtype
 from ..graph import fold_batchnorm
 from ..nn import ConvReLUPool2d
 from ..ops import _pair as pair  # TEMP
+from ._common import eval_mode
+from .attribution import _DeconvReLU, _relu_backward
 
 __all__ = ["deconvnet"]
 
@@ -80,6 +96,39 @@ def _conv_padding(conv: nn.Conv2d) -> Tuple[int, int]:
 def _leaves(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, ConvReLUPool2d) or (len(m._modules) == 0 and n)]
+
+
+_CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d, ConvReLUPool2d, nn.Identity,
+                  nn.Dropout, nn.Dropout2d)
+
+
+def _is_module_chain(model: nn.Module, layer: str) -> bool:
+    """Whether the dataflow from the input to ``layer`` is a chain of modules the switch
+    formulation handles (each node one module of :data:`_CHAIN_MODULES` taking the output of
+    the one before). False for residual adds (in place or not), concatenations, gates,
+    functional calls, and for models that cannot be traced."""
+    try:
+        gm = graph.trace(model)
+        node = graph.layer_node(gm, layer)
+    except (graph.GraphTraceError, KeyError):
+        return False
+    modules = dict(gm.named_modules())
+    while node.op != "placeholder":
+        if node.op != "call_module" or len(node.all_input_nodes) != 1:
+            return False
+        m = modules[str(node.target)]
+        if type(m) not in _CHAIN_MODULES and not isinstance(m, ConvReLUPool2d):
+            return False
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            return False
+        if isinstance(m, nn.MaxPool2d) and pair(m.dilation, "dilation") != (1, 1):
+            return False
+        below = node.all_input_nodes[0]
+        if isinstance(m, nn.BatchNorm2d) and not (
+                below.op == "call_module" and type(modules[str(below.target)]) is nn.Conv2d):
+            return False  # folded into the convolution below it, or not at all
+        node = below
+    return True
 
 
 def _trace(model: nn.Module, layer: str, x: Tensor):
@@ -408,23 +457,23 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
               crop: bool = True) -> Tensor:
     r"""Zeiler & Fergus deconvnet projections of units of ``layer`` to pixel space.
 
-    Runs the forward pass once, recording the max-pooling switches of every
-    pool below ``layer`` (through :func:`~cnnvis_ext.ops.conv_relu_pool` for
-    fused modules, through ``max_pool2d`` indices otherwise), keeps only the
-    chosen activations at ``layer``, and projects them down: unpool with the
-    switches, rectify, filter with the transposed weights, layer by layer.
-    ``BatchNorm2d`` (eval) is folded into the convolution before it.
+    Runs the forward pass once, keeps only the chosen activations at ``layer``,
+    and projects them down with the deconvnet's rule (see the module
+    docstring): unpool with the forward pass's switches, rectify, filter with
+    the transposed weights, through whatever dataflow the model has. The
+    model runs in eval mode (its flags and parameters' ``requires_grad`` are
+    restored; BatchNorm statistics are never updated).
 
     Every (image, unit) pair is one batch entry of the projection, so all
     units of all images are projected together (in chunks of ``chunk_size``
     entries to bound memory), not in a Python loop per unit.
 
     Args:
-        model: a chain of modules up to ``layer`` (Conv2d, ReLU, MaxPool2d,
-            BatchNorm2d in eval mode, the fused modules of
-            :func:`cnnvis_ext.fuse`, Identity / Dropout in eval mode, nested
-            in nn.Sequential containers); anything else raises a ValueError
-            naming the module.
+        model: any CNN: chains of modules take the switch formulation, other
+            dataflow (residual adds, concatenations, gates, functional calls)
+            the gradient formulation. Activations for which the deconvnet has
+            no rule (SiLU, Hardswish, GELU, ...) pass the signal unchanged,
+            with a warning naming them.
         layer: name of the layer (as in ``model.named_modules()``).
         images: :math:`(N, C, H, W)` input batch.
         units: channel(s) of ``layer`` to project; all channels by default.
@@ -433,11 +482,11 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
             layer's activation :math:`(N, C_l, H_l, W_l)`: exactly the
             activations of the chosen channels where it is True.
         chunk_size: number of (image, unit) entries projected together.
-        crop: compute each step only on the window of each entry that can be
-            nonzero (the bound of the unit's receptive field, followed layer by
-            layer) instead of on whole maps; the values are the same (up to the
-            order of floating-point sums), the cost is that of the receptive
-            field, not of the image.
+        crop: on chains, compute each step only on the window of each entry
+            that can be nonzero (the bound of the unit's receptive field,
+            followed layer by layer) instead of on whole maps; the values are
+            the same (up to the order of floating-point sums), the cost is that
+            of the receptive field, not of the image.
 
     Returns:
         :math:`(N \cdot U, C, H, W)` reconstructions, image-major: entry
@@ -456,8 +505,69 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
                          f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    get_layer(model, layer)
     device, dtype = model_device_dtype(model)
     x = images.to(device=device, dtype=dtype)
+    with eval_mode(model):
+        if _is_module_chain(model, layer):
+            return _deconvnet_chain(model, layer, x, units, keep, chunk_size, crop)
+        return _deconvnet_gradient(model, layer, x, units, keep, chunk_size)
+
+
+def _keep_for(keep, n_img: int):
+    """``keep`` sliced per image when it is a per-image mask, else as given."""
+    by_image = isinstance(keep, Tensor) and keep.dim() == 4 and keep.shape[0] == n_img
+    return (lambda i0, i1: keep[i0:i1]) if by_image else (lambda i0, i1: keep)
+
+
+def _deconvnet_gradient(model, layer, x, units, keep, chunk_size) -> Tensor:
+    """The gradient formulation: per chunk of images one forward pass, then one backward
+    pass per unit with the deconvnet's rule at every ReLU-family activation."""
+    n_img = x.shape[0]
+    keep_of = _keep_for(keep, n_img)
+    out = u = None
+    for i0 in range(0, max(n_img, 1), chunk_size):
+        i1 = min(n_img, i0 + chunk_size)
+        xb = x[i0:i1].detach().requires_grad_(True)
+        with torch.enable_grad(), _relu_backward(model, _DeconvReLU, "deconvnet"):
+            act = forward_until(model, xb, [layer])[layer]
+            if act.dim() != 4:
+                raise ValueError(f"layer: {layer!r} gives a {act.dim()}-D output; a 4-D feature "
+                                 "map is needed")
+            if u is None:
+                u = _units(units, act.shape[1], act.device)
+                out = x.new_zeros(n_img * u.numel(), *x.shape[1:])
+            starts = _select(act.detach(), u, keep_of(i0, i1)).view(i1 - i0, u.numel(), *act.shape[1:])
+            rows = torch.arange(i0, i1, device=x.device) * u.numel()
+            live = [j for j in range(u.numel()) if bool(starts[:, j].any())]
+            for k, j in enumerate(live):
+                (g,) = torch.autograd.grad(act, xb, starts[:, j], retain_graph=k < len(live) - 1)
+                out[rows + j] = g
+    return out
+
+
+def _project_entries(model, layer, images, channels, locations, batch_size) -> Tensor:
+    """The gradient formulation for entries that each have their own image: entry ``e``
+    projects channel ``channels[e]`` at ``locations[e]`` (row, col) of ``images[e]``, in
+    batches of ``batch_size`` entries, one forward and one backward pass per batch."""
+    out = torch.empty_like(images)
+    for e0 in range(0, images.shape[0], batch_size):
+        e1 = min(images.shape[0], e0 + batch_size)
+        xb = images[e0:e1].detach().requires_grad_(True)
+        with torch.enable_grad(), _relu_backward(model, _DeconvReLU, "deconvnet"):
+            a = forward_until(model, xb, [layer])[layer]
+            ar = torch.arange(e1 - e0, device=a.device)
+            ch, loc = channels[e0:e1].to(a.device), locations[e0:e1].to(a.device)
+            start = torch.zeros_like(a)
+            start[ar, ch, loc[:, 0], loc[:, 1]] = a.detach()[ar, ch, loc[:, 0], loc[:, 1]]
+            (g,) = torch.autograd.grad(a, xb, start)
+        out[e0:e1] = g
+    return out
+
+
+def _deconvnet_chain(model, layer, x, units, keep, chunk_size, crop) -> Tensor:
+    """The switch formulation on a chain of modules (see the module docstring)."""
+    device = x.device
     steps, act = _trace(model, layer, x)
     if act.dim() != 4:
         raise ValueError(f"layer: {layer!r} gives a {act.dim()}-D output; a 4-D feature map is needed")
@@ -465,22 +575,18 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
     n_img = act.shape[0]
     entries = n_img * u.numel()
     out = torch.empty(entries, *x.shape[1:], dtype=x.dtype, device=x.device)
-    if isinstance(keep, Tensor) and keep.dim() == 4 and keep.shape[0] == n_img:
-        keep_by_image = True
-    else:
-        keep_by_image = False
+    keep_of = _keep_for(keep, n_img)
     per_chunk_images = max(1, chunk_size // max(1, u.numel()))
     # Chunk over images when many units, over units when many entries per image.
     if u.numel() <= chunk_size:
         for i0 in range(0, n_img, per_chunk_images):
             i1 = min(n_img, i0 + per_chunk_images)
-            k = keep[i0:i1] if keep_by_image else keep
-            start = _select(act[i0:i1], u, k)
+            start = _select(act[i0:i1], u, keep_of(i0, i1))
             img = torch.arange(i0, i1, device=device).repeat_interleave(u.numel())
             out[i0 * u.numel():i1 * u.numel()] = _project(steps, start, img, crop)
     else:
         for n in range(n_img):
-            k = keep[n:n + 1] if keep_by_image else keep
+            k = keep_of(n, n + 1)
             order = (_order_by_window(steps, act[n], u, x.shape[-2:])
                      if crop and isinstance(keep, str) and keep == "max" else None)
             for j0 in range(0, u.numel(), chunk_size):

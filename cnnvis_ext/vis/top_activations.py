@@ -15,8 +15,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import distributed as _dist
-from .._modules import model_device_dtype
-from .deconvnet import _project, _receptive_box, _trace, _units
+from .. import graph
+from .._modules import forward_until, get_layer, model_device_dtype
+from ._common import check_model, eval_mode
+from .deconvnet import (_is_module_chain, _project, _project_entries, _receptive_box, _trace,
+                        _units)
 
 __all__ = ["top_activations", "TopActivations"]
 
@@ -107,6 +110,25 @@ def top_activations(model: nn.Module, layer: str, dataset, k: int = 9, *,
         raise ValueError(f"k: expected a positive int, got {k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    check_model(model)
+    get_layer(model, layer)
+    with eval_mode(model):
+        return _top_activations(model, layer, dataset, k, units, batch_size, project, progress)
+
+
+def _field(model: nn.Module, layer: str) -> Optional[graph.ReceptiveField]:
+    """The layer's receptive field from the traced graph; None (the whole image) for a model
+    that cannot be traced."""
+    try:
+        gm = graph.trace(model)
+        return graph.receptive_field(gm, graph.layer_node(gm, layer))
+    except (graph.GraphTraceError, KeyError):
+        return None
+
+
+def _top_activations(model, layer, dataset, k, units, batch_size, project, progress):
+    chain = _is_module_chain(model, layer)
+    field = None if chain else _field(model, layer)
     device, dtype = model_device_dtype(model)
     batches, total = _batches(dataset, batch_size)
     map_style = isinstance(dataset, torch.utils.data.Dataset) and hasattr(dataset, "__len__")
@@ -117,7 +139,13 @@ def top_activations(model: nn.Module, layer: str, dataset, k: int = 9, *,
     steps = None
     for batch in tqdm(batches, total=total, disable=not progress, desc=f"top_activations {layer}"):
         x = batch.to(device=device, dtype=dtype)
-        steps, act = _trace(model, layer, x)
+        if chain:
+            steps, act = _trace(model, layer, x)
+        else:
+            act = forward_until(model, x, [layer])[layer]
+            if act.dim() != 4:
+                raise ValueError(f"layer: {layer!r} gives a {act.dim()}-D output; a 4-D feature "
+                                 "map is needed")
         if u is None:
             u = _units(units, act.shape[1], act.device)
             best_v = act.new_full((u.numel(), 0), float("-inf"))
@@ -150,11 +178,20 @@ def top_activations(model: nn.Module, layer: str, dataset, k: int = 9, *,
         (dataset[j][0] if isinstance(dataset[j], (tuple, list)) else dataset[j]) if map_style
         else kept[j] for j in flat_idx]).to(device=device, dtype=dtype)  # (U*k, C, H, W)
     H, W = imgs.shape[-2:]
+
+    def receptive_box(r, c):  # (top, left, bottom, right), not clipped to the image
+        if chain:
+            return _receptive_box(steps, r, c)
+        if field is None or field.whole:
+            return 0, 0, H, W
+        return (r * field.stride[0] + field.lo[0], c * field.stride[1] + field.lo[1],
+                r * field.stride[0] + field.hi[0] + 1, c * field.stride[1] + field.hi[1] + 1)
+
     boxes, patches = [], []
-    box0 = _receptive_box(steps, 0, 0)
+    box0 = receptive_box(0, 0)
     rh, rw = box0[2] - box0[0], box0[3] - box0[1]
     for e, (r, c) in enumerate(locs.view(-1, 2).tolist()):
-        t, l, b_, rr = _receptive_box(steps, r, c)
+        t, l, b_, rr = receptive_box(r, c)
         patch = imgs.new_zeros(imgs.shape[1], rh, rw)
         ct, cl_, cb, cr = max(t, 0), max(l, 0), min(b_, H), min(rr, W)
         if cb > ct and cr > cl_:
@@ -162,7 +199,11 @@ def top_activations(model: nn.Module, layer: str, dataset, k: int = 9, *,
         patches.append(patch)
         boxes.append((ct, cl_, cb, cr))
     projections = None
-    if project:
+    if project and not chain:
+        projections = _project_entries(model, layer, imgs, u.repeat_interleave(kk),
+                                       locs.view(-1, 2), batch_size)
+        projections = projections.view(u.numel(), kk, *imgs.shape[1:])
+    elif project:
         projections = torch.empty_like(imgs)
         chan = u.repeat_interleave(kk)
         for e0 in range(0, imgs.shape[0], batch_size):

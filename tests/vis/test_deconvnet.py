@@ -164,24 +164,123 @@ def test_errors():
         deconvnet(model, "7", x, keep=torch.ones(1))
     with pytest.raises(ValueError, match="images"):
         deconvnet(model, "7", x[0])
-    bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(), nn.Conv2d(4, 4, 3)).double()
-    with pytest.raises(ValueError, match=r"'1' \(LeakyReLU\) is not supported"):
-        deconvnet(bad, "2", x)
-    train_bn = _vgg(bn=True).train()
-    with pytest.raises(ValueError, match="BatchNorm2d"):
-        deconvnet(train_bn, "7", x)
+    with pytest.raises(ValueError, match="layer: '1' gives a 2-D"):
+        deconvnet(nn.Sequential(nn.Flatten(), nn.Linear(768, 4)).double(), "1", x)
 
-    class Skip(nn.Module):
+
+def test_training_mode_model_is_projected_in_eval_mode_and_left_as_it_was():
+    torch.manual_seed(9)
+    model = _vgg(bn=True)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    expected = deconvnet(model, "7", x, units=[3])
+    model.train()
+    stats = model[4].running_mean.clone(), model[4].running_var.clone()
+    got = deconvnet(model, "7", x, units=[3])
+    torch.testing.assert_close(got, expected)
+    assert model.training and model[4].training
+    assert torch.equal(model[4].running_mean, stats[0]) and torch.equal(model[4].running_var, stats[1])
+
+
+# ----------------------------------------------------------------------------- any dataflow
+
+class _Graphy(nn.Module):
+    """Every construct the chain formulation cannot take: in-place residual add, BatchNorm,
+    functional relu and max_pool, a concatenation, a squeeze-excitation gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.conv = nn.Conv2d(6, 6, 3, padding=1)
+        self.side = nn.Conv2d(6, 4, 1)
+        self.fc = nn.Conv2d(10, 10, 1)
+        self.top = nn.Conv2d(10, 8, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x, relu=None):
+        relu = relu or (lambda t: F.relu(t))
+        h = F.max_pool2d(relu(self.bn(self.stem(x))), 2)
+        r = self.conv(h)
+        r += h                                                  # in-place residual add
+        r = self.relu(r) if relu is None else relu(r)
+        y = torch.cat([r, self.side(h)], 1)                      # concatenation
+        y = y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))   # gate
+        return relu(self.top(y))
+
+
+def _graphy_reference(m, x, unit):
+    """value * d(unit's strongest activation)/dx with the deconvnet rule at every ReLU,
+    written with the model's own forward and a plain autograd function."""
+    x = x.clone().requires_grad_(True)
+    a = m(x, relu=_DeconvReLU.apply)
+    flat = a[:, unit].flatten(1)
+    vals = flat.max(1).values
+    (g,) = torch.autograd.grad(vals.sum(), x)
+    return g * vals.view(-1, 1, 1, 1).detach()
+
+
+def test_any_dataflow_equals_the_modified_gradient():
+    torch.manual_seed(10)
+    m = _Graphy().double().eval()
+    with torch.no_grad():
+        m.bn.running_mean.normal_()
+        m.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, 12, 12, dtype=torch.float64)
+    got = deconvnet(m, "top", x, units=[1, 5]).view(3, 2, 3, 12, 12)
+    for j, unit in enumerate([1, 5]):
+        torch.testing.assert_close(got[:, j], _graphy_reference(m, x, unit))
+    # the rule matters here: the plain gradient differs
+    xr = x.clone().requires_grad_(True)
+    a = m(xr)
+    flat = a[:, 1].flatten(1)
+    (plain,) = torch.autograd.grad(flat.max(1).values.sum(), xr)
+    assert not torch.allclose(plain * flat.max(1).values.detach().view(-1, 1, 1, 1), got[:, 0])
+    # chunks of images give the same entries
+    torch.testing.assert_close(deconvnet(m, "top", x, units=[1, 5], chunk_size=2),
+                               got.view(6, 3, 12, 12))
+
+
+def test_in_place_residual_add_is_not_taken_for_a_chain():
+    """torchvision's BasicBlock: out += identity between modules that look like a chain."""
+    class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a = nn.Conv2d(3, 3, 3, padding=1)
-            self.b = nn.Conv2d(3, 3, 3, padding=1)
+            self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
 
         def forward(self, x):
-            return self.b(x + self.a(x))
+            out = self.conv2(self.relu(self.conv1(x)))
+            out += x
+            return self.relu(out)
 
-    with pytest.raises(ValueError, match="chain"):
-        deconvnet(Skip().double(), "b", x)
+    torch.manual_seed(11)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), Block()).double()
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+
+    def reference(unit):
+        xr = x.clone().requires_grad_(True)
+        h = F.max_pool2d(_DeconvReLU.apply(m[0](xr)), 2)
+        b = m[3]
+        out = b.conv2(_DeconvReLU.apply(b.conv1(h))) + h
+        a = _DeconvReLU.apply(out)
+        flat = a[:, unit].flatten(1)
+        (g,) = torch.autograd.grad(flat.max(1).values.sum(), xr)
+        return g * flat.max(1).values.detach().view(-1, 1, 1, 1)
+
+    torch.testing.assert_close(deconvnet(m, "3", x, units=[2]), reference(2))
+
+
+def test_activation_without_a_rule_passes_the_signal_and_warns():
+    torch.manual_seed(12)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.1), nn.Conv2d(4, 4, 3)).double()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"deconvnet: .*LeakyReLU"):
+        got = deconvnet(m, "2", x, units=[0])
+    xr = x.clone().requires_grad_(True)
+    flat = m(xr)[:, 0].flatten(1)
+    (g,) = torch.autograd.grad(flat.max(1).values.sum(), xr)
+    torch.testing.assert_close(got, g * flat.max(1).values.detach().view(-1, 1, 1, 1))
 
 
 # ----------------------------------------------------------------------------- top_activations
@@ -265,3 +364,42 @@ def test_dead_units_project_to_zeros():
     got = deconvnet(model, "7.1", x, units=[1, 2], keep=some)
     torch.testing.assert_close(got, deconvnet(model, "7.1", x, units=[1, 2], keep=some, crop=False))
     assert not got[:3].any() and got[3].any()
+
+
+def test_top_activations_on_a_residual_network():
+    from cnnvis_ext.vis import top_activations
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 6, 3, padding=1)
+            self.conv = nn.Conv2d(6, 6, 3, padding=1)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            h = F.max_pool2d(self.relu(self.stem(x)), 2)
+            out = self.conv(h)
+            out += h
+            return self.relu(out)
+
+    torch.manual_seed(13)
+    model = nn.Sequential(Res()).double()
+    data = torch.randn(9, 3, 16, 16, dtype=torch.float64)
+    res = top_activations(model, "0", torch.utils.data.TensorDataset(data), k=2, units=[0, 3],
+                          batch_size=4, progress=False)
+    a = model(data)
+    for j, unit in enumerate([0, 3]):
+        m = a[:, unit].flatten(1).max(1).values
+        order = sorted(range(9), key=lambda i: (-m[i].item(), i))[:2]
+        assert res.indices[j].tolist() == order
+        for r, i in enumerate(order):
+            torch.testing.assert_close(res.projections[j, r],
+                                       deconvnet(model, "0", data[i:i + 1], units=[unit])[0])
+            # the receptive field of a unit of this net: stem 3x3, pool 2, conv 3x3 -> 8x8 at stride 2
+            row, col = res.locations[j, r].tolist()
+            top, left = 2 * row - 3, 2 * col - 3
+            t, l, b, rr = res.boxes[j, r].tolist()
+            assert (t, l, b, rr) == (max(top, 0), max(left, 0), min(top + 8, 16), min(left + 8, 16))
+            assert res.patches.shape[-2:] == (8, 8)
+            torch.testing.assert_close(res.patches[j, r][:, t - top:b - top, l - left:rr - left],
+                                       data[i, :, t:b, l:rr])
