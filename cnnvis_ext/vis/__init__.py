@@ -12,7 +12,8 @@ from .param import FourierParam, GeneratorParam, ImageParam, PixelParam
 from .actmax import (ActMaxResult, Regularizers, YOSINSKI_PRESETS, YosinskiPreset,
                      activation_maximization, yosinski_preset)
 from .attribution import deconvnet_attribution, grad_cam, guided_backprop, saliency
-from .lrp import FIRST_LAYER, AlphaBeta, Epsilon, Gamma, LRPResult, Rule, ZBox, lrp
+from .lrp import (FIRST_LAYER, PRESETS, AlphaBeta, Epsilon, Flat, Gamma, LRPResult, Rule, WSquare, ZBox,
+                  lrp, preset as lrp_preset)
 from .views import feature_maps, kernels, make_grid
 from .inversion import InversionResult, invert
 from .learned import UpConvInverter, invert_learned, train_inverter
@@ -28,7 +29,8 @@ __all__ = [
     "Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset", "ActMaxResult",
     "activation_maximization",
     "saliency", "guided_backprop", "deconvnet_attribution", "grad_cam",
-    "lrp", "LRPResult", "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "FIRST_LAYER",
+    "lrp", "LRPResult", "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "Flat", "WSquare",
+    "FIRST_LAYER", "PRESETS", "lrp_preset",
     "invert", "InversionResult",
     "UpConvInverter", "train_inverter", "invert_learned", "GeneratorParam",
     "deconvnet", "top_activations", "TopActivations",

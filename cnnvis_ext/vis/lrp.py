@@ -1,346 +1,333 @@
-"""Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019).
+"""Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019) on any traced CNN.
 
-:func:`lrp` runs the model once, records the chain of leaf modules it
-executed, and propagates the relevance of the target logits back through that
-chain layer by layer with the rule assigned to each layer:
+:func:`lrp` traces the model into its dataflow graph
+(:func:`cnnvis_ext.graph.trace`), runs it once recording every node's value,
+and walks the graph backwards from the target logits, sharing each node's
+relevance among its inputs:
 
-* :class:`Epsilon` — ``R_i = a_i sum_j w_ij R_j / (z_j + eps sign(z_j))``
-  (``eps = 0``: LRP-0, equal to gradient x input on ReLU networks);
-* :class:`Gamma` — favours the contributions that agree with the sign of each output:
-  on non-negative inputs and positive outputs LRP-epsilon with weights ``w + gamma w+``
-  (biases ``b + gamma b+``); the signed-input form is zennit's;
-* :class:`AlphaBeta` — ``alpha`` times the positive and ``-beta`` times the
-  negative contributions, each renormalized (alpha1-beta0 is ``AlphaBeta(1, 0)``;
-  the positive / negative part of a bias joins the positive / negative contributions);
-* :class:`ZBox` — the z^B rule for the first layer, with the input bounded
-  to ``[low, high]`` (biases ignored).
+* convolutions and linear layers (and the convolution inside the fused
+  modules) take their :class:`~cnnvis_ext.vis.lrp_rules.Rule`:
+  :class:`Epsilon`, :class:`Gamma`, :class:`AlphaBeta`, :class:`ZBox`,
+  :class:`Flat`, :class:`WSquare`, or a named preset equal to zennit's
+  composites (``"epsilon_plus"``, ``"epsilon_plus_flat"``,
+  ``"epsilon_gamma_box"``, ``"epsilon_alpha2_beta1"``);
+* canonization: an eval BatchNorm right after a convolution or linear layer
+  (its only user) is merged exactly into it; one right before a convolution
+  without padding is merged into that; any other is the affine map it is
+  (epsilon rule);
+* a residual addition shares relevance among its summands in proportion to
+  their contributions (zennit's ``Norm`` on its ``Sum``); a concatenation splits
+  it; a gate ``x * g`` (the factor with fewer elements, or a constant) passes
+  all of it to ``x`` and none to ``g``;
+* average and adaptive pooling, and means, use the epsilon rule; max pooling
+  routes relevance to each window's maximum;
+* element-wise activations (ReLU, ReLU6, SiLU, GELU, ...), dropout, LayerNorm
+  and GroupNorm pass relevance through unchanged (as transformer LRP treats
+  LayerNorm); reshapes, permutations and channel shuffles move it with the
+  values.
 
-ReLU, Dropout, Identity and Flatten pass relevance through; MaxPool2d routes
-it to the maximum of each window (winner takes all); AvgPool2d and
-AdaptiveAvgPool2d use the epsilon rule; a BatchNorm2d right after a Conv2d is
-folded into it; the fused :class:`~cnnvis_ext.nn.ConvReLUPool2d` /
-:class:`~cnnvis_ext.nn.ConvReLU2d` are treated as conv -> relu -> maxpool.
-Any other module raises an error naming it. The model must be a chain: each
-module's input is the previous module's output (reshapes between them, as
-``torch.flatten`` in torchvision's VGG forward, are allowed).
+With the epsilon rule and no biases (and no BatchNorm shifts), relevance is
+conserved: it sums to the target logit at every cut of the graph.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import graph
 from .._modules import get_layer
 from ..graph import batchnorm_affine, fold_batchnorm
 from ..nn import ConvReLUPool2d
 from ._common import check_model, eval_mode, prepare_inputs
+from .lrp_rules import (FIRST_LAYER, PRESETS, AlphaBeta, Epsilon, Flat, Gamma, Rule, WSquare, ZBox,
+                        _as_rule, _conv_f, _div, _linear_f, _linear_rule, _route_max, preset)
 
-__all__ = ["Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "FIRST_LAYER", "lrp", "LRPResult"]
-
-#: Key of ``rules`` that names the first Conv2d/Linear layer of the chain (e.g. for ``"zbox"``).
-FIRST_LAYER = "<first>"
-
-
-class Rule:
-    """Base class of LRP rules for layers with weights (Conv2d, Linear)."""
-
-
-@dataclass(frozen=True)
-class Epsilon(Rule):
-    eps: float = 1e-6
-
-
-@dataclass(frozen=True)
-class Gamma(Rule):
-    gamma: float = 0.25
-    eps: float = 1e-6
-
-
-@dataclass(frozen=True)
-class AlphaBeta(Rule):
-    alpha: float = 1.0
-    beta: float = 0.0
-    eps: float = 1e-9
-
-    def __post_init__(self):
-        if abs(self.alpha - self.beta - 1.0) > 1e-12 or self.beta < 0:
-            raise ValueError(f"alpha: expected alpha - beta = 1 and beta >= 0, got alpha={self.alpha}, "
-                             f"beta={self.beta}")
-
-
-@dataclass(frozen=True)
-class ZBox(Rule):
-    """z^B rule; ``low``/``high``: numbers, per-channel sequences or tensors broadcastable to
-    the layer input; ``None``: each image's own minimum/maximum."""
-
-    low: object = None
-    high: object = None
-    eps: float = 1e-9
-
-
-_NAMED = {"epsilon": Epsilon, "zero": lambda: Epsilon(0.0), "lrp0": lambda: Epsilon(0.0),
-          "gamma": Gamma, "alpha1beta0": AlphaBeta, "alphabeta": AlphaBeta, "zplus": AlphaBeta,
-          "z+": AlphaBeta, "alpha2beta1": lambda: AlphaBeta(2.0, 1.0), "zbox": ZBox}
-
-
-def _as_rule(r, key) -> Rule:
-    if isinstance(r, Rule):
-        return r
-    if isinstance(r, str) and r.lower().replace("-", "").replace("_", "") in _NAMED:
-        return _NAMED[r.lower().replace("-", "").replace("_", "")]()
-    raise ValueError(f"rules: {r!r} (for {key!r}) is not a rule; expected a Rule or one of "
-                     f"{sorted(_NAMED)}")
+__all__ = ["Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "Flat", "WSquare", "FIRST_LAYER",
+           "PRESETS", "preset", "lrp", "LRPResult"]
 
 
 class LRPResult(NamedTuple):
     """``relevance``: at the input, like the images (``(N, T, ...)`` for 2-D targets);
-    ``layers``: name -> relevance at the input of that module (only with ``return_layers``)."""
+    ``layers``: module name -> relevance at its input (only with ``return_layers``)."""
 
     relevance: Tensor
     layers: Dict[str, Tensor]
 
 
-_PASS = (nn.ReLU, nn.Dropout, nn.Identity)
-_SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-              nn.Flatten, nn.Dropout, nn.BatchNorm2d, nn.Identity, ConvReLUPool2d)
+_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ELU,
+                 nn.SELU, nn.CELU, nn.LeakyReLU, nn.Softplus, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh,
+                 nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity, nn.LayerNorm, nn.GroupNorm)
+_PASS_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.hardtanh, F.silu, F.hardswish,
+               F.gelu, F.mish, F.elu, F.selu, F.leaky_relu, F.softplus, torch.sigmoid, F.sigmoid,
+               F.hardsigmoid, torch.tanh, F.dropout, F.dropout2d, F.layer_norm, F.group_norm,
+               torch.clone, operator.pos}
+_PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clone", "contiguous", "float",
+                 "to", "type_as", "detach"}
+#: Ops that only move values: relevance moves with them (their vector-Jacobian product).
+_MOVE_FUNCS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.cat,
+               torch.stack, torch.chunk, torch.split, torch.squeeze, torch.unsqueeze,
+               operator.getitem, torch.channel_shuffle, F.pad, F.max_pool2d, torch.max_pool2d,
+               F.interpolate}
+_MOVE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "chunk", "split", "squeeze",
+                 "unsqueeze", "__getitem__", "expand", "repeat"}
+#: Linear maps without weights: the epsilon rule (zennit's Norm).
+_NORM_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
+_NORM_FUNCS = {F.avg_pool2d, F.adaptive_avg_pool2d, torch.mean, torch.sum}
+_NORM_METHODS = {"mean", "sum"}
+_ADD = {operator.add, operator.iadd, torch.add}
+_MUL = {operator.mul, operator.imul, torch.mul}
+_STRUCTURE_MODULES = (nn.Flatten, nn.Unflatten, nn.MaxPool2d, nn.ChannelShuffle, nn.Upsample)
 
 
-class _Step(NamedTuple):
-    name: str
-    module: nn.Module
-    inp: Tensor  # a copy of the input as the module saw it
-    out_shape: torch.Size
+class _Walk:
+    """The backward walk over one traced model (see the module docstring)."""
 
+    def __init__(self, gm: fx.GraphModule, env: Dict[fx.Node, object], rule_for, stabilizer: float):
+        self.gm, self.env, self.rule_for, self.eps = gm, env, rule_for, stabilizer
+        self.modules = dict(gm.named_modules())
+        self.R: Dict[fx.Node, object] = {}
+        self.folded_after: Dict[fx.Node, nn.Module] = {}   # conv node -> the BN after it
+        self.folded_before: Dict[fx.Node, nn.Module] = {}  # conv node -> the BN before it
+        self.skip_bn: set = set()
+        self._canonize()
 
-def _trace(model: nn.Module, x: Tensor) -> Tuple[List[_Step], Tensor]:
-    steps: List[_Step] = []
-    io: List[Tuple[Tensor, Tensor]] = []
-    handles = []
+    # -- canonization -------------------------------------------------------------------
+    def _module(self, n: fx.Node) -> Optional[nn.Module]:
+        return self.modules.get(str(n.target)) if n.op == "call_module" else None
 
-    def make(name):
-        def hook(mod, inp, out):
-            if not isinstance(out, Tensor) or len(inp) != 1 or not isinstance(inp[0], Tensor):
-                raise TypeError(f"lrp: module {name!r} ({type(mod).__name__}) does not map one tensor "
-                                "to one tensor")
-            steps.append(_Step(name, mod, inp[0].detach().clone(), out.shape))
-            io.append((inp[0], out))
-        return hook
+    def _canonize(self) -> None:
+        for n in self.gm.graph.nodes:
+            bn = self._module(n)
+            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or len(n.all_input_nodes) != 1:
+                continue
+            below = n.all_input_nodes[0]
+            lin = self._module(below)
+            if type(lin) in (nn.Conv2d, nn.Linear) and len(below.users) == 1 \
+                    and below not in self.folded_after:
+                self.folded_after[below] = bn
+                self.skip_bn.add(n)
+                continue
+            users = list(n.users)
+            if len(users) == 1:
+                conv = self._module(users[0])
+                if type(conv) is nn.Conv2d and conv.groups == 1 and conv.padding_mode == "zeros" \
+                        and conv.padding in (0, (0, 0), "valid") and users[0] not in self.folded_before:
+                    self.folded_before[users[0]] = bn
+                    self.skip_bn.add(n)
 
-    for name, mod in model.named_modules():
-        leaf = isinstance(mod, ConvReLUPool2d) or not any(True for _ in mod.children())
-        if not leaf or not name and mod is not model:
-            continue
-        if name == "" and any(True for _ in mod.children()):
-            continue
-        if not isinstance(mod, _SUPPORTED):
-            bad = name or type(mod).__name__
-            raise TypeError(f"lrp: module {bad!r} ({type(mod).__name__}) is not supported; supported "
-                            f"modules: {', '.join(t.__name__ for t in _SUPPORTED)}, ConvReLU2d")
-        handles.append(mod.register_forward_hook(make(name or "<model>")))
-    try:
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    if not isinstance(out, Tensor):
-        raise TypeError(f"lrp: the model must return a tensor, got {type(out).__name__}")
-    if not steps:
-        raise ValueError("lrp: the model ran no supported module")
-    # chain check
-    prev = x
-    for (step, (i_t, o_t)) in zip(steps, io):
-        if not _same(i_t, prev):
-            raise ValueError(f"lrp: the model is not a chain of modules: the input of {step.name!r} is "
-                             "not the output of the module before it (residual connections, "
-                             "concatenations and functional ops between modules are not supported)")
-        prev = o_t
-    if not _same(out, prev):
-        raise ValueError("lrp: the model output is not the output of its last module")
-    return steps, out
+    # -- relevance bookkeeping ----------------------------------------------------------
+    def add(self, node, r) -> None:
+        if not isinstance(node, fx.Node) or r is None:
+            return
+        old = self.R.get(node)
+        self.R[node] = r if old is None else old + r
 
+    def value(self, a):
+        return self.env[a] if isinstance(a, fx.Node) else a
 
-def _same(a: Tensor, b: Tensor) -> bool:
-    if a is b:
-        return True
-    if a.shape[0] != b.shape[0] or a.numel() != b.numel():
-        return False
-    if a.numel() == 0:
-        return True
-    return a.data_ptr() == b.data_ptr() or torch.equal(a.reshape(b.shape), b)
+    # -- the walk -----------------------------------------------------------------------
+    def run(self, start: Tensor) -> Dict[fx.Node, object]:
+        out_node = next(n for n in reversed(self.gm.graph.nodes) if n.op == "output")
+        self.add(out_node.args[0] if not isinstance(out_node.args[0], (tuple, list))
+                 else out_node.args[0][0], start)
+        for n in reversed(self.gm.graph.nodes):
+            if n.op in ("call_module", "call_function", "call_method") and n in self.R:
+                self.step(n, self.R[n])
+        return self.R
 
-
-# ---------------------------------------------------------------------------
-# rules
-# ---------------------------------------------------------------------------
-
-def _div(r: Tensor, z: Tensor, eps: float) -> Tensor:
-    den = z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-    safe = torch.where(den == 0, torch.ones_like(den), den)
-    return torch.where(den == 0, torch.zeros_like(r), r / safe)
-
-
-def _grads(outputs, inputs, s):
-    return torch.autograd.grad(outputs, inputs, grad_outputs=[s] * len(outputs) if isinstance(outputs, (list, tuple)) else s)
-
-
-def _bounds(v, a: Tensor, which: str) -> Tensor:
-    if v is None:
-        red = a.flatten(1).amin(1) if which == "low" else a.flatten(1).amax(1)
-        return red.reshape(-1, *([1] * (a.dim() - 1))).expand_as(a)
-    t = torch.as_tensor(v, device=a.device, dtype=a.dtype)
-    if t.dim() == 1 and a.dim() == 4:
-        t = t.reshape(1, -1, 1, 1)
-    try:
-        return t.expand_as(a)
-    except RuntimeError:
-        raise ValueError(f"rules: ZBox {which}={tuple(t.shape)} does not broadcast to the layer input "
-                         f"{tuple(a.shape)}") from None
-
-
-def _gamma_rule(rule: "Gamma", f, a: Tensor, w: Tensor, b: Optional[Tensor], R: Tensor) -> Tensor:
-    """The gamma rule for signed inputs and outputs (Montavon et al. 2019, as zennit defines it).
-
-    Where the layer's output z is positive, the contributions that push it up
-    are favoured: ``a+ (w + gamma w+) + a- (w + gamma w-)`` (bias ``b + gamma b+``);
-    where z is negative, those that push it down: ``a+ (w + gamma w-) + a- (w + gamma w+)``
-    (bias ``b + gamma b-``). On non-negative inputs and positive outputs this is
-    LRP-epsilon with weights ``w + gamma w+``.
-    """
-    g = rule.gamma
-    w_up, w_down = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
-    b_up = None if b is None else b + g * b.clamp(min=0)
-    b_down = None if b is None else b + g * b.clamp(max=0)
-    ap = a.clamp(min=0).detach().requires_grad_(True)
-    an = a.clamp(max=0).detach().requires_grad_(True)
-    z = f(a.detach(), w, b).detach()
-    out = torch.zeros_like(a)
-    for sign, (wp_, wn_, b_) in ((1, (w_up, w_down, b_up)), (-1, (w_down, w_up, b_down))):
-        z1, z2 = f(ap, wp_, b_), f(an, wn_, None)
-        mask = (z > 0) if sign > 0 else (z < 0)
-        s = torch.where(mask, _div(R, (z1 + z2).detach(), rule.eps), torch.zeros_like(R))
-        c1, c2 = torch.autograd.grad((z1, z2), (ap, an), (s, s))
-        out = out + ap.detach() * c1 + an.detach() * c2
-    return out
-
-
-def _linear_rule(rule: Rule, f, a: Tensor, w: Tensor, b: Optional[Tensor], R: Tensor) -> Tensor:
-    """Relevance at the input of ``z = f(a, w, b)`` (f linear in a and in (w, b))."""
-    with torch.enable_grad():
-        if isinstance(rule, Gamma):
-            return _gamma_rule(rule, f, a, w, b, R)
-        if isinstance(rule, Epsilon):
-            a = a.detach().requires_grad_(True)
-            z = f(a, w, b)
-            (c,) = torch.autograd.grad(z, a, _div(R, z.detach(), rule.eps))
-            return a.detach() * c
-        if isinstance(rule, AlphaBeta):
-            ap = a.clamp(min=0).detach().requires_grad_(True)
-            an = a.clamp(max=0).detach().requires_grad_(True)
-            wp, wn = w.clamp(min=0), w.clamp(max=0)
-
-            # The bias's positive (negative) part joins the positive (negative)
-            # contributions' denominator and absorbs its share, as in Bach et
-            # al. 2015 and zennit; without a bias relevance is conserved.
-            bp = None if b is None else b.clamp(min=0)
-            bn = None if b is None else b.clamp(max=0)
-
-            def part(w1, w2, b1):
-                z1, z2 = f(ap, w1, b1), f(an, w2, None)
-                s = _div(R, (z1 + z2).detach(), rule.eps)
-                c1, c2 = torch.autograd.grad((z1, z2), (ap, an), (s, s))
-                return ap.detach() * c1 + an.detach() * c2
-
-            out = part(wp, wn, bp)
-            if rule.beta:
-                out = rule.alpha * out - rule.beta * part(wn, wp, bn)
-            return out
-        if isinstance(rule, ZBox):
-            lo = _bounds(rule.low, a, "low").detach().requires_grad_(True)
-            hi = _bounds(rule.high, a, "high").detach().requires_grad_(True)
-            a = a.detach().requires_grad_(True)
-            za, zl, zh = f(a, w, None), f(lo, w.clamp(min=0), None), f(hi, w.clamp(max=0), None)
-            s = _div(R, (za - zl - zh).detach(), rule.eps)
-            ca, cl, ch = torch.autograd.grad((za, zl, zh), (a, lo, hi), (s, s, s))
-            return a.detach() * ca - lo.detach() * cl - hi.detach() * ch
-    raise TypeError(f"rules: unsupported rule {rule!r}")
-
-
-def _conv_f(m):
-    if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
-        raise TypeError(f"lrp: Conv2d with padding_mode={m.padding_mode!r} is not supported")
-    padding = m.padding
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding = 0
+    def step(self, n: fx.Node, R) -> None:
+        if isinstance(R, dict):  # relevance of a tuple-valued node, by item
+            self._move(n, R)
+            return
+        if n.op == "call_module":
+            self._module_step(n, self._module(n), R)
+        elif n.op == "call_function":
+            self._op_step(n, n.target, R, _PASS_FUNCS, _MOVE_FUNCS, _NORM_FUNCS)
         else:
-            def f_same(a, w, b):
-                return F.conv2d(a, w, b, m.stride, "same", m.dilation, m.groups)
-            return f_same
+            self._op_step(n, n.target, R, _PASS_METHODS, _MOVE_METHODS, _NORM_METHODS)
 
-    def f(a, w, b):
-        return F.conv2d(a, w, b, m.stride, padding, m.dilation, m.groups)
-    return f
+    def _module_step(self, n, m, R) -> None:
+        a = n.args[0]
+        x = self.value(a)
+        if n in self.skip_bn:
+            self.add(a, R)
+        elif type(m) in (nn.Conv2d, nn.Linear) or isinstance(m, ConvReLUPool2d):
+            self.add(a, self._weighted(n, m, x, R))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            scale, shift = batchnorm_affine(m)
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            self.add(a, _linear_rule(Epsilon(self.eps), lambda v, w, b: v * w.reshape(shape)
+                                     + b.reshape(shape), x, scale.detach(), shift.detach(), R))
+        elif isinstance(m, _PASS_MODULES) or _is_identity_module(m):
+            self.add(a, R.reshape(x.shape))
+        elif isinstance(m, _NORM_MODULES):
+            self.add(a, _linear_rule(Epsilon(self.eps), lambda v, w, b: m(v), x, x, None, R))
+        elif isinstance(m, _STRUCTURE_MODULES) or _is_permute_module(m):
+            self._move(n, R)
+        else:
+            raise TypeError(f"lrp: module {n.target!r} ({type(m).__name__}) has no LRP rule; "
+                            "supported: convolutions, linear layers, BatchNorm, pooling, "
+                            "element-wise activations, dropout, LayerNorm/GroupNorm, reshapes")
+
+    def _weighted(self, n, m, x, R) -> Tensor:
+        rule = self.rule_for(n, m)
+        w, b = m.weight, m.bias
+        if n in self.folded_after:
+            w, b = fold_batchnorm(w, b, self.folded_after[n])
+        if n in self.folded_before:
+            scale, shift = batchnorm_affine(self.folded_before[n])
+            w0 = w
+            w = w0 * scale.reshape(1, -1, 1, 1).to(w0.dtype)
+            b_shift = (w0 * shift.reshape(1, -1, 1, 1).to(w0.dtype)).sum((1, 2, 3))
+            b = b_shift if b is None else b + b_shift
+            bn_node = n.all_input_nodes[0]
+            x = self.value(bn_node.args[0])
+            n = bn_node  # the relevance goes to the BatchNorm's input
+        w = w.detach()
+        b = None if b is None else b.detach()
+        f = _linear_f if isinstance(m, nn.Linear) else _conv_f(m)
+        if isinstance(m, ConvReLUPool2d) and not (tuple(m.pool_kernel_size) == (1, 1)
+                                                  and tuple(m.pool_stride) == (1, 1)):
+            with torch.no_grad():
+                y = F.relu(f(x, w, b))
+            R = _route_max(y, (m.pool_kernel_size, m.pool_stride, m.pool_padding, 1, m.ceil_mode), R)
+        r = _linear_rule(rule, f, x, w, b, R)
+        if n is not None and n.op == "call_module" and n in self.skip_bn:
+            self.add(n.args[0], r)
+            return None
+        return r
+
+    def _op_step(self, n, op, R, pass_ops, move_ops, norm_ops) -> None:
+        if op in (operator.getitem, "__getitem__") and isinstance(n.args[0], fx.Node) \
+                and isinstance(self.env.get(n.args[0]), (tuple, list)):
+            # an item of a tuple (chunk, split): kept by item for the op that made the tuple
+            src, key = n.args[0], n.args[1]
+            parts = self.R.setdefault(src, {})
+            parts[key] = R if key not in parts else parts[key] + R
+            return
+        tensors = [a for a in n.all_input_nodes if isinstance(self.env.get(a), Tensor)]
+        name = op if isinstance(op, str) else getattr(op, "__name__", repr(op))
+        if op in _ADD or name == "add" or name == "add_":
+            self._sum(n, R, sign=1)
+        elif op in (operator.sub, torch.sub) or name in ("sub", "sub_"):
+            self._sum(n, R, sign=-1)
+        elif op in _MUL or name in ("mul", "mul_"):
+            self._gate(n, R, tensors)
+        elif op in (operator.truediv, torch.div) or name in ("div", "div_"):
+            if len(tensors) == 1 and n.args and n.args[0] is tensors[0]:
+                self.add(tensors[0], R)  # a constant divisor: a scaling passes relevance as is
+            else:
+                self._unsupported(n, name)
+        elif op in pass_ops:
+            if tensors:
+                self.add(tensors[0], R.reshape(self.env[tensors[0]].shape))
+        elif op in move_ops:
+            self._move(n, R)
+        elif op in norm_ops:
+            self._norm(n, R, tensors)
+        elif name == "stochastic_depth":  # torchvision's, the identity in eval mode
+            self.add(tensors[0], R)
+        elif op is getattr or name in ("size", "dim"):
+            return
+        else:
+            self._unsupported(n, name)
+
+    def _unsupported(self, n, name) -> None:
+        where = graph.module_path(n)
+        raise TypeError(f"lrp: the operation {name!r} (node {n.name!r}"
+                        f"{', in module ' + repr(where) if where else ''}) has no LRP rule")
+
+    def _call(self, n, inputs: Dict[fx.Node, Tensor]):
+        """Recompute node ``n`` with some of its tensor inputs replaced."""
+        args = fx.node.map_arg(n.args, lambda a: inputs.get(a, self.env[a]))
+        kwargs = fx.node.map_arg(n.kwargs, lambda a: inputs.get(a, self.env[a]))
+        if n.op == "call_function":
+            return n.target(*args, **kwargs)
+        if n.op == "call_method":
+            return getattr(args[0], n.target)(*args[1:], **kwargs)
+        return self._module(n)(*args, **kwargs)
+
+    def _move(self, n, R) -> None:
+        """Relevance moves with the values: the vector-Jacobian product of the op."""
+        ins = [a for a in n.all_input_nodes if isinstance(self.env.get(a), Tensor)
+               and self.env[a].is_floating_point()]
+        if not ins:
+            return
+        with torch.enable_grad():
+            leaves = {a: self.env[a].detach().requires_grad_(True) for a in ins}
+            out = self._call(n, leaves)
+            if isinstance(R, dict):
+                pairs = [(out[i], r) for i, r in R.items()]
+                outs, grads = [p[0] for p in pairs], [p[1] for p in pairs]
+            else:
+                outs, grads = [out], [R.reshape(out.shape)]
+            gs = torch.autograd.grad(outs, list(leaves.values()), grads, allow_unused=True)
+        for a, g in zip(leaves, gs):
+            self.add(a, g)
+
+    def _norm(self, n, R, tensors) -> None:
+        with torch.enable_grad():
+            leaves = {a: self.env[a].detach().requires_grad_(True) for a in tensors}
+            z = self._call(n, leaves)
+            gs = torch.autograd.grad(z, list(leaves.values()), _div(R, z.detach(), self.eps))
+        for (a, v), g in zip(leaves.items(), gs):
+            self.add(a, v.detach() * g)
+
+    def _sum(self, n, R, sign: int) -> None:
+        tensors = [a for a in n.args[:2] if isinstance(a, fx.Node) and
+                   isinstance(self.env.get(a), Tensor)]
+        if len(tensors) < 2:
+            if tensors:  # a constant offset: the tensor keeps the relevance
+                self.add(tensors[0], R.reshape(self.env[tensors[0]].shape)
+                         if self.env[tensors[0]].shape == R.shape else None)
+            return
+        self._norm(n, R, tensors)  # for a - b: the epsilon rule on the contributions a and -b
+
+    def _gate(self, n, R, tensors) -> None:
+        if len(tensors) == 1:  # a constant factor (layer scale): the tensor keeps the relevance
+            self.add(tensors[0], R)
+            return
+        a, g = tensors[0], tensors[1]
+        if self.env[a].numel() < self.env[g].numel():
+            a, g = g, a
+        self.add(a, R)  # the gated branch keeps all of it, the gate gets none
 
 
-def _linear_f(a, w, b):
-    return F.linear(a, w, b)
+def _is_identity_module(m: nn.Module) -> bool:
+    """Modules that are the identity in eval mode (torchvision's StochasticDepth)."""
+    return type(m).__name__ in ("StochasticDepth", "DropPath") or isinstance(m, nn.Dropout)
 
 
-def _route_max(y: Tensor, pool_args, R: Tensor) -> Tensor:
-    with torch.enable_grad():
-        y = y.detach().requires_grad_(True)
-        p = F.max_pool2d(y, *pool_args)
-        (g,) = torch.autograd.grad(p, y, R)
-    return g
+def _is_permute_module(m: nn.Module) -> bool:
+    return type(m).__name__ == "Permute" and hasattr(m, "dims")
 
 
-# ---------------------------------------------------------------------------
-# lrp
-# ---------------------------------------------------------------------------
+class _Recorder(fx.Interpreter):
+    """Runs the graph once, keeping every node's value."""
 
-def lrp(model: nn.Module, images: Tensor, target, rules=None, *,
-        return_layers: bool = False) -> LRPResult:
-    r"""Layer-wise relevance propagation of the target logits back to the input.
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.values: Dict[fx.Node, object] = {}
 
-    Args:
-        model: a chain of supported modules (see the module docstring), e.g. a
-            VGG/AlexNet-style network, fused or not. Runs in eval mode.
-        images: ``(N, C, H, W)`` (or ``(N, F)``) input batch.
-        target: class per image: int, ``(N,)`` or ``(N, T)``; the start
-            relevance is the target logit (``out * onehot(target)``).
-        rules: the rule of each Conv2d/Linear layer (and of the conv inside
-            fused modules): a single rule for all, or a dict whose keys are
-            layer names (from ``named_modules()``), module types (``nn.Conv2d``
-            also matches the fused modules), :data:`FIRST_LAYER` or
-            ``"default"``, and whose values are :class:`Rule` objects or the
-            names ``"epsilon"``, ``"zero"``, ``"gamma"``, ``"alpha1beta0"``,
-            ``"alpha2beta1"``, ``"zbox"``. Names win over types, types over the
-            default, which is ``Epsilon(1e-6)``. Pooling layers use the eps of
-            the epsilon/gamma rule they are given, else 1e-6.
-        return_layers: also return the relevance at the input of every module.
+    def run_node(self, n):
+        v = super().run_node(n)
+        self.values[n] = v
+        return v
 
-    Returns:
-        :class:`LRPResult` ``(relevance, layers)``. With ``eps = 0`` and no
-        biases the relevance is conserved: each layer's relevance sums to the
-        target logit.
 
-    Example:
-        >>> r = lrp(model, images, labels, rules={"default": "epsilon", nn.Conv2d: "gamma",
-        ...                                        FIRST_LAYER: ZBox(-2.2, 2.7)}).relevance
-    """
-    check_model(model)
-    x, t, multi = prepare_inputs(model, images, target)
-    t_flat = t.reshape(-1)
-
-    # rule table
+def _rule_table(model, rules):
     default: Rule = Epsilon()
     by_name: Dict[str, Rule] = {}
     by_type: List[Tuple[type, Rule]] = []
     first_rule: Optional[Rule] = None
+    stabilizer = 1e-6
+    if isinstance(rules, str) and rules.lower().replace("-", "_") in PRESETS:
+        rules = preset(rules)
     if rules is not None:
         if not isinstance(rules, dict):
             default = _as_rule(rules, "default")
@@ -358,85 +345,92 @@ def lrp(model: nn.Module, images: Tensor, target, rules=None, *,
                 else:
                     raise TypeError(f"rules: keys must be layer names, module types, FIRST_LAYER or "
                                     f"'default', got {key!r}")
+    if isinstance(default, (Epsilon, Gamma)):
+        stabilizer = default.eps
+    return default, by_name, by_type, first_rule, stabilizer
 
-    with eval_mode(model):
-        steps, out = _trace(model, x)
+
+def lrp(model: nn.Module, images: Tensor, target, rules=None, *,
+        return_layers: bool = False, leaf_modules=()) -> LRPResult:
+    r"""Layer-wise relevance propagation of the target logits back to the input.
+
+    Args:
+        model: any CNN that :func:`cnnvis_ext.graph.trace` can trace (see the module
+            docstring for what each construct does). Runs in eval mode; flags restored.
+        images: ``(N, C, H, W)`` (or ``(N, F)``) input batch.
+        target: class per image: int, ``(N,)`` or ``(N, T)``; the start
+            relevance is the target logit (``out * onehot(target)``).
+        rules: the rule of each convolution / linear layer (and of the convolution in
+            fused modules): a preset name (:data:`PRESETS`, e.g.
+            ``"epsilon_plus_flat"``; :func:`preset` for its options), a single rule for
+            all, or a dict whose keys are layer names (from ``named_modules()``), module
+            types (``nn.Conv2d`` also matches the fused modules), :data:`FIRST_LAYER` (the
+            first convolution or linear layer the input reaches) or ``"default"``, and whose
+            values are :class:`Rule` objects or the names ``"epsilon"``, ``"zero"``,
+            ``"gamma"``, ``"alpha1beta0"`` (``"zplus"``), ``"alpha2beta1"``, ``"zbox"``,
+            ``"flat"``, ``"wsquare"``. Names win over types, types over the default, which
+            is ``Epsilon(1e-6)``. Pooling, sums and unmerged BatchNorms use the default
+            rule's epsilon when it is an epsilon or gamma rule, else 1e-6.
+        return_layers: also return the relevance at the input of every module called.
+        leaf_modules: passed to :func:`cnnvis_ext.graph.trace` (modules to keep whole;
+            they need an LRP rule of their own, so only modules of the kinds above).
+
+    Returns:
+        :class:`LRPResult` ``(relevance, layers)``.
+
+    Example:
+        >>> r = lrp(model, images, labels, rules="epsilon_plus_flat").relevance
+        >>> r = lrp(model, images, labels, rules={"default": "epsilon", nn.Conv2d: "gamma",
+        ...                                        FIRST_LAYER: ZBox(-2.2, 2.7)}).relevance
+    """
+    check_model(model)
+    x, t, multi = prepare_inputs(model, images, target)
+    t_flat = t.reshape(-1)
+    default, by_name, by_type, first_rule, stabilizer = _rule_table(model, rules)
+    gm = graph.trace(model, leaf_modules)
+    weighted = [n for n in gm.graph.nodes if n.op == "call_module" and
+                isinstance(gm.get_submodule(str(n.target)), (nn.Conv2d, nn.Linear, ConvReLUPool2d))]
+    first = weighted[0] if weighted else None
+
+    def rule_for(n, m):
+        if n.target in by_name:
+            return by_name[n.target]
+        if n is first and first_rule is not None:
+            return first_rule
+        for typ, r in by_type:
+            if type(m) is typ:
+                return r
+        for typ, r in by_type:
+            if isinstance(m, typ) or (typ is nn.Conv2d and isinstance(m, ConvReLUPool2d)):
+                return r
+        return default
+
+    with eval_mode(model), torch.no_grad():
+        rec = _Recorder(gm)
+        out = rec.run(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, Tensor):
+            raise TypeError(f"lrp: the model must return a tensor, got {type(out).__name__}")
         out2 = out.reshape(out.shape[0], -1)
         if t_flat.numel() and int(t_flat.max()) >= out2.shape[1]:
             raise ValueError(f"target: class {int(t_flat.max())} is out of range for a model with "
                              f"{out2.shape[1]} outputs")
-        R = torch.zeros_like(out2).scatter_(1, t_flat[:, None], out2.gather(1, t_flat[:, None]))
-        R = R.reshape(out.shape)
+        start = torch.zeros_like(out2).scatter_(1, t_flat[:, None], out2.gather(1, t_flat[:, None]))
+        walk = _Walk(gm, rec.values, rule_for, stabilizer)
+        R = walk.run(start.reshape(out.shape))
+    inp = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    rel = R.get(inp)
+    rel = torch.zeros_like(x) if rel is None else rel.reshape(x.shape)
 
-        weighted = [i for i, s in enumerate(steps) if isinstance(s.module, (nn.Conv2d, nn.Linear, ConvReLUPool2d))]
-        first_idx = weighted[0] if weighted else -1
+    def unflat(r):
+        return r.reshape(t.shape[0], t.shape[1], *r.shape[1:]) if multi else r
 
-        def rule_for(i, s):
-            if s.name in by_name:
-                return by_name[s.name]
-            if i == first_idx and first_rule is not None:
-                return first_rule
-            for typ, r in by_type:
-                if type(s.module) is typ:
-                    return r
-            for typ, r in by_type:
-                if isinstance(s.module, typ) or (typ is nn.Conv2d and isinstance(s.module, ConvReLUPool2d)):
-                    return r
-            return default
-
-        def pool_eps(i, s):
-            r = rule_for(i, s)
-            return r.eps if isinstance(r, (Epsilon, Gamma)) else 1e-6
-
-        layers: Dict[str, Tensor] = {}
-        i = len(steps) - 1
-        while i >= 0:
-            s = steps[i]
-            m, a = s.module, s.inp
-            R = R.reshape(s.out_shape)
-            folded_into = None
-            if isinstance(m, nn.BatchNorm2d) and i > 0 and type(steps[i - 1].module) is nn.Conv2d:
-                folded_into = i - 1
-            if folded_into is not None:
-                conv = steps[i - 1]
-                w, b = fold_batchnorm(conv.module.weight, conv.module.bias, m)
-                R = _linear_rule(rule_for(i - 1, conv), _conv_f(conv.module), conv.inp, w.detach(),
-                                 None if b is None else b.detach(), R)
-                i -= 1
-                s = conv
-            elif isinstance(m, nn.Conv2d):
-                R = _linear_rule(rule_for(i, s), _conv_f(m), a, m.weight.detach(),
-                                 None if m.bias is None else m.bias.detach(), R)
-            elif isinstance(m, nn.Linear):
-                R = _linear_rule(rule_for(i, s), _linear_f, a, m.weight.detach(),
-                                 None if m.bias is None else m.bias.detach(), R)
-            elif isinstance(m, ConvReLUPool2d):
-                f = _conv_f(m)
-                w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
-                if not (tuple(m.pool_kernel_size) == (1, 1) and tuple(m.pool_stride) == (1, 1)):
-                    with torch.no_grad():
-                        y = F.relu(f(a, w, b))
-                    R = _route_max(y, (m.pool_kernel_size, m.pool_stride, m.pool_padding, 1,
-                                       m.ceil_mode), R)
-                R = _linear_rule(rule_for(i, s), f, a, w, b, R)
-            elif isinstance(m, nn.MaxPool2d):
-                R = _route_max(a, (m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode), R)
-            elif isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-                R = _linear_rule(Epsilon(pool_eps(i, s)), lambda aa, w_, b_: m(aa), a, a, None, R)
-            elif isinstance(m, nn.BatchNorm2d):
-                scale, shift = batchnorm_affine(m)
-                R = _linear_rule(Epsilon(pool_eps(i, s)),
-                                 lambda aa, w_, b_: aa * w_.reshape(1, -1, 1, 1) + (0 if b_ is None else b_.reshape(1, -1, 1, 1)),
-                                 a, scale.detach(), shift.detach(), R)
-            elif isinstance(m, (nn.Flatten,) + _PASS):
-                R = R.reshape(a.shape)
-            else:  # pragma: no cover - _trace rejects these
-                raise TypeError(f"lrp: module {s.name!r} ({type(m).__name__}) is not supported")
-            R = R.reshape(a.shape if folded_into is None else s.inp.shape)
-            if return_layers:
-                layers[s.name] = R if not multi else R.reshape(t.shape[0], t.shape[1], *R.shape[1:])
-            i -= 1
-        R = R.reshape(x.shape)
-    if multi:
-        R = R.reshape(t.shape[0], t.shape[1], *R.shape[1:])
-    return LRPResult(R, layers)
+    layers: Dict[str, Tensor] = {}
+    if return_layers:  # in the order relevance reaches them: from the output down
+        for n in reversed(gm.graph.nodes):
+            if n.op == "call_module" and n.all_input_nodes and n.all_input_nodes[0] in R:
+                r = R[n.all_input_nodes[0]]
+                if isinstance(r, Tensor):
+                    layers.setdefault(str(n.target), unflat(r))
+    return LRPResult(unflat(rel), layers)

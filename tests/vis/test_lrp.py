@@ -235,22 +235,25 @@ def test_batched_over_targets(data):
 
 def test_errors(data):
     x, t = data
-    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(64, 3)).to(D)
-    with pytest.raises(TypeError, match=r"lrp: module '1' \(GELU\) is not supported"):
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.PixelShuffle(2), nn.Flatten(), nn.Linear(64, 3)).to(D)
+    with pytest.raises(TypeError, match=r"lrp: module '1' \(PixelShuffle\) has no LRP rule"):
         vis.lrp(m, x, t)
 
-    class Residual(nn.Module):
+    class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a = nn.Conv2d(3, 3, 3, padding=1)
-            self.b = nn.Conv2d(3, 3, 3, padding=1)
             self.fc = nn.Linear(108, 3)
 
         def forward(self, z):
-            return self.fc((self.b(self.a(z)) + z).flatten(1))
+            if z.sum() > 0:
+                z = z * 2
+            return self.fc(z.flatten(1))
 
-    with pytest.raises(ValueError, match="not a chain"):
-        vis.lrp(Residual().to(D), x, t)
+    from cnnvis_ext.graph import GraphTraceError
+    with pytest.raises(GraphTraceError, match="could not trace"):
+        vis.lrp(Branchy().to(D), x, t)
+    with pytest.raises(ValueError, match="rules: unknown preset"):
+        vis.lrp_preset("epsilon_minus")
     m = net()
     with pytest.raises(KeyError, match="Valid layers"):
         vis.lrp(m, x, t, rules={"features.0": "gamma"})
