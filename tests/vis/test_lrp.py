@@ -289,3 +289,128 @@ def test_gamma_rule_with_signed_inputs_and_outputs():
         R[t[n]] = logits[n, t[n]].detach()
         z, den = rule_matrix(rule, x[n], W, b)
         torch.testing.assert_close(got[n], (z / den[None, :] * R[None, :]).sum(1))
+
+
+# -- any dataflow --------------------------------------------------------------------------
+
+class Graphy(nn.Module):
+    """Residual add (in place), concatenation, a squeeze-excitation gate, BatchNorm after and
+    before a convolution, a depthwise convolution, functional relu / max_pool, average pooling;
+    no biases and no BatchNorm shifts."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.pw = nn.Conv2d(6, 4, 1, bias=False)              # after bn2, unpadded: merged
+        self.side = nn.Conv2d(6, 2, 1, bias=False)
+        self.se = nn.Conv2d(6, 6, 1, bias=False)
+        self.fc = nn.Linear(6 * 3 * 3, 4, bias=False)
+        self.detach_gate = False  # the reference holds the gate constant
+
+    def forward(self, x):
+        h = F.max_pool2d(F.relu(self.bn1(self.stem(x))), 2)
+        r = self.dw(h)
+        r += h                                                # in-place residual add
+        r = F.relu(r)
+        y = torch.cat([self.pw(self.bn2(r)), self.side(r)], 1)
+        g = torch.sigmoid(self.se(y.mean((2, 3), keepdim=True)))
+        y = y * (g.detach() if self.detach_gate else g)       # gate
+        y = F.avg_pool2d(F.relu(y), 2)
+        return self.fc(y.flatten(1))
+
+
+def _graphy():
+    torch.manual_seed(3)
+    m = Graphy().to(D).eval()
+    with torch.no_grad():
+        for bn in (m.bn1, m.bn2):
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.zero_()
+            bn.running_mean.zero_()
+    return m
+
+
+def test_lrp0_on_a_graph_is_gradient_times_input():
+    """With LRP-0, no biases and no shifts, relevance is gradient x input where the gates are
+    held constant (an identity of LRP on piecewise-linear networks, computed by autograd)."""
+    m = _graphy()
+    x = torch.rand(3, 3, 12, 12, dtype=D, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([0, 3, 1])
+    got = vis.lrp(m, x, t, rules="zero").relevance
+    xr = x.clone().requires_grad_(True)
+    m.detach_gate = True
+    out = m(xr)
+    (g,) = torch.autograd.grad(out[torch.arange(3), t].sum(), xr)
+    torch.testing.assert_close(got, g * x)
+    # conservation at the input
+    torch.testing.assert_close(got.flatten(1).sum(1), out[torch.arange(3), t].detach())
+
+
+def test_residual_add_splits_in_proportion_and_gate_gets_nothing():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(2, 2, bias=False)
+            self.b = nn.Linear(2, 2, bias=False)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x) * torch.sigmoid(x.sum(1, keepdim=True))
+
+    torch.manual_seed(5)
+    m = Tiny().to(D)
+    x = torch.tensor([[0.7, -0.4]], dtype=D)
+    res = vis.lrp(m, x, 1, rules="zero", return_layers=True)
+    za, zb = m.a(x)[0, 1], (m.b(x) * torch.sigmoid(x.sum(1, keepdim=True)))[0, 1]
+    z = za + zb
+    # the gated branch's relevance zb reaches b's output unchanged; a gets za
+    ra = x[0] * m.a.weight[1] / za * za
+    rb = x[0] * m.b.weight[1] / (zb / torch.sigmoid(x.sum())) * zb
+    torch.testing.assert_close(res.relevance[0], (ra + rb).detach())
+    torch.testing.assert_close(res.relevance.sum(), z.detach())
+
+
+@pytest.mark.parametrize("rule", [vis.Flat(), vis.WSquare()])
+def test_flat_and_wsquare_against_dense_reference(rule, data):
+    x, t = data
+    torch.manual_seed(6)
+    conv = nn.Conv2d(3, 4, 3, padding=1).to(D)
+    m = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3).to(D)).eval()
+    got = vis.lrp(m, x, t, rules={FIRST_LAYER: rule, "default": Epsilon(1e-6)}).relevance
+    for n in range(3):
+        h = m[:2](x[n:n + 1])
+        y = m(x[n:n + 1])[0]
+        R = torch.zeros(3, dtype=D)
+        R[t[n]] = y[t[n]]
+        W2 = m[3].weight
+        z = h.reshape(-1)[:, None] * W2.T
+        den = z.sum(0) + m[3].bias
+        den = den + 1e-6 * torch.where(den >= 0, 1.0, -1.0)
+        Rh = (z / den * R).sum(1).detach()
+        W, _ = dense(lambda v: F.conv2d(v, conv.weight, None, padding=1), (3, 6, 6))
+        W = W.T  # (in, out)
+        if isinstance(rule, vis.Flat):
+            zin = (W != 0).to(D)          # every input of the window, weight one, no bias
+            den_in = zin.sum(0)
+        else:
+            zin = W ** 2
+            bias2 = (conv.bias ** 2).reshape(-1, 1).expand(-1, 36).reshape(-1)
+            den_in = zin.sum(0) + bias2
+        den_in = den_in + 1e-6 * torch.where(den_in >= 0, 1.0, -1.0)
+        expected = (zin / den_in * Rh).sum(1).reshape(3, 6, 6)
+        torch.testing.assert_close(got[n], expected.detach())
+
+
+def test_presets_are_the_rule_tables():
+    p = vis.lrp_preset("epsilon_gamma_box", low=-2.0, high=3.0)
+    assert p[nn.Conv2d] == Gamma(0.25, 1e-6) and p[nn.Linear] == Epsilon(1e-6)
+    assert p[FIRST_LAYER] == ZBox(-2.0, 3.0, 1e-6)
+    assert vis.lrp_preset("epsilon_plus_flat")[FIRST_LAYER] == vis.Flat(1e-6)
+    assert vis.lrp_preset("epsilon_alpha2_beta1")[nn.Conv2d] == AlphaBeta(2.0, 1.0, 1e-6)
+    m = net()
+    x = torch.rand(2, 3, 6, 6, dtype=D)
+    torch.testing.assert_close(vis.lrp(m, x, 1, rules="epsilon_plus").relevance,
+                               vis.lrp(m, x, 1, rules=vis.lrp_preset("epsilon_plus")).relevance)
