@@ -4,10 +4,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# CPU build of torch (a local wheel on the project machines). For CUDA use
-#   make TORCH="torch==2.14.1" CNNVIS_CUDA=ON build
-TORCH  ?= torch==2.13.0
+# torch 2.14.1 (its CUDA build also runs on a CPU) with torchvision 0.29.1: the pair that
+# imports together, so that the agreement tests against torchvision models, captum and
+# zennit run (tests/vis/test_zoo.py). For the CUDA kernels: make CNNVIS_CUDA=ON build
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEPS   := numpy pillow tqdm pytest pybind11 ninja "scikit-build-core>=0.10" cmake
+# test dependencies: the peers the agreement tests compare with
+TEST_DEPS := captum zennit
 STAMP  := $(VENV)/.deps-installed
 PIP    := $(BIN)/pip --disable-pip-version-check
 OUT    ?= demo_out
@@ -19,7 +22,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python Makefile
-	$(PIP) install -q "$(TORCH)" $(DEPS)
+	$(PIP) install -q $(TORCH) $(DEPS) $(TEST_DEPS)
 	touch $(STAMP)
 
 setup: $(STAMP)
