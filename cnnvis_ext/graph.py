@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 
 __all__ = ["GraphTraceError", "trace", "is_fused", "layer_node", "module_path", "batchnorm_affine",
-           "fold_batchnorm", "ReceptiveField", "receptive_field"]
+           "fold_batchnorm", "ReceptiveField", "receptive_field", "ConvActPattern",
+           "conv_act_patterns"]
 
 LeafSpec = Union[str, Type[nn.Module]]
 
@@ -291,7 +292,8 @@ def receptive_field(gm: fx.GraphModule, node: fx.Node) -> ReceptiveField:
                 for w in win:
                     merged = merged.then(*w)
                 fields[n] = merged
-            elif isinstance(m, _POINTWISE_MODULES) or (isinstance(m, nn.Sequential) and not len(m)):
+            elif isinstance(m, _POINTWISE_MODULES) or getattr(type(m), "identity", False) or \
+                    (isinstance(m, nn.Sequential) and not len(m)):
                 fields[n] = merged
             elif isinstance(m, nn.Flatten):
                 fields[n] = _WHOLE
@@ -330,3 +332,110 @@ def _union(fs: Sequence[ReceptiveField]) -> ReceptiveField:
     lo = tuple(min(f.lo[i] for f in fs) for i in range(2))
     hi = tuple(max(f.hi[i] for f in fs) for i in range(2))
     return ReceptiveField(fs[0].stride, lo, hi)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- fusion patterns
+
+@dataclass
+class ConvActPattern:
+    """``Conv2d -> [BatchNorm2d] -> ReLU / ReLU6 -> [MaxPool2d]`` found by dataflow: each node
+    is the only user of the one before it. ``pool_args`` holds ``(kernel, stride, padding,
+    ceil_mode)`` of the pooling (a module or a ``max_pool2d`` call with constant arguments)."""
+
+    conv: fx.Node
+    bn: Optional[fx.Node]
+    act: fx.Node
+    activation: str
+    pool: Optional[fx.Node]
+    pool_args: Optional[Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int], bool]]
+
+    @property
+    def nodes(self):
+        return [n for n in (self.conv, self.bn, self.act, self.pool) if n is not None]
+
+
+def _activation_kind(node: fx.Node, modules) -> Optional[str]:
+    """``"relu"`` / ``"relu6"`` for a ReLU-family node, whatever its spelling, else None."""
+    if node.op == "call_module":
+        m = modules[str(node.target)]
+        if type(m) is nn.ReLU:
+            return "relu"
+        if type(m) in (nn.ReLU6, nn.Hardtanh) and m.min_val == 0.0 and m.max_val == 6.0:
+            return "relu6"
+        return None
+    if node.op == "call_function":
+        if node.target in (F.relu, torch.relu, torch.relu_, F.relu_):
+            return "relu"
+        if node.target is F.relu6:
+            return "relu6"
+        if node.target is F.hardtanh:
+            args = list(node.args) + [None, None]
+            lo = node.kwargs.get("min_val", args[1] if args[1] is not None else -1.0)
+            hi = node.kwargs.get("max_val", args[2] if args[2] is not None else 1.0)
+            return "relu6" if (lo, hi) == (0.0, 6.0) else None
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return "relu"
+    return None
+
+
+def _pool_args(node: fx.Node, modules):
+    """The fusable max-pooling of a node (no indices, no dilation, at most 255 positions)."""
+    if node.op == "call_module":
+        m = modules[str(node.target)]
+        if type(m) is not nn.MaxPool2d or m.return_indices or _pair(m.dilation) != (1, 1):
+            return None
+        k = _pair(m.kernel_size)
+        s = _pair(m.stride if m.stride is not None else m.kernel_size)
+        args = (k, s, _pair(m.padding), bool(m.ceil_mode))
+    elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
+        names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                 "return_indices"]
+        given = dict(zip(names, node.args), **node.kwargs)
+        if given.get("return_indices") or _pair(given.get("dilation", 1) or 1) != (1, 1):
+            return None
+        vals = [given.get("kernel_size"), given.get("stride") or given.get("kernel_size"),
+                given.get("padding", 0), given.get("ceil_mode", False)]
+        if not all(isinstance(v, (int, bool, tuple, list)) for v in vals):
+            return None
+        args = (_pair(vals[0]), _pair(vals[1]), _pair(vals[2]), bool(vals[3]))
+    else:
+        return None
+    return args if args[0][0] * args[0][1] <= 255 else None
+
+
+def _fusable_conv(m: nn.Module) -> bool:
+    if type(m) is not nn.Conv2d or m.padding_mode != "zeros":
+        return False
+    if isinstance(m.padding, str) and m.padding == "same":
+        tot = [d * (k - 1) for d, k in zip(_pair(m.dilation), _pair(m.kernel_size))]
+        return _pair(m.stride) == (1, 1) and not any(t % 2 for t in tot)
+    return True
+
+
+def conv_act_patterns(gm: fx.GraphModule):
+    """Every :class:`ConvActPattern` of a traced model, in graph order."""
+    modules = dict(gm.named_modules())
+    found = []
+
+    def only_user(n):
+        users = list(n.users)
+        return users[0] if len(users) == 1 else None
+
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not _fusable_conv(modules[str(node.target)]):
+            continue
+        nxt, bn = only_user(node), None
+        if nxt is not None and nxt.op == "call_module" and \
+                type(modules[str(nxt.target)]) is nn.BatchNorm2d and \
+                modules[str(nxt.target)].track_running_stats and len(nxt.all_input_nodes) == 1:
+            bn, nxt = nxt, only_user(nxt)
+        kind = _activation_kind(nxt, modules) if nxt is not None else None
+        if kind is None or nxt.all_input_nodes[0] is not (bn or node):
+            continue
+        act, pool, pool_args = nxt, None, None
+        after = only_user(act)
+        if after is not None and after.all_input_nodes[:1] == [act]:
+            pool_args = _pool_args(after, modules)
+            pool = after if pool_args is not None else None
+        found.append(ConvActPattern(node, bn, act, kind, pool, pool_args))
+    return found

@@ -51,7 +51,7 @@ class PrunedChannels:
             if isinstance(m, ConvReLUPool2d) or type(m) is nn.Conv2d:
                 if m.groups != 1 or (type(m) is nn.Conv2d and m.padding_mode != "zeros"):
                     return None
-                if isinstance(m, ConvReLUPool2d) and m.return_switches:
+                if isinstance(m, ConvReLUPool2d) and (m.return_switches or m.batchnorm_training()):
                     return None
                 if m._forward_hooks or m._forward_pre_hooks:
                     return None
@@ -84,12 +84,15 @@ class PrunedChannels:
         b, cin, hh, ww = a.shape
         m = self.conv
         idx = channels.repeat_interleave(k) if k > 1 else channels
-        w = m.weight[idx]  # (B, Cin, kh, kw)
-        bias = m.bias[idx] if m.bias is not None else None
+        weight, bias = m.folded_weight_bias() if isinstance(m, ConvReLUPool2d) else (m.weight, m.bias)
+        w = weight[idx]  # (B, Cin, kh, kw)
+        bias = bias[idx] if bias is not None else None
         a1 = a.reshape(1, b * cin, hh, ww)
         if isinstance(m, ConvReLUPool2d):
             y, _ = ops.conv_relu_pool(a1, w, bias, m.stride, m.padding, m.dilation, b,
                                       m.pool_kernel_size, m.pool_stride, m.pool_padding, m.ceil_mode)
+            if m.activation == "relu6":
+                y = y.clamp(max=6.0)
         else:
             y = F.conv2d(a1, w, bias, m.stride, m.padding, m.dilation, b)
         y = y.reshape(b, 1, *y.shape[-2:])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,10 +64,12 @@ class _DeconvReLU(torch.autograd.Function):
         return g.clamp(min=0), None, None
 
 
-def fused_forward(m: ConvReLUPool2d, x: Tensor, relu: Callable[[Tensor], Tensor] = F.relu) -> Tensor:
-    """The fused module computed as conv -> relu -> maxpool with plain functional ops."""
-    y = F.conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
-    y = relu(y)
+def fused_forward(m: ConvReLUPool2d, x: Tensor) -> Tensor:
+    """The fused module computed as conv -> relu (or relu6) -> maxpool with functional ops, its
+    BatchNorm folded, so that the ReLU-family mode sees the activation."""
+    w, b = m.folded_weight_bias()
+    y = F.conv2d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
+    y = F.relu6(y) if m.activation == "relu6" else F.relu(y)
     if tuple(m.pool_kernel_size) == (1, 1) and tuple(m.pool_stride) == (1, 1):
         return y
     return F.max_pool2d(y, m.pool_kernel_size, m.pool_stride, m.pool_padding, ceil_mode=m.ceil_mode)
@@ -148,7 +150,7 @@ def _relu_backward(model: nn.Module, fn, method: str):
                     raise ValueError("model: fused modules with return_switches=True are not supported")
                 had = "forward" in m.__dict__
                 old = m.__dict__.get("forward")
-                m.forward = (lambda mod: (lambda x: fused_forward(mod, x, F.relu)))(m)
+                m.forward = (lambda mod: (lambda x: fused_forward(mod, x)))(m)
                 patched.append((m, had, old))
         with mode:
             yield

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .. import graph, ops
 from .._modules import StopForward, forward_until, get_layer, model_device_dtype
 from ..graph import fold_batchnorm
-from ..nn import ConvReLUPool2d
+from ..nn import ConvReLUPool2d, FoldedBatchNorm2d
 from ..ops import _pair as pair  # TEMP
 from ._common import eval_mode
 from .attribution import _DeconvReLU, _relu_backward
@@ -117,7 +117,9 @@ def _is_module_chain(model: nn.Module, layer: str) -> bool:
         if node.op != "call_module" or len(node.all_input_nodes) != 1:
             return False
         m = modules[str(node.target)]
-        if type(m) not in _CHAIN_MODULES and not isinstance(m, ConvReLUPool2d):
+        if isinstance(m, ConvReLUPool2d) and (m.activation != "relu" or m.batchnorm_training()):
+            return False
+        if type(m) not in _CHAIN_MODULES and not isinstance(m, (ConvReLUPool2d, FoldedBatchNorm2d)):
             return False
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             return False
@@ -191,7 +193,7 @@ def _trace(model: nn.Module, layer: str, x: Tensor):
                 "can be projected")
         prev = out
         if isinstance(mod, ConvReLUPool2d):
-            steps.append(_Conv(name, mod.weight, mod.stride, mod.padding, mod.dilation,
+            steps.append(_Conv(name, mod.folded_weight_bias()[0], mod.stride, mod.padding, mod.dilation,
                                mod.groups, tuple(inp.shape[-2:]), _conv_size(inp, mod)))
             steps.append(_ReLU(name))
             if (mod.pool_kernel_size, mod.pool_stride, mod.pool_padding) != ((1, 1),) * 2 + ((0, 0),):
@@ -223,7 +225,7 @@ def _trace(model: nn.Module, layer: str, x: Tensor):
             p = _pair(mod.padding)
             sw = ops.indices_to_switches(extra, tuple(inp.shape[-2:]), k, s, p)
             steps.append(_Pool(name, sw, k, s, p, tuple(inp.shape[-2:])))
-        elif isinstance(mod, (nn.Identity, nn.Dropout, nn.Dropout2d)):
+        elif isinstance(mod, (nn.Identity, nn.Dropout, nn.Dropout2d, FoldedBatchNorm2d)):
             if isinstance(mod, (nn.Dropout, nn.Dropout2d)) and mod.training:
                 raise ValueError(f"deconvnet: module {name!r} ({type(mod).__name__}) is in "
                                  "training mode; call model.eval()")

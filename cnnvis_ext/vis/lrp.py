@@ -163,7 +163,8 @@ class _Walk:
             shape = (1, -1) + (1,) * (x.dim() - 2)
             self.add(a, _linear_rule(Epsilon(self.eps), lambda v, w, b: v * w.reshape(shape)
                                      + b.reshape(shape), x, scale.detach(), shift.detach(), R))
-        elif isinstance(m, _PASS_MODULES) or _is_identity_module(m):
+        elif isinstance(m, _PASS_MODULES) or _is_identity_module(m) or \
+                getattr(type(m), "identity", False):
             self.add(a, R.reshape(x.shape))
         elif isinstance(m, _NORM_MODULES):
             self.add(a, _linear_rule(Epsilon(self.eps), lambda v, w, b: m(v), x, x, None, R))
@@ -176,7 +177,7 @@ class _Walk:
 
     def _weighted(self, n, m, x, R) -> Tensor:
         rule = self.rule_for(n, m)
-        w, b = m.weight, m.bias
+        w, b = m.folded_weight_bias() if isinstance(m, ConvReLUPool2d) else (m.weight, m.bias)
         if n in self.folded_after:
             w, b = fold_batchnorm(w, b, self.folded_after[n])
         if n in self.folded_before:
@@ -194,7 +195,7 @@ class _Walk:
         if isinstance(m, ConvReLUPool2d) and not (tuple(m.pool_kernel_size) == (1, 1)
                                                   and tuple(m.pool_stride) == (1, 1)):
             with torch.no_grad():
-                y = F.relu(f(x, w, b))
+                y = F.relu6(f(x, w, b)) if m.activation == "relu6" else F.relu(f(x, w, b))
             R = _route_max(y, (m.pool_kernel_size, m.pool_stride, m.pool_padding, 1, m.ceil_mode), R)
         r = _linear_rule(rule, f, x, w, b, R)
         if n is not None and n.op == "call_module" and n in self.skip_bn:

@@ -334,7 +334,7 @@ def test_fuse_keeps_outputs_names_and_parameters(make, size):
 def test_fuse_leaves_unfusable_modules():
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(),      # padding mode
-        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),            # not conv->relu
+        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),            # BN folded
         nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, dilation=2),  # dilated pool
         nn.Conv2d(4, 4, 3, padding="same"), nn.ReLU(), nn.AvgPool2d(2),
     ).eval()
@@ -342,7 +342,7 @@ def test_fuse_leaves_unfusable_modules():
     expected = model(x)
     fuse(model)
     kinds = [type(m) for m in model]
-    assert kinds[0] is nn.Conv2d and kinds[2] is nn.Conv2d
+    assert kinds[0] is nn.Conv2d and kinds[2] is ConvReLU2d and kinds[4] is nn.Identity
     assert kinds[5] is ConvReLU2d and kinds[7] is nn.MaxPool2d
     assert kinds[8] is ConvReLU2d and kinds[10] is nn.AvgPool2d
     torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)

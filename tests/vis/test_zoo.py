@@ -200,3 +200,42 @@ def test_invert_converges_and_feature_maps_run(name):
     r = vis.invert(m, layer, x, steps=60)
     assert torch.isfinite(r.images).all()
     assert r.errors[-1].item() < 0.25 * r.errors[0].item()
+
+
+# -- fuse -----------------------------------------------------------------------------------
+
+def _fusable_convs(model):
+    """Convolutions whose output flows (through a BatchNorm or not) into a ReLU or ReLU6
+    and nowhere else: what fuse() must take."""
+    from cnnvis_ext import graph
+
+    gm = graph.trace(model)
+    mods = dict(gm.named_modules())
+    count = 0
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and type(mods[str(n.target)]) is nn.Conv2d:
+            users = list(n.users)
+            if len(users) == 1 and users[0].op == "call_module" and \
+                    isinstance(mods[str(users[0].target)], nn.BatchNorm2d):
+                users = list(users[0].users)
+            count += len(users) == 1 and graph._activation_kind(users[0], mods) is not None
+    return count
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fuse_takes_the_conv_activation_runs_and_changes_no_result(name):
+    from cnnvis_ext import fuse
+    from cnnvis_ext.nn import ConvReLUPool2d
+
+    m = make(name)
+    fused = fuse(m, inplace=False)
+    n_fused = sum(isinstance(mod, ConvReLUPool2d) for mod in fused.modules())
+    assert n_fused >= 0.9 * _fusable_convs(m)
+    assert set(fused.state_dict()) == set(m.state_dict())
+    x = images()
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = m(xa), fused(xb)
+    torch.testing.assert_close(yb, ya)
+    ya.sum().backward()
+    yb.sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad)
