@@ -3,14 +3,14 @@
 :class:`Report` collects sections of captioned figures and writes a
 self-contained ``index.html`` that links PNG files next to it.
 :func:`plot_curves` draws a training curve and :func:`plot_confusion` a
-confusion matrix without matplotlib. Every file is written atomically
-(a temporary file in the same folder, then :func:`os.replace`).
+confusion matrix without matplotlib. Every file is written atomically: tensors
+through :func:`cnnvis_ext.vis.save_image`, Pillow images and the page through
+:mod:`cnnvis_ext.io`.
 """
 from __future__ import annotations
 
 import datetime
 import html
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .train import atomic_write_bytes
+from .io import atomic_write, atomic_write_bytes
+from .vis import save_image, to_uint8
 
 __all__ = ["Report", "Figure", "Section", "save_png", "to_pil", "plot_curves", "plot_confusion",
            "label_grid"]
@@ -31,26 +33,18 @@ PathLike = Union[str, os.PathLike]
 # --------------------------------------------------------------------------- images
 
 def to_pil(image):
-    """A ``(C, H, W)`` / ``(H, W)`` tensor in ``[0, 1]`` (C = 1 or 3), a uint8 array or a PIL image → PIL image."""
+    """A PIL image of a ``(C, H, W)`` / ``(H, W)`` tensor in ``[0, 1]`` (C = 1, 3 or 4), a uint8
+    array or a PIL image."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, Tensor):
-        t = image.detach().float().cpu()
-        if t.ndim == 3:
-            if t.shape[0] not in (1, 3, 4):
-                raise ValueError(f"image: expected 1, 3 or 4 channels, got shape {tuple(t.shape)}")
-            t = t.permute(1, 2, 0)
-            if t.shape[-1] == 1:
-                t = t[..., 0]
-        elif t.ndim != 2:
-            raise ValueError(f"image: expected (C, H, W) or (H, W), got shape {tuple(t.shape)}")
-        arr = (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-    else:
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+        arr = to_uint8(image).numpy()
+        return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
     return Image.fromarray(arr)
 
 
@@ -58,26 +52,20 @@ def save_png(image, path: PathLike, *, scale: int = 1) -> Path:
     """Save ``image`` (see :func:`to_pil`) as a PNG, atomically; ``scale`` enlarges it (nearest)."""
     from PIL import Image
 
-    if isinstance(image, Tensor) and image.dim() in (2, 3):
-        try:
-            from .vis import save_image  # the package's exporter (atomic too)
-        except ImportError:
-            save_image = None
-        if save_image is not None:
-            t = image.detach().float().cpu()
-            if scale > 1:
-                t3 = t[None, None] if t.dim() == 2 else t[None]
-                t = torch.nn.functional.interpolate(t3, scale_factor=scale, mode="nearest")[0]
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image(t, path)
-            return path
+    path = Path(path)
+    if isinstance(image, Tensor):
+        t = image.detach().float().cpu()
+        if t.dim() not in (2, 3):
+            raise ValueError(f"image: expected (C, H, W) or (H, W), got shape {tuple(t.shape)}")
+        if scale > 1:
+            t3 = t[None, None] if t.dim() == 2 else t[None]
+            t = F.interpolate(t3, scale_factor=scale, mode="nearest")[0]
+        save_image(t, path)
+        return path
     im = to_pil(image)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write(path, lambda f: im.save(f, format="PNG"))
 
 
 def _font(size: int = 12):

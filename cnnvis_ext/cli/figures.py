@@ -1,0 +1,179 @@
+"""Figure builders shared by the commands and the demo: each returns tensors (grids,
+heat maps, overlays) that a command saves as PNG files and the demo puts in its report."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .._modules import get_layer
+from ..report import save_png
+from ..vis import (FIRST_LAYER, ZBox, activation_maximization, deconvnet_attribution,
+                   feature_maps, grad_cam, guided_backprop, invert, kernels, lrp, make_grid,
+                   overlay, saliency, top_activations)
+from ..vis.transforms import Jitter, Pad
+from .errors import CLIError
+from .loading import default_conv_layer, model_device
+
+__all__ = ["ATTRIBUTION_METHODS", "NEEDS_PRIOR", "tile", "upscale_for", "out_dir", "fname", "save",
+           "view_kernels", "view_feature_maps", "view_actmax", "view_invert", "view_attribution",
+           "view_deconv_top"]
+
+ATTRIBUTION_METHODS = ("saliency", "guided", "deconvnet", "lrp", "gradcam")
+NEEDS_PRIOR = "--param generator needs --prior INVERTER.pt (from `cnnvis train-inverter`)"
+
+
+# --------------------------------------------------------------------------- output
+
+def tile(images: Tensor, ncol: Optional[int] = None, pad: int = 2,
+         normalize: bool = True) -> Tensor:
+    """:func:`cnnvis_ext.vis.make_grid` on white, ``ncol`` columns (default: a square), on the CPU;
+    ``normalize`` scales each tile to [0, 1] by its own range."""
+    images = images.detach().float().cpu()
+    ncol = ncol or max(1, math.ceil(math.sqrt(len(images))))
+    return make_grid(images, nrow=ncol, padding=pad, pad_value=1.0,
+                     normalize="tile" if normalize else None)
+
+
+def upscale_for(size: int) -> int:
+    """Nearest-neighbour scale that makes a ``size``-pixel tile pleasant to look at."""
+    return max(1, min(8, 128 // max(size, 1)))
+
+
+def out_dir(args) -> Path:
+    """``--out``, created if needed (a file of that name is an error)."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out: {str(out)!r} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def fname(layer: str) -> str:
+    """A layer name made safe for a file name."""
+    return re.sub(r"[^\w.-]", "_", layer) or "output"
+
+
+def save(image, path: Path, *, scale: int = 1) -> Path:
+    """Write ``image`` as a PNG at ``path`` (atomically), enlarged ``scale`` times."""
+    return save_png(image, path, scale=scale)
+
+
+def _per_image_unit(t: Tensor) -> Tensor:
+    """Scale each map of ``(N, ...)`` to [0, 1] by its own min and max."""
+    flat = t.reshape(t.shape[0], -1)
+    lo, hi = flat.amin(1), flat.amax(1)
+    shape = (-1,) + (1,) * (t.dim() - 1)
+    return (t - lo.view(shape)) / (hi - lo).clamp_min(1e-12).view(shape)
+
+
+# --------------------------------------------------------------------------- views
+
+def view_kernels(model: nn.Module, layer: str) -> Tuple[Tensor, str]:
+    """Kernels of ``layer`` as one grid, and a caption."""
+    tiles = kernels(model, layer).detach().float().cpu()
+    w = get_layer(model, layer).weight
+    c_out = int(w.shape[0])
+    per_input = tiles.shape[0] != c_out  # one grey tile per (output, input) channel pair
+    grid = tile(tiles, ncol=int(w.shape[1]) if per_input else None, pad=1, normalize=True)
+    kind = ("one row per filter, one tile per input channel" if per_input
+            else "RGB" if tiles.shape[1] == 3 else "grey")
+    return grid, (f"{layer}: {c_out} kernels of {tiles.shape[-2]}x{tiles.shape[-1]} ({kind}), "
+                  "each tile scaled to its own range")
+
+
+def view_feature_maps(model: nn.Module, image: Tensor, layers: Sequence[str],
+                      max_channels: int = 64) -> List[Tuple[str, Tensor, str]]:
+    """Feature maps of one image at each spatial layer: ``[(layer, grid, caption)]``."""
+    maps = feature_maps(model, image[None] if image.dim() == 3 else image[:1], list(layers))
+    out = []
+    for layer in layers:
+        a = maps[layer].detach().float().cpu()
+        a = a[0] if a.dim() == 4 else a
+        if a.dim() != 3:
+            continue  # not a spatial layer
+        c = a.shape[0]
+        a = a[:max_channels]
+        grid = tile(a.unsqueeze(1), pad=1, normalize=True)
+        out.append((layer, grid, f"{layer}: {c} channels of {a.shape[-2]}x{a.shape[-1]}"
+                    + (f" (first {max_channels} shown)" if c > max_channels else "")
+                    + ", each scaled to its own range"))
+    return out
+
+
+def view_actmax(model: nn.Module, objectives: list, *, size, steps: int, lr: float,
+                param: str, seed: int, progress: bool, batch_size: Optional[int] = None,
+                generator: Optional[nn.Module] = None) -> Tensor:
+    """Activation maximization of ``objectives`` (one image each, batched): ``(N, C, H, W)``.
+
+    ``param="generator"`` optimizes a code of ``generator`` (an ``UpConvInverter``)
+    instead of pixels (Nguyen et al. 2016): no transforms, the code's own L2 decay
+    and clipping to the range of real codes.
+    """
+    kw: Dict[str, Any] = dict(size=size, steps=steps, lr=lr, param=param, seed=seed,
+                              progress=progress, batch_size=batch_size)
+    if param == "generator":
+        if generator is None:
+            raise CLIError(NEEDS_PRIOR)
+        kw.update(generator=generator, transforms=None)
+    elif param == "pixel":
+        kw.update(transforms=None, regularizers=dict(decay=0.01, blur_sigma=0.5, blur_every=4))
+    else:
+        d = max(1, size // 16)  # pad then crop back: the size stays (FC heads need it)
+        kw["transforms"] = [Pad(d, mode="replicate"), Jitter(2 * d)]
+    return activation_maximization(model, objectives, **kw).images.detach().float().cpu()
+
+
+def view_invert(model: nn.Module, image: Tensor, layers: Sequence[str], *, steps: int,
+                seed: int, progress: bool) -> Tensor:
+    """Reconstructions of one image from each layer: ``(len(layers), C, H, W)``."""
+    x = image[None] if image.dim() == 3 else image[:1]
+    res = invert(model, list(layers), x, steps=steps, seed=seed, progress=progress)
+    return res.images.detach().float().cpu().reshape(len(layers), *x.shape[1:]).clamp(0, 1)
+
+
+def _lrp_rules(images: Tensor) -> dict:
+    """The usual composite: z-box on the first layer (bounded by the data range), gamma on
+    the other convolutions, epsilon on the dense layers (Montavon et al. 2019)."""
+    lo, hi = float(images.min()), float(images.max())
+    return {"default": "epsilon", nn.Conv2d: "gamma", FIRST_LAYER: ZBox(lo, hi)}
+
+
+def view_attribution(model: nn.Module, images: Tensor, targets: Tensor, method: str,
+                     layer: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Attribution heat maps ``(N, H, W)`` in [0, 1] and their overlays ``(N, 3, H, W)``."""
+    if method not in ATTRIBUTION_METHODS:
+        raise CLIError(f"--method: expected one of {', '.join(ATTRIBUTION_METHODS)}, "
+                       f"got {method!r}")
+    targets = targets.long()
+    if method == "gradcam":
+        layer = layer or default_conv_layer(model, last=True)
+        heat = grad_cam(model, layer, images, targets).detach().float().cpu()
+    elif method == "lrp":
+        attr = lrp(model, images, targets, rules=_lrp_rules(images)).relevance
+        heat = attr.detach().float().cpu().sum(1).clamp(min=0)  # positive relevance
+    else:
+        fn = {"saliency": saliency, "guided": guided_backprop,
+              "deconvnet": deconvnet_attribution}[method]
+        attr = fn(model, images, targets).detach().float().cpu()
+        # saliency: max |grad| over channels (Simonyan); guided/deconvnet: |signal| summed
+        heat = attr.abs().amax(1) if method == "saliency" else attr.abs().sum(1)
+    heat = _per_image_unit(heat)
+    return heat, overlay(images.detach().float().cpu(), heat, alpha=0.55).float().cpu()
+
+
+def view_deconv_top(model: nn.Module, layer: str, images: Tensor, *, k: int, units: List[int],
+                    progress: bool, batch_size: int = 128) -> List[Tuple[int, Tensor, Tensor]]:
+    """Zeiler & Fergus top-``k`` grids per unit: ``[(unit, patches_grid, projections_grid)]``."""
+    # batches of batch_size from one dataset, not one image at a time
+    dataset = torch.utils.data.TensorDataset(images.to(model_device(model)))
+    res = top_activations(model, layer, dataset, k=k, units=units, batch_size=batch_size,
+                          progress=progress)
+    ncol = int(math.ceil(math.sqrt(k)))
+    return [(u, tile(res.patches[j], ncol=ncol, pad=1, normalize=True),
+             tile(res.projections[j], ncol=ncol, pad=1, normalize=True))
+            for j, u in enumerate(units)]
