@@ -9,12 +9,20 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..io import atomic_write_bytes
 from .comm import broadcast_object, gather_object, get_rank, get_world_size, raise_if_any_failed
 
 __all__ = ["JobDir", "WorkUnit", "run_units"]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _spec_digest(spec: Dict[str, Any]) -> str:
@@ -44,22 +52,64 @@ class JobDir:
         self.done: Dict[str, Any] = {}
         self.resumed = False
         self.restarted = False
+        self.redo: List[Tuple[str, str, str]] = []   # (unit, file, what is wrong) from load()
+        self.swept: List[str] = []                    # temporary files load() removed
 
     def load(self) -> Dict[str, Any]:
-        """Read the manifest (rank 0): the finished units of this spec, ``{}`` otherwise."""
-        self.done = {}
+        """Read the manifest (rank 0): the finished units of this spec, ``{}`` otherwise.
+
+        A unit counts as finished only if every one of its files is there with the size
+        and SHA-256 the manifest recorded; the others are listed in :attr:`redo` (key,
+        file, what is wrong) and computed again. Temporary files left by a run killed
+        between writing and renaming (``.<name>.<random>.tmp``) are removed first.
+        """
+        self.done, self.redo = {}, []
+        self.swept = self._sweep_temporaries()
         if self.path.is_file():
             try:
                 m = json.loads(self.path.read_text())
             except (OSError, ValueError):
                 m = {}
             if m.get("digest") == self.digest:
-                self.done = {k: v for k, v in m.get("done", {}).items()
-                             if all((self.root / f).is_file() for f in v.get("files", []))}
+                for key, unit in m.get("done", {}).items():
+                    bad = self._check_files(unit)
+                    if bad is None:
+                        self.done[key] = unit
+                    else:
+                        self.redo.append((key,) + bad)
                 self.resumed = bool(self.done)
             else:
                 self.restarted = True
         return self.done
+
+    def _sweep_temporaries(self) -> List[str]:
+        if not self.root.is_dir():
+            return []
+        swept = []
+        for f in self.root.rglob(".*"):
+            if f.is_file() and (f.name.endswith(".tmp") or f.name.startswith(".tmp-")):
+                try:
+                    f.unlink()
+                    swept.append(str(f.relative_to(self.root)))
+                except OSError:
+                    pass
+        return swept
+
+    def _check_files(self, unit: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+        """None if every file of ``unit`` matches its record, else ``(file, what is wrong)``."""
+        files = unit.get("files", [])
+        sums = unit.get("sha256", {})
+        for f in files:
+            p = self.root / f
+            if not p.is_file():
+                return f, "missing"
+            if f in sums:
+                size, digest = sums[f]
+                if p.stat().st_size != size:
+                    return f, f"{p.stat().st_size} bytes instead of {size}"
+                if _sha256(p) != digest:
+                    return f, "content differs from the one recorded"
+        return None
 
     def _write(self, complete: bool = False) -> None:
         m = {"version": 1, "job": self.name, "digest": self.digest, "spec": self.spec,
@@ -70,7 +120,8 @@ class JobDir:
         """Record a finished unit (after its ``files``, relative to ``root`` or absolute, are written)."""
         rel = [str(Path(f).resolve().relative_to(self.root.resolve())) if Path(f).is_absolute()
                else str(f) for f in files]
-        self.done[key] = dict(files=rel, **info)
+        sums = {f: [(self.root / f).stat().st_size, _sha256(self.root / f)] for f in rel}
+        self.done[key] = dict(files=rel, sha256=sums, **info)
         self._write()
 
     def mark_complete(self) -> None:
@@ -129,6 +180,11 @@ def run_units(units: Sequence[WorkUnit], compute: Callable[[WorkUnit], Any],
     if log is not None and rank == 0:
         if job is not None and job.restarted:
             log(f"{job.path.name}: written by a different job; starting over")
+        if job is not None:
+            for key, f, why in job.redo:
+                log(f"unit {key!r}: its file {f} does not match the manifest ({why}); redoing it")
+            if job.swept:
+                log(f"removed {len(job.swept)} temporary file(s) left by an interrupted run")
         if done_keys:
             log(f"resuming: {len(done_keys)} of {len(units)} units already written, "
                 f"{len(pending)} to go")

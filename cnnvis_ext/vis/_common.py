@@ -107,12 +107,13 @@ def as_targets(target, n: int, device) -> Tensor:
 
 
 def check_images(images) -> Tensor:
-    """``images`` if it is a tensor with a batch dimension; a clear error naming it otherwise."""
+    """``images`` if it is a floating-point tensor with a batch dimension; a clear error naming
+    it otherwise."""
     if not isinstance(images, Tensor):
         raise TypeError(f"images: expected a Tensor, got {type(images).__name__}")
     if images.dim() < 2:
         raise ValueError(f"images: expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
-    return images
+    return check_float_images(images)
 
 
 def prepare_inputs(model: nn.Module, images: Tensor, target):
@@ -120,6 +121,7 @@ def prepare_inputs(model: nn.Module, images: Tensor, target):
     dtype, the targets as (N,) or (N, T), and for (N, T) targets the images repeated T times
     (row ``n * T + j`` is image ``n`` with target ``t[n, j]``)."""
     images = check_images(images)
+    check_input_channels(model, images)
     device, dtype = model_device_dtype(model)
     x = images.to(device=device, dtype=dtype)
     t = as_targets(target, x.shape[0], device)
@@ -127,3 +129,57 @@ def prepare_inputs(model: nn.Module, images: Tensor, target):
     if multi:
         x = x.repeat_interleave(t.shape[1], dim=0)
     return x, t, multi
+
+
+def check_int(name: str, value, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum``; a bool, a float (``2.5``, even ``2.0``) or a smaller
+    value raises an error naming ``name``."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value, *, positive: bool = False, minimum: Optional[float] = None
+                 ) -> float:
+    """``value`` as a finite float (``positive``: > 0; ``minimum``: >= it); NaN, infinities,
+    bools and non-numbers raise an error naming ``name``."""
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if positive and not v > 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name}: expected a number >= {minimum}, got {value!r}")
+    return v
+
+
+def check_float_images(images: Tensor, name: str = "images") -> Tensor:
+    """Refuse integer or boolean images: the model takes floats in its own input range, and
+    a silent cast (of 0..255 bytes, say) would feed it values it never saw."""
+    if not images.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor in the model's input range, "
+                        f"got {images.dtype}; convert it first (e.g. images.float() / 255 for "
+                        "8-bit images, with the normalization the model expects)")
+    return images
+
+
+def check_input_channels(model: nn.Module, images: Tensor, name: str = "images") -> None:
+    """The channel count the model's first convolution takes against ``images``'s."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Conv3d)) or getattr(type(m), "fused_op", False):
+            c = m.in_channels
+            if images.dim() >= 2 and images.shape[1] != c:
+                raise ValueError(f"{name}: the model's first convolution takes {c} channels, got "
+                                 f"images of shape {tuple(images.shape)}")
+            return
+        if isinstance(m, nn.Linear):
+            return

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._modules import model_device_dtype
 from .. import ops
 from ..seeding import make_generator, resolve_seed
-from ._common import check_layers, check_model, eval_mode, input_channels, progress_bar, run_layers
+from ._common import (check_int, check_layers, check_model, check_number, eval_mode, input_channels,
+                      progress_bar, run_layers)
 from .objectives import Objective, as_objective
 from ._prune import PrunedChannels
 from .param import ImageParam, make_param
@@ -225,6 +227,7 @@ def activation_maximization(
     decorrelate: bool = True,
     prune: bool = True,
     micro_batch: Union[int, str, None] = "auto",
+    keep_size: Optional[bool] = None,
 ) -> ActMaxResult:
     r"""Synthesize images that maximize objectives, one image per objective, in one batch.
 
@@ -284,6 +287,10 @@ def activation_maximization(
             measured faster per image than one large pass. ``None``: the
             whole batch.
 
+        keep_size: resize the transformed images back to ``size`` before the model sees
+            them (the standard transforms pad and jitter, which enlarges them), as models
+            with a fixed input size (a fully connected head) need. ``None`` (default): only
+            when the model cannot take the enlarged images (one probe forward pass).
     Returns:
         :class:`ActMaxResult` ``(images, values)``: images ``(N*k, C, H, W)``
         in [0, 1]; values ``(steps, N)``, the objectives at each step.
@@ -302,9 +309,7 @@ def activation_maximization(
         raise ValueError("objectives: no objective reads a layer")
     regs, preset = _resolve_regularizers(regularizers)
     seed = resolve_seed(seed)
-    k = int(images_per_objective)
-    if k < 1:
-        raise ValueError(f"images_per_objective: expected >= 1, got {images_per_objective}")
+    k = check_int("images_per_objective", images_per_objective, 1)
 
     if param is None and generator is not None:
         param = "generator"
@@ -319,11 +324,8 @@ def activation_maximization(
     if isinstance(transforms, str) and transforms == "default":
         transforms = None if (preset is not None or param == "generator") else "standard"
     lr_policy = preset.lr_policy if (preset is not None and optimizer == "sgd") else "constant"
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps: expected >= 0, got {steps}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr: expected a positive number, got {lr!r}")
+    steps = check_int("steps", steps, 0)
+    lr = check_number("lr", lr, positive=True)
     if size is None:
         gshape = getattr(generator, "image_shape", None) if param == "generator" else None
         size = tuple(gshape[1:]) if gshape is not None else 128
@@ -331,6 +333,8 @@ def activation_maximization(
     device, dtype = model_device_dtype(model)
     c_in = channels if channels is not None else input_channels(model)
     tfm = make_transforms(transforms)
+    if tfm is not None and keep_size is None:
+        keep_size = _needs_fixed_size(model, tfm, c_in, h, w, device, dtype)
     if normalize is not None:
         mean, std = (torch.as_tensor(v, device=device, dtype=dtype).reshape(1, -1, 1, 1)
                      for v in normalize)
@@ -370,6 +374,10 @@ def activation_maximization(
             for step in bar:
                 img = p.image()
                 x = tfm(img, host_gens, k) if tfm is not None else img
+                if keep_size and x.shape[-2:] != img.shape[-2:]:
+                    # back to the size asked for: a model with a fixed input size (a linear
+                    # head) takes only that (lucent's fixed_image_size)
+                    x = F.interpolate(x, size=img.shape[-2:], mode="bilinear", align_corners=False)
                 if normalize is not None:
                     x = (x - mean) / std
                 if micro is None or micro >= len(chunk):
@@ -418,6 +426,20 @@ def activation_maximization(
             all_values.append(torch.stack(values) if values else
                               torch.zeros(0, len(chunk), device=device, dtype=dtype))
     return ActMaxResult(torch.cat(all_images), torch.cat(all_values, dim=1))
+
+
+def _needs_fixed_size(model, tfm, c, h, w, device, dtype) -> bool:
+    """Whether ``model`` fails on the size ``tfm`` gives to (h, w) images while it takes (h, w)."""
+    probe = torch.full((1, c, h, w), 0.5, device=device, dtype=dtype)
+    size = tfm(probe, [torch.Generator().manual_seed(0)], 1).shape[-2:]
+    if tuple(size) == (h, w):
+        return False
+    with eval_mode(model), torch.no_grad():
+        try:
+            model(torch.zeros(1, c, *size, device=device, dtype=dtype))
+        except Exception:
+            return True
+    return False
 
 
 def _model_values(model, x, objs, chan, pruned, layers, k):

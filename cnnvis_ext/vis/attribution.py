@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 from ..nn import ConvReLUPool2d
 from .._modules import get_layer
 from ..seeding import make_generator, resolve_seed
-from ._common import check_model, eval_mode, prepare_inputs
+from ._common import check_int, check_model, check_number, eval_mode, prepare_inputs
 __all__ = ["saliency", "guided_backprop", "deconvnet_attribution", "grad_cam"]
 
 
@@ -215,14 +215,9 @@ def saliency(model: nn.Module, images: Tensor, target, *, absolute: bool = True,
     check_model(model)
     x, t, multi = prepare_inputs(model, images, target)
     t_flat = t.reshape(-1)
-    s = int(smoothgrad_samples)
-    if s < 0:
-        raise ValueError(f"smoothgrad_samples: expected >= 0, got {smoothgrad_samples}")
-    if noise_level < 0:
-        raise ValueError(f"noise_level: expected >= 0, got {noise_level}")
-    bs = x.shape[0] if batch_size is None else int(batch_size)
-    if bs < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    s = check_int("smoothgrad_samples", smoothgrad_samples, 0)
+    noise_level = check_number("noise_level", noise_level, minimum=0.0)
+    bs = x.shape[0] if batch_size is None else check_int("batch_size", batch_size, 1)
     seed = resolve_seed(seed)
     outs = []
     with eval_mode(model), torch.enable_grad():

@@ -39,7 +39,7 @@ from .._modules import StopForward, forward_until, get_layer, model_device_dtype
 from ..graph import fold_batchnorm
 from ..nn import ConvReLUPool2d, FoldedBatchNorm2d
 from ..ops import _pair as pair  # TEMP
-from ._common import eval_mode
+from ._common import check_float_images, check_input_channels, check_int, eval_mode
 from .attribution import _DeconvReLU, _relu_backward
 
 __all__ = ["deconvnet"]
@@ -505,8 +505,9 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
     if not isinstance(images, Tensor) or images.dim() != 4:
         raise ValueError(f"images: expected a 4-D (N, C, H, W) tensor, got "
                          f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    check_float_images(images)
+    check_input_channels(model, images)
+    chunk_size = check_int("chunk_size", chunk_size, 1)
     get_layer(model, layer)
     device, dtype = model_device_dtype(model)
     x = images.to(device=device, dtype=dtype)

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from .._modules import model_device_dtype
 from .. import ops
 from ..seeding import make_generator, resolve_seed
-from ._common import check_layers, check_model, eval_mode, progress_bar, run_layers
+from ._common import (check_float_images, check_input_channels, check_int, check_layers, check_model,
+                      check_number, eval_mode, progress_bar, run_layers)
 __all__ = ["InversionResult", "invert"]
 
 
@@ -81,17 +82,16 @@ def invert(model: nn.Module, layer: Union[str, Sequence[str]], image: Tensor, *,
         image = image.unsqueeze(0)
     if image.dim() != 4:
         raise ValueError(f"image: expected (C, H, W) or (N, C, H, W), got shape {tuple(image.shape)}")
-    for name, v in (("steps", steps),):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name}: expected a non-negative int, got {v!r}")
-    for name, v in (("lr", lr), ("alpha", alpha), ("beta", beta)):
-        if not v > 0:
-            raise ValueError(f"{name}: expected a positive number, got {v!r}")
-    for name, v in (("lambda_alpha", lambda_alpha), ("lambda_tv", lambda_tv), ("init_std", init_std)):
-        if not v >= 0:
-            raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
-    if not 0 <= momentum < 1:
+    check_float_images(image, "image")
+    steps = check_int("steps", steps, 0)
+    lr, alpha, beta = (check_number(n, v, positive=True) for n, v in
+                       (("lr", lr), ("alpha", alpha), ("beta", beta)))
+    lambda_alpha, lambda_tv, init_std = (check_number(n, v, minimum=0.0) for n, v in
+                                         (("lambda_alpha", lambda_alpha), ("lambda_tv", lambda_tv),
+                                          ("init_std", init_std)))
+    if not 0 <= check_number("momentum", momentum) < 1:
         raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
+    check_input_channels(model, image, "image")
     seed = resolve_seed(seed)
     device, dtype = model_device_dtype(model)
     x0 = image.to(device=device, dtype=dtype)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .._modules import capture, forward_until, get_layer, model_device_dtype
-from ._common import check_model, eval_mode
+from ._common import check_float_images, check_input_channels, check_model, eval_mode
 
 __all__ = ["feature_maps", "kernels", "make_grid"]
 
@@ -34,6 +34,8 @@ def feature_maps(model: nn.Module, image: Tensor, layers: Union[str, Sequence[st
         image = image.unsqueeze(0)
     if image.dim() != 4:
         raise ValueError(f"image: expected (C, H, W) or (N, C, H, W), got shape {tuple(image.shape)}")
+    check_float_images(image, "image")
+    check_input_channels(model, image, "image")
     every_leaf = layers is None
     if every_leaf:
         layers = [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]

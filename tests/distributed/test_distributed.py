@@ -258,3 +258,36 @@ def test_failing_rank_fails_the_job(tmp_path):
     assert r.returncode != 0
     assert "boom on rank 1" in r.stderr
     assert "rank 1 failed" in r.stderr  # what rank 0 says
+
+
+def test_job_dir_redoes_corrupted_units_and_sweeps_temporaries(tmp_path):
+    from cnnvis_ext.distributed import WorkUnit, run_units
+
+    def write(unit, result):
+        return [atomic_save({"v": result}, tmp_path / f"{unit.key}.pt")]
+
+    units = [WorkUnit(k, data=i) for i, k in enumerate(["a", "b", "c"])]
+    computed = []
+
+    def compute(u):
+        computed.append(u.key)
+        return torch.full((64,), float(u.data))
+
+    run_units(units, compute, write, JobDir(tmp_path, "j", {"n": 3}), progress=False)
+    assert computed == ["a", "b", "c"]
+    # a truncated unit file, a same-size corrupted one, and a temporary file of a killed rename
+    (tmp_path / "a.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:50])
+    data = bytearray((tmp_path / "b.pt").read_bytes())
+    data[-20] ^= 0xFF
+    (tmp_path / "b.pt").write_bytes(bytes(data))
+    (tmp_path / ".c.pt.abc123.tmp").write_bytes(b"partial")
+    logs = []
+    computed.clear()
+    run_units(units, compute, write, JobDir(tmp_path, "j", {"n": 3}), progress=False,
+              log=logs.append)
+    assert computed == ["a", "b"]
+    assert any("'a'" in m and "a.pt" in m and "bytes instead of" in m for m in logs)
+    assert any("'b'" in m and "content differs" in m for m in logs)
+    assert any("removed 1 temporary file" in m for m in logs)
+    assert not (tmp_path / ".c.pt.abc123.tmp").exists()
+    assert torch.load(tmp_path / "a.pt")["v"][0] == 0 and torch.load(tmp_path / "b.pt")["v"][0] == 1
