@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from .._modules import get_layer
-from ..report import save_png
 from ..vis import (FIRST_LAYER, ZBox, activation_maximization, deconvnet_attribution,
                    feature_maps, grad_cam, guided_backprop, invert, kernels, lrp, make_grid,
                    overlay, saliency, top_activations)
@@ -19,7 +18,7 @@ from ..vis.transforms import Jitter, Pad
 from .errors import CLIError
 from .loading import default_conv_layer, model_device
 
-__all__ = ["ATTRIBUTION_METHODS", "NEEDS_PRIOR", "tile", "upscale_for", "out_dir", "fname", "save",
+__all__ = ["ATTRIBUTION_METHODS", "NEEDS_PRIOR", "tile", "upscale_for", "out_dir", "fname",
            "view_kernels", "view_feature_maps", "view_actmax", "view_invert", "view_attribution",
            "view_deconv_top"]
 
@@ -56,11 +55,6 @@ def out_dir(args) -> Path:
 def fname(layer: str) -> str:
     """A layer name made safe for a file name."""
     return re.sub(r"[^\w.-]", "_", layer) or "output"
-
-
-def save(image, path: Path, *, scale: int = 1) -> Path:
-    """Write ``image`` as a PNG at ``path`` (atomically), enlarged ``scale`` times."""
-    return save_png(image, path, scale=scale)
 
 
 def _per_image_unit(t: Tensor) -> Tensor:

@@ -11,9 +11,10 @@ from torch import nn
 
 from ...distributed import JobDir, WorkUnit, get_world_size, layer_seed, offset_seed, run_units
 from ...io import atomic_save, atomic_write_bytes
+from ...report import save_png
 from ...vis import objectives as O
 from ..errors import CLIError
-from ..figures import NEEDS_PRIOR, fname, out_dir, save, tile, upscale_for, view_actmax
+from ..figures import NEEDS_PRIOR, fname, out_dir, tile, upscale_for, view_actmax
 from ..jobs import JOB_CHUNK, channel_runs, file_stamp, is_main, job_spec, say, split_names
 from ..loading import (LoadedModel, check_layer, class_names, conv_layers, layer_channels,
                        load_inverter, model_context, model_device, needs_hooks, select_units)
@@ -72,8 +73,8 @@ def run(args) -> int:
     tag = fname(args.layer) if args.layer else ("objectives" if args.objective else "classes")
     if gen is not None:
         tag += f"_prior_{fname(gen.layer)}"
-    p = save(tile(imgs, normalize=False), out_dir(args) / f"actmax_{tag}.png",
-             scale=upscale_for(imgs.shape[-1]))
+    p = save_png(tile(imgs, normalize=False), out_dir(args) / f"actmax_{tag}.png",
+                 scale=upscale_for(imgs.shape[-1]))
     how = (f", through the generator prior of {gen.layer} ({Path(args.prior).name})"
            if gen is not None else "")
     say(f"activation maximization of {len(names)} objectives ({', '.join(names[:8])}"
@@ -125,8 +126,8 @@ def _run_job(args, lm: LoadedModel) -> int:
         files = [atomic_save({"layer": layer, "channels": chans, "images": imgs},
                              piece(layer, chans))]
         for c, img in zip(chans, imgs):
-            files.append(save(img, out / "actmax" / fname(layer) / f"c{c:04d}.png",
-                              scale=upscale_for(img.shape[-1])))
+            files.append(save_png(img, out / "actmax" / fname(layer) / f"c{c:04d}.png",
+                                  scale=upscale_for(img.shape[-1])))
         return files
 
     run_units(units, compute, write, job, progress=not args.quiet,
@@ -142,8 +143,8 @@ def _run_job(args, lm: LoadedModel) -> int:
     for layer in layers:
         imgs = torch.cat([torch.load(piece(*u.data), weights_only=True)["images"]
                           for u in units if u.data[0] == layer])
-        g = save(tile(imgs, normalize=False), out / f"actmax_{fname(layer)}.png",
-                 scale=upscale_for(imgs.shape[-1]))
+        g = save_png(tile(imgs, normalize=False), out / f"actmax_{fname(layer)}.png",
+                     scale=upscale_for(imgs.shape[-1]))
         lines.append(f"| {layer} | {len(per_layer[layer])} | {g.name} | "
                      f"actmax/{fname(layer)}/cNNNN.png |")
         say(f"{layer}: {len(per_layer[layer])} channels: wrote {g}")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ...report import save_png
 from ..errors import CLIError
-from ..figures import out_dir, save, tile, upscale_for, view_attribution
+from ..figures import out_dir, tile, upscale_for, view_attribution
 from ..jobs import say
 from ..loading import (check_layer, class_names, load_images, model_context, model_device,
                        needs_hooks)
@@ -39,8 +40,8 @@ def run(args) -> int:
         img = images[i].cpu()
         img = img.expand(3, -1, -1) if img.shape[0] == 1 else img
         rows += [img, heat[i].expand(3, -1, -1), overlay[i]]
-    p = save(tile(torch.stack(rows), ncol=3, normalize=False),
-             out_dir(args) / f"attribute_{args.method}.png", scale=upscale_for(lm.input_size))
+    p = save_png(tile(torch.stack(rows), ncol=3, normalize=False),
+                 out_dir(args) / f"attribute_{args.method}.png", scale=upscale_for(lm.input_size))
     names = class_names(lm, n_out)
     for i in range(len(images)):
         say(f"{caps[i]}: {args.method} for class {names[int(targets[i])]}")

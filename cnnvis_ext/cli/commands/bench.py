@@ -34,7 +34,8 @@ def run(args) -> int:
         scripts = [s for s in scripts if s.stem in wanted or s.stem[len("bench_"):] in wanted]
         if not scripts:
             avail = ", ".join(s.stem for s in sorted(bdir.glob("bench_*.py"))) or "none"
-            raise CLIError(f"--only: no benchmark named {', '.join(args.only)} (available: {avail})")
+            raise CLIError(f"--only: no benchmark named {', '.join(args.only)} "
+                           f"(available: {avail})")
     if not scripts:
         raise CLIError(f"no bench_*.py scripts in {str(bdir)!r}")
     env = dict(os.environ)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ...data import load_dataset
 from ...distributed import JobDir, barrier, broadcast_object
+from ...report import save_png
 from ...vis import deconvnet
-from ..figures import fname, out_dir, save, tile, upscale_for, view_deconv_top
+from ..figures import fname, out_dir, tile, upscale_for, view_deconv_top
 from ..jobs import is_main, job_spec, say
 from ..loading import (check_layer, default_conv_layer, layer_channels, load_images,
                        model_context, model_device, needs_hooks, select_units)
@@ -29,8 +30,8 @@ def run(args) -> int:
         rec = rec.detach().float().cpu()
         rec = rec.reshape(len(images), len(units), *rec.shape[1:])
         for i in range(len(images)):
-            p = save(tile(rec[i], normalize=True), out / f"deconv_input{i}_{fname(layer)}.png",
-                     scale=upscale_for(lm.input_size))
+            p = save_png(tile(rec[i], normalize=True), out / f"deconv_input{i}_{fname(layer)}.png",
+                         scale=upscale_for(lm.input_size))
             say(f"{caps[i]}: projections of the strongest activation of units "
                 f"{units[0]}..{units[-1]} of {layer}: wrote {p}")
         return 0
@@ -48,9 +49,9 @@ def run(args) -> int:
                             progress=not args.quiet)
     if is_main():
         for u, patches, projections in grids:
-            p1 = save(patches, out / f"deconv_{fname(layer)}_unit{u}_patches.png", scale=4)
-            p2 = save(projections, out / f"deconv_{fname(layer)}_unit{u}_projections.png",
-                      scale=4)
+            p1 = save_png(patches, out / f"deconv_{fname(layer)}_unit{u}_patches.png", scale=4)
+            p2 = save_png(projections, out / f"deconv_{fname(layer)}_unit{u}_projections.png",
+                          scale=4)
             job.mark_done(f"unit{u}", [p1, p2])
             say(f"{layer} unit {u}: top-{args.top} patches {p1}, projections {p2}")
         job.mark_complete()

@@ -9,9 +9,10 @@ import torch
 
 from ...distributed import JobDir, WorkUnit, offset_seed, run_units
 from ...io import atomic_save
+from ...report import save_png
 from ...vis import invert_learned
 from ..errors import CLIError
-from ..figures import out_dir, save, tile, upscale_for, view_invert
+from ..figures import out_dir, tile, upscale_for, view_invert
 from ..jobs import digest, is_main, job_spec, say, split_names
 from ..loading import (LoadedModel, check_layer, conv_layers, load_images, load_inverter,
                        model_context, model_device, needs_hooks)
@@ -54,7 +55,7 @@ def run(args) -> int:
                     normalize=False)
         t = atomic_save({"image": i, "layers": layers, "reconstructions": rec},
                         out / "invert" / f"input{i}.pt")
-        p = save(grid, out / f"invert_input{i}.png", scale=upscale_for(lm.input_size))
+        p = save_png(grid, out / f"invert_input{i}.png", scale=upscale_for(lm.input_size))
         say(f"{caps[i]}: original, then reconstructions from {', '.join(layers)}: wrote {p}")
         return [t, p]
 
@@ -100,8 +101,8 @@ def _run_learned(args, lm: LoadedModel) -> int:
     images = images.float().cpu()
     for i in range(len(images)):
         row = torch.cat([images[i:i + 1]] + [r[i:i + 1] for r in recs])
-        p = save(tile(row, ncol=len(layers) + 1, normalize=False),
-                 out / f"invert_learned_input{i}.png", scale=upscale_for(h))
+        p = save_png(tile(row, ncol=len(layers) + 1, normalize=False),
+                     out / f"invert_learned_input{i}.png", scale=upscale_for(h))
         mse = ", ".join(f"{l} {float((r[i] - images[i]).pow(2).mean()):.4f}"
                         for l, r in zip(layers, recs))
         say(f"{caps[i]}: original, then learned reconstructions from {', '.join(layers)} "

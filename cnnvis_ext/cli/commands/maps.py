@@ -1,8 +1,9 @@
 """``cnnvis maps``: the feature maps of images at each layer."""
 from __future__ import annotations
 
+from ...report import save_png
 from ..errors import CLIError
-from ..figures import fname, out_dir, save, upscale_for, view_feature_maps
+from ..figures import fname, out_dir, upscale_for, view_feature_maps
 from ..jobs import say
 from ..loading import (check_layer, conv_layers, load_images, model_context, model_device,
                        needs_hooks)
@@ -21,9 +22,9 @@ def run(args) -> int:
     out = out_dir(args)
     dev = model_device(lm.model)
     for i in range(len(images)):
-        save(images[i], out / f"maps_input{i}.png", scale=upscale_for(lm.input_size))
+        save_png(images[i], out / f"maps_input{i}.png", scale=upscale_for(lm.input_size))
         for layer, grid, caption in view_feature_maps(lm.model, images[i:i + 1].to(dev), layers,
                                                       args.max_channels):
-            p = save(grid, out / f"maps_input{i}_{fname(layer)}.png", scale=args.scale)
+            p = save_png(grid, out / f"maps_input{i}_{fname(layer)}.png", scale=args.scale)
             say(f"{caps[i]} {caption}: wrote {p}")
     return 0

@@ -5,10 +5,10 @@ import torch
 
 from ...data import load_dataset
 from ...models import cifar_cnn
-from ...report import plot_confusion, plot_curves
+from ...report import plot_confusion, plot_curves, save_png
 from ...train import TrainConfig, confusion_matrix, evaluate, predict, save_checkpoint, train
 from ..errors import CLIError
-from ..figures import out_dir, save
+from ..figures import out_dir
 from ..jobs import say
 from ..loading import resolve_device
 
@@ -40,12 +40,12 @@ def run(args) -> int:
     say(f"wrote {ckpt}")
     if args.plots:
         out = out_dir(args)
-        save(plot_curves({"train loss": hist["train_loss"]}, title="training loss"),
-             out / "training_loss.png")
-        save(plot_curves({"train acc": hist["train_acc"], "test acc": hist["test_acc"]},
-                         title="accuracy", ylim=(0, 1)), out / "training_accuracy.png")
+        save_png(plot_curves({"train loss": hist["train_loss"]}, title="training loss"),
+                 out / "training_loss.png")
+        save_png(plot_curves({"train acc": hist["train_acc"], "test acc": hist["test_acc"]},
+                             title="accuracy", ylim=(0, 1)), out / "training_accuracy.png")
         cm = confusion_matrix(predict(model, data.test_images), data.test_labels,
                               data.num_classes)
-        save(plot_confusion(cm, data.classes), out / "confusion_matrix.png")
+        save_png(plot_confusion(cm, data.classes), out / "confusion_matrix.png")
         say(f"wrote {out}/training_loss.png, training_accuracy.png, confusion_matrix.png")
     return 0
