@@ -16,7 +16,7 @@ from torch import nn
 
 from .nn import ConvReLUPool2d
 
-__all__ = ["cifar_cnn", "DEFAULT_CHANNELS"]
+__all__ = ["cifar_cnn", "residual_cnn", "BasicBlock", "DEFAULT_CHANNELS"]
 
 #: Filters of the default network's conv blocks (three blocks: 32→16→8→4 px).
 DEFAULT_CHANNELS = (16, 32, 64)
@@ -102,3 +102,55 @@ def cifar_cnn(num_classes: int = 10, *, in_channels: int = 3, input_size: int = 
             layers["dropout"] = nn.Dropout(dropout)
         layers["fc2"] = nn.Linear(hidden, num_classes)
     return nn.Sequential(layers)
+
+
+class BasicBlock(nn.Module):
+    """A residual block as torchvision's ResNets write it: conv-BN-ReLU-conv-BN, an in-place
+    add of the (projected) input, and the same ReLU module called again after the add."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                            nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+def residual_cnn(num_classes: int = 10, *, in_channels: int = 3, width: int = 16) -> nn.Module:
+    """A small residual network with BatchNorm for 32x32 inputs: a modern architecture beside
+    the survey's chain, to show the toolkit on one.
+
+    ``stem`` (conv-BN-ReLU), ``block1`` (width), ``block2`` (2 x width, stride 2), ``block3``
+    (4 x width, stride 2), global average pooling and ``fc``. Any input size works.
+
+    Example:
+        >>> residual_cnn()(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                        ("width", width)):
+        if int(value) != value or value <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    w = int(width)
+    return nn.Sequential(OrderedDict([
+        ("stem", nn.Sequential(nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w),
+                               nn.ReLU(inplace=True))),
+        ("block1", BasicBlock(w, w)),
+        ("block2", BasicBlock(w, 2 * w, 2)),
+        ("block3", BasicBlock(2 * w, 4 * w, 2)),
+        ("pool", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(4 * w, num_classes)),
+    ]))

@@ -169,5 +169,16 @@ def view_deconv_top(model: nn.Module, layer: str, images: Tensor, *, k: int, uni
                           progress=progress)
     ncol = int(math.ceil(math.sqrt(k)))
     return [(u, tile(res.patches[j], ncol=ncol, pad=1, normalize=True),
-             tile(res.projections[j], ncol=ncol, pad=1, normalize=True))
+             tile(stretch_projections(res.projections[j]), ncol=ncol, pad=1, normalize=False))
             for j, u in enumerate(units)]
+
+
+def stretch_projections(p: Tensor, q: float = 0.995) -> Tensor:
+    """Deconvnet projections ``(K, C, H, W)`` shown each on its own range: the median (the
+    background) becomes mid-grey and the ``q`` quantile of the deviation from it full
+    contrast, so a projection whose energy sits in a few pixels is not a flat grey tile."""
+    flat = p.detach().float().cpu().flatten(1)
+    med = flat.median(1, keepdim=True).values
+    dev = (flat - med).abs()
+    scale = torch.quantile(dev, q, dim=1, keepdim=True).clamp_min(1e-12)
+    return (0.5 + 0.5 * ((flat - med) / scale).clamp(-1, 1)).view_as(p)

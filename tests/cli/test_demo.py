@@ -67,7 +67,9 @@ def test_demo_writes_index_and_every_linked_image(demo_out):
                  # learned priors: inverters of the last two conv layers, generator-prior
                  # actmax beside the input-space one, learned beside optimized inversion
                  "inverter_training.png", "actmax_classes_generator.png", "invert_learned_0.png",
-                 "invert_learned_1.png", "invert_learned_test.png"):
+                 "invert_learned_1.png", "invert_learned_test.png",
+                 # the residual network: LRP and Grad-CAM, deconvnet through the skips
+                 "residual_attribution.png", "residual_deconv_block3.png"):
         assert name in p.images
     # no temporary files left behind by the atomic writes
     assert not [f for f in os.listdir(demo_out) if f.startswith(".")]
@@ -77,6 +79,7 @@ def test_demo_writes_index_and_every_linked_image(demo_out):
     assert p.skipped == 0
     assert "Learned inverters of conv2 and conv3" in text and "learned generator prior" in text
     assert "Learned inversion beside optimization" in text
+    assert "A residual network with BatchNorm" in text and "outputs equal" in text
 
 
 def test_demo_saves_inverters_usable_by_the_cli(demo_out, tmp_path, capsys):
