@@ -112,3 +112,21 @@ def forward_until(model: nn.Module, x: Tensor, layers: Iterable[str], *,
         raise RuntimeError(f"{arg}: {missing} produced no output during the forward pass "
                            "(is it used by the model's forward?)")
     return dict(acts)
+
+
+def state_dict_mismatch(model: nn.Module, state_dict: Dict[str, Tensor]) -> Optional[str]:
+    """One line naming the first missing, unexpected and shape-mismatched keys of
+    ``state_dict`` for ``model`` (``None`` when it fits exactly)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state_dict and hasattr(state_dict[k], "shape")
+              and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected),
+                       ("shape mismatch (file vs model)", shapes)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            parts.append(f"{len(keys)} {what}: {', '.join(keys[:3])}{more}")
+    return "; ".join(parts) or None

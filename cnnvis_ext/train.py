@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import DataSplit
+from ._modules import state_dict_mismatch
 from .io import atomic_write_bytes
 from .models import cifar_cnn
 
@@ -232,6 +233,10 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torc
     if "channels" in kwargs:
         kwargs["channels"] = tuple(kwargs["channels"])
     model = cifar_cnn(**kwargs)
+    bad = state_dict_mismatch(model, ckpt["state_dict"])
+    if bad:
+        raise ValueError(f"checkpoint: {str(path)!r} does not fit the network its own settings "
+                         f"describe ({kwargs}): {bad}")
     model.load_state_dict(ckpt["state_dict"])
     model.to(map_location).eval()
     return model, ckpt

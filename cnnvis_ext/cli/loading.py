@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._modules import forward_until, get_layer, model_device_dtype
+from .._modules import forward_until, get_layer, model_device_dtype, state_dict_mismatch
 from ..data import load_dataset, load_image_files
 from ..nn import ConvReLUPool2d
 from ..train import is_checkpoint, load_checkpoint
@@ -88,11 +88,10 @@ def _load_state_dict_file(path: str) -> Dict[str, Tensor]:
 
 def _apply_weights(model: nn.Module, weights: str, what: str) -> None:
     sd = _load_state_dict_file(weights)
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        first = " ".join(str(e).split("\n")[1:3]).strip() or str(e).splitlines()[0]
-        raise CLIError(f"--weights: {weights!r} does not fit {what}: {first}") from None
+    bad = state_dict_mismatch(model, sd)
+    if bad:
+        raise CLIError(f"--weights: {weights!r} does not fit {what}: {bad}")
+    model.load_state_dict(sd)
 
 
 def _torchvision_names() -> Optional[List[str]]:

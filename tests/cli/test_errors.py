@@ -100,3 +100,21 @@ def test_error_torchvision_name_without_weights(capsys):
     pytest.importorskip("torchvision")
     rc, _, err = run(capsys, "kernels", "--model", "vgg11")
     assert_one_line_error(rc, err, "never downloads", "--weights")
+
+
+def test_error_checkpoint_of_another_architecture(checkpoint, tmp_path, capsys):
+    """A checkpoint whose weights are another network's: the file and the first missing,
+    unexpected or mismatched keys, in one line."""
+    ck = torch.load(checkpoint, weights_only=True)
+    other = cifar_cnn(channels=(4, 8), hidden=8).state_dict()
+    ck["state_dict"] = other
+    bad = tmp_path / "other.pt"
+    torch.save(ck, bad)
+    rc, _, err = run(capsys, "maps", "--model", bad, "--quiet", "--out", tmp_path)
+    line = assert_one_line_error(rc, err, "other.pt", "does not fit")
+    assert "unexpected" in line or "missing" in line or "shape mismatch" in line
+    torch.save(other, tmp_path / "w.pt")
+    rc, _, err = run(capsys, "maps", "--model", checkpoint, "--weights", tmp_path / "w.pt",
+                     "--quiet", "--out", tmp_path)
+    line = assert_one_line_error(rc, err, "--weights", "w.pt", "does not fit")
+    assert "shape mismatch (file vs model)" in line or "missing" in line
