@@ -23,6 +23,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ops.common import pair as _pair_of
+
 
 __all__ = ["GraphTraceError", "trace", "is_fused", "layer_node", "module_path", "batchnorm_affine",
            "fold_batchnorm", "ReceptiveField", "receptive_field", "ConvActPattern",
@@ -224,8 +226,8 @@ _POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "clamp", "chunk", "split", "vi
                       "__getitem__", "flatten", "float", "to", "type_as"}
 
 
-def _pair(v) -> Tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _hw(v) -> Tuple[int, int]:
+    return tuple(_pair_of(v, "size"))  # type: ignore[return-value]
 
 
 def _window_of_module(m: nn.Module):
@@ -233,17 +235,17 @@ def _window_of_module(m: nn.Module):
     if isinstance(m, nn.Conv2d) or is_fused(m):
         pad = m.padding
         if isinstance(pad, str):  # 'same' keeps the size: centred window; 'valid': none
-            k, d = _pair(m.kernel_size), _pair(m.dilation)
+            k, d = _hw(m.kernel_size), _hw(m.dilation)
             pad = (0, 0) if pad == "valid" else tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
-        conv = (_pair(m.kernel_size), _pair(m.stride), _pair(pad), _pair(m.dilation))
+        conv = (_hw(m.kernel_size), _hw(m.stride), _hw(pad), _hw(m.dilation))
         if hasattr(m, "pool_kernel_size"):
-            return conv, (_pair(m.pool_kernel_size), _pair(m.pool_stride),
-                          _pair(m.pool_padding), (1, 1))
+            return conv, (_hw(m.pool_kernel_size), _hw(m.pool_stride),
+                          _hw(m.pool_padding), (1, 1))
         return (conv,)
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
         s = m.stride if m.stride is not None else m.kernel_size
         d = getattr(m, "dilation", 1)
-        return ((_pair(m.kernel_size), _pair(s), _pair(m.padding), _pair(d)),)
+        return ((_hw(m.kernel_size), _hw(s), _hw(m.padding), _hw(d)),)
     return None
 
 
@@ -257,7 +259,7 @@ def _window_of_function(node: fx.Node):
         p = kw.get("padding", args[3] if args[3] is not None else 0)
         d = kw.get("dilation", args[4] if f is not F.avg_pool2d and args[4] is not None else 1)
         if all(isinstance(v, (int, tuple, list)) for v in (k, s, p, d)):
-            return ((_pair(k), _pair(s), _pair(p), _pair(d)),)
+            return ((_hw(k), _hw(s), _hw(p), _hw(d)),)
     if f in (F.conv2d, torch.conv2d):
         return None  # the weight's size is a runtime value: unknown geometry
     return None
@@ -382,22 +384,22 @@ def _pool_args(node: fx.Node, modules):
     """The fusable max-pooling of a node (no indices, no dilation, at most 255 positions)."""
     if node.op == "call_module":
         m = modules[str(node.target)]
-        if type(m) is not nn.MaxPool2d or m.return_indices or _pair(m.dilation) != (1, 1):
+        if type(m) is not nn.MaxPool2d or m.return_indices or _hw(m.dilation) != (1, 1):
             return None
-        k = _pair(m.kernel_size)
-        s = _pair(m.stride if m.stride is not None else m.kernel_size)
-        args = (k, s, _pair(m.padding), bool(m.ceil_mode))
+        k = _hw(m.kernel_size)
+        s = _hw(m.stride if m.stride is not None else m.kernel_size)
+        args = (k, s, _hw(m.padding), bool(m.ceil_mode))
     elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
         names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
                  "return_indices"]
         given = dict(zip(names, node.args), **node.kwargs)
-        if given.get("return_indices") or _pair(given.get("dilation", 1) or 1) != (1, 1):
+        if given.get("return_indices") or _hw(given.get("dilation", 1) or 1) != (1, 1):
             return None
         vals = [given.get("kernel_size"), given.get("stride") or given.get("kernel_size"),
                 given.get("padding", 0), given.get("ceil_mode", False)]
         if not all(isinstance(v, (int, bool, tuple, list)) for v in vals):
             return None
-        args = (_pair(vals[0]), _pair(vals[1]), _pair(vals[2]), bool(vals[3]))
+        args = (_hw(vals[0]), _hw(vals[1]), _hw(vals[2]), bool(vals[3]))
     else:
         return None
     return args if args[0][0] * args[0][1] <= 255 else None
@@ -407,8 +409,8 @@ def _fusable_conv(m: nn.Module) -> bool:
     if type(m) is not nn.Conv2d or m.padding_mode != "zeros":
         return False
     if isinstance(m.padding, str) and m.padding == "same":
-        tot = [d * (k - 1) for d, k in zip(_pair(m.dilation), _pair(m.kernel_size))]
-        return _pair(m.stride) == (1, 1) and not any(t % 2 for t in tot)
+        tot = [d * (k - 1) for d, k in zip(_hw(m.dilation), _hw(m.kernel_size))]
+        return _hw(m.stride) == (1, 1) and not any(t % 2 for t in tot)
     return True
 
 

@@ -11,12 +11,13 @@ from torch import Tensor, nn
 
 from . import graph, ops
 from .graph import fold_batchnorm
+from .ops.common import pair
 
 __all__ = ["ConvReLUPool2d", "ConvReLU2d", "FoldedBatchNorm2d", "fuse"]
 
 
 def _as_pair(v, name):
-    return tuple(ops._pair(v, name))
+    return tuple(pair(v, name))
 
 
 class ConvReLUPool2d(nn.Module):

@@ -38,7 +38,7 @@ from .. import graph, ops
 from .._modules import StopForward, forward_until, get_layer, model_device_dtype
 from ..graph import fold_batchnorm
 from ..nn import ConvReLUPool2d, FoldedBatchNorm2d
-from ..ops import _pair as pair  # TEMP
+from ..ops.common import pair
 from ._common import check_float_images, check_input_channels, check_int, eval_mode
 from .attribution import _DeconvReLU, _relu_backward
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis_ext import _reference as ref
+from cnnvis_ext.ops import reference as ref
 from cnnvis_ext.vis import deconvnet
 from cnnvis_ext.nn import fuse
 
