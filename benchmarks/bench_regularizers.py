@@ -9,7 +9,7 @@ regularize_ also reads grad) divided by the copy bandwidth measured at the
 start of the run (``x.clone()``), so ``2.0x`` means twice the bound.
 
 Baselines:
-  TV        eager autograd formula (cnnvis_ext._reference.total_variation),
+  TV        eager autograd formula (cnnvis_ext.ops.reference.total_variation),
             torch.compile of it, kornia.losses.total_variation (L1, when importable)
   blur      kornia.filters.gaussian_blur2d, torchvision gaussian_blur (when
             importable), eager separable depthwise conv2d in NCHW and in
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnvis_ext
-from cnnvis_ext import _reference as R
+from cnnvis_ext.ops import reference as R
 from cnnvis_ext import ops
 
 try:
@@ -166,23 +166,11 @@ def bench_blur(shapes, device, dtype, bw, sigmas):
 
 
 def eager_regularize_(x, grad, lr, decay, blur_sigma, norm_pct, contrib_pct, lo, hi):
-    """The step sequence one would write in eager PyTorch (one op per part)."""
-    n, c, h, w = x.shape
-    x.add_(grad, alpha=lr)
-    if decay:
-        x.mul_(1 - decay)
-    if blur_sigma > 0:
-        x.copy_(R.gaussian_blur_separable(x, blur_sigma, ops.gaussian_blur_kernel_size(blur_sigma)))
-    if norm_pct > 0:
-        norms = x.pow(2).sum(1).sqrt().reshape(n, h * w)
-        thr = torch.quantile(norms, norm_pct / 100, dim=1, keepdim=True)
-        x.masked_fill_((norms < thr).reshape(n, 1, h, w), 0)
-    if contrib_pct > 0:
-        contrib = (x * grad).sum(1).reshape(n, h * w)
-        thr = torch.quantile(contrib, contrib_pct / 100, dim=1, keepdim=True)
-        x.masked_fill_((contrib < thr).reshape(n, 1, h, w), 0)
-    x.clamp_(lo, hi)
-    return x
+    """The step sequence one would write in eager PyTorch (one op per part): the reference
+    step with the separable two-convolution blur."""
+    return R.regularize_(x, grad, lr, decay, blur_sigma, norm_pct, contrib_pct, lo, hi,
+                         blur=lambda t, s: R.gaussian_blur_separable(
+                             t, s, ops.gaussian_blur_kernel_size(s)))
 
 
 def bench_regularize(shapes, device, dtype, bw):

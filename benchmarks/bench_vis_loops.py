@@ -44,7 +44,7 @@ from torch import nn
 
 import cnnvis_ext
 from cnnvis_ext import vis
-from cnnvis_ext.vis._priors import plain_gaussian_blur
+from cnnvis_ext.ops.reference import gaussian_blur as plain_gaussian_blur
 
 VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 LAYER, CHANNEL, SIZE = "features.10", 0, 128
