@@ -343,20 +343,24 @@ def section_invert_learned(d: Demo, sec: Section) -> None:
           f"{k * len(recs)} reconstructions in {dt * 1e3:.0f} ms ({per_s:.0f}/s){speed}.")
 
 
-def section_attribution(d: Demo, sec: Section) -> None:
-    targets = d.preds[:d.n_img].to(d.dev)
-    overlays = {m: view_attribution(d.model, d.test_x, targets, m, d.convs[-1])[1]
-                for m in ATTRIBUTION_METHODS}
+def _attribution_grid(d: Demo, targets: Tensor, overlays: Dict[str, Tensor]) -> Tensor:
+    """One row per test image: the image labelled with its target class, then each overlay."""
     tiles, labels = [], []
     for i in range(d.n_img):
         img = d.data.test_images[i]
         tiles.append(img.expand(3, -1, -1) if img.shape[0] == 1 else img)
-        labels.append(f"#{i}: {d.classes[int(d.preds[i])]}")
+        labels.append(f"#{i}: {d.classes[int(targets[i])]}")
         for m, ov in overlays.items():
             tiles.append(ov[i])
             labels.append(m)
-    d.add(sec, label_grid(torch.stack(tiles), labels, ncol=len(overlays) + 1, scale=d.up),
-          "attribution.png",
+    return label_grid(torch.stack(tiles), labels, ncol=len(overlays) + 1, scale=d.up)
+
+
+def section_attribution(d: Demo, sec: Section) -> None:
+    targets = d.preds[:d.n_img].to(d.dev)
+    overlays = {m: view_attribution(d.model, d.test_x, targets, m, d.convs[-1])[1]
+                for m in ATTRIBUTION_METHODS}
+    d.add(sec, _attribution_grid(d, targets, overlays), "attribution.png",
           "One row per test image: the image with its predicted class, then the "
           f"heat map of each method for that class ({', '.join(overlays)}), overlaid "
           "on the image; each map scaled to its own maximum.")
@@ -397,17 +401,8 @@ def section_residual(d: Demo, sec: Section) -> None:
                      f"{times['eager'] * 1e3:.0f} ms eager, {times['fused'] * 1e3:.0f} ms fused "
                      f"({times['eager'] / times['fused']:.2f}x).")
     targets = predict(model, d.test_x).to(d.dev)
-    tiles, labels = [], []
     maps = {m: view_attribution(model, d.test_x, targets, m, "block3")[1] for m in ("lrp", "gradcam")}
-    for i in range(d.n_img):
-        img = d.data.test_images[i]
-        tiles.append(img.expand(3, -1, -1) if img.shape[0] == 1 else img)
-        labels.append(f"#{i}: {d.classes[int(targets[i])]}")
-        for m, ov in maps.items():
-            tiles.append(ov[i])
-            labels.append(m)
-    d.add(sec, label_grid(torch.stack(tiles), labels, ncol=len(maps) + 1, scale=d.up),
-          "residual_attribution.png",
+    d.add(sec, _attribution_grid(d, targets, maps), "residual_attribution.png",
           "residual_cnn: LRP (epsilon rules on a graph: the residual additions share relevance "
           "in proportion to each branch, BatchNorm merged into the convolutions) and Grad-CAM "
           "at block3, for the predicted class.")

@@ -517,6 +517,15 @@ def deconvnet(model: nn.Module, layer: str, images: Tensor, *,
         return _deconvnet_gradient(model, layer, x, units, keep, chunk_size)
 
 
+def _feature_map(model: nn.Module, x: Tensor, layer: str) -> Tensor:
+    """The output of ``layer`` for ``x`` (the forward stops there); it must be a 4-D map."""
+    act = forward_until(model, x, [layer])[layer]
+    if act.dim() != 4:
+        raise ValueError(f"layer: {layer!r} gives a {act.dim()}-D output; a 4-D feature map is "
+                         "needed")
+    return act
+
+
 def _keep_for(keep, n_img: int):
     """``keep`` sliced per image when it is a per-image mask, else as given."""
     by_image = isinstance(keep, Tensor) and keep.dim() == 4 and keep.shape[0] == n_img
@@ -533,10 +542,7 @@ def _deconvnet_gradient(model, layer, x, units, keep, chunk_size) -> Tensor:
         i1 = min(n_img, i0 + chunk_size)
         xb = x[i0:i1].detach().requires_grad_(True)
         with torch.enable_grad(), _relu_backward(model, _DeconvReLU, "deconvnet"):
-            act = forward_until(model, xb, [layer])[layer]
-            if act.dim() != 4:
-                raise ValueError(f"layer: {layer!r} gives a {act.dim()}-D output; a 4-D feature "
-                                 "map is needed")
+            act = _feature_map(model, xb, layer)
             if u is None:
                 u = _units(units, act.shape[1], act.device)
                 out = x.new_zeros(n_img * u.numel(), *x.shape[1:])

@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 
 from .. import distributed as _dist
 from .. import graph
-from .._modules import forward_until, get_layer, model_device_dtype
+from .._modules import get_layer, model_device_dtype
 from ._common import check_model, eval_mode
-from .deconvnet import (_is_module_chain, _project, _project_entries, _receptive_box, _trace,
-                        _units)
+from .deconvnet import (_feature_map, _is_module_chain, _project, _project_entries,
+                        _receptive_box, _trace, _units)
 
 __all__ = ["top_activations", "TopActivations"]
 
@@ -142,10 +142,7 @@ def _top_activations(model, layer, dataset, k, units, batch_size, project, progr
         if chain:
             steps, act = _trace(model, layer, x)
         else:
-            act = forward_until(model, x, [layer])[layer]
-            if act.dim() != 4:
-                raise ValueError(f"layer: {layer!r} gives a {act.dim()}-D output; a 4-D feature "
-                                 "map is needed")
+            act = _feature_map(model, x, layer)
         if u is None:
             u = _units(units, act.shape[1], act.device)
             best_v = act.new_full((u.numel(), 0), float("-inf"))
