@@ -68,16 +68,20 @@ def _conv_only(model):
 
 
 def _saved_bytes(fn) -> int:
-    total = [0]
+    """Bytes of the distinct storages autograd keeps for backward (parameters excluded): a map
+    saved by two ops (a ReLU's output and the next convolution's input) counts once."""
+    seen = {}
 
     def pack(t):
-        if not isinstance(t, nn.Parameter):
-            total[0] += t.numel() * t.element_size()
+        if not isinstance(t, nn.Parameter) and t.numel():
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total[0]
+        out = fn()
+    del out
+    return sum(seen.values())
 
 
 def fuse_table(args):
