@@ -1,0 +1,13 @@
+"""How far to trust a map: faithfulness, sanity checks and robustness of attribution maps.
+
+Functional and batched: device tensors in, device tensors out; every random draw comes from
+per-image generators, so results are reproducible under ``seed`` and do not depend on the batch.
+"""
+from .faithfulness import (Curves, RegionPerturbation, auc, deletion_insertion,
+                           faithfulness_correlation, region_perturbation)
+from .sanity import (Randomization, max_sensitivity, model_randomization, random_logit, spearman,
+                     ssim)
+
+__all__ = ["Curves", "RegionPerturbation", "auc", "deletion_insertion", "region_perturbation",
+           "faithfulness_correlation", "Randomization", "model_randomization", "random_logit",
+           "max_sensitivity", "spearman", "ssim"]
