@@ -143,15 +143,21 @@ class RegionPerturbation(NamedTuple):
 @torch.no_grad()
 def region_perturbation(model: nn.Module, images: Tensor, attributions: Tensor, target, *,
                         patch_size: int = 8, regions: int = 20, baseline: Union[str, Tensor] = "uniform",
-                        seed: Optional[int] = 0, batch_size: int = 64) -> RegionPerturbation:
+                        score: str = "logit", seed: Optional[int] = 0,
+                        batch_size: int = 64) -> RegionPerturbation:
     """Region perturbation / pixel flipping with AOPC (Samek et al. 2017), most relevant first.
 
     The image is cut into non-overlapping ``patch_size`` squares, ranked by their summed
     attribution; step ``k`` replaces the ``k`` most relevant by the baseline (``"uniform"``:
     noise drawn uniformly in each image's value range, per image from its own generator, as
-    the paper; or ``"zero"``, ``"mean"``, ``"blur"``, a tensor). The score is the target's
-    logit. ``patch_size=1`` is pixel flipping.
+    the paper; ``"black"``: each image's minimum, as Quantus's; or ``"zero"``, ``"mean"``,
+    ``"blur"``, a tensor). ``score``: the target's ``"logit"`` (the paper's f(x)) or softmax
+    ``"probability"`` (Quantus's default). ``patch_size=1`` is pixel flipping. With
+    ``baseline="black"`` and ``score="probability"``, ``curve[:, :1] - curve[:, 1:]`` is what
+    Quantus's ``RegionPerturbation`` returns.
     """
+    if score not in ("logit", "probability"):
+        raise ValueError(f"score: expected 'logit' or 'probability', got {score!r}")
     check_model(model)
     patch_size = check_int("patch_size", patch_size, 1)
     regions = check_int("regions", regions, 1)
@@ -162,11 +168,13 @@ def region_perturbation(model: nn.Module, images: Tensor, attributions: Tensor, 
     n, c, h, w = x.shape
     if h % patch_size or w % patch_size:
         raise ValueError(f"patch_size: {patch_size} does not divide the image size {h}x{w}")
-    score = _pixel_scores(attributions, x).view(n, 1, h, w)
-    per_patch = F.avg_pool2d(score, patch_size).flatten(1)                     # (N, P)
+    pixel = _pixel_scores(attributions, x).view(n, 1, h, w)
+    per_patch = F.avg_pool2d(pixel, patch_size).flatten(1)                     # (N, P)
     regions = min(regions, per_patch.shape[1])
     order = per_patch.argsort(1, descending=True)[:, :regions]
-    if isinstance(baseline, str) and baseline == "uniform":
+    if isinstance(baseline, str) and baseline == "black":
+        base = x.flatten(1).amin(1).view(n, 1, 1, 1).expand_as(x)
+    elif isinstance(baseline, str) and baseline == "uniform":
         seed = resolve_seed(seed)
         lo = x.flatten(1).amin(1).view(n, 1, 1, 1)
         hi = x.flatten(1).amax(1).view(n, 1, 1, 1)
@@ -189,7 +197,7 @@ def region_perturbation(model: nn.Module, images: Tensor, attributions: Tensor, 
     stacked = torch.stack(seq, 1).reshape(-1, c, h, w)
     with eval_mode(model):
         curve = _scores(model, stacked, t.repeat_interleave(regions + 1), batch_size,
-                        False).view(n, regions + 1)
+                        score == "probability").view(n, regions + 1)
     aopc = (curve[:, :1] - curve).mean(1)
     return RegionPerturbation(curve, aopc)
 

@@ -136,3 +136,26 @@ def test_sanity_checks_show_what_the_paper_showed():
     assert gbp > sal + 0.2, (float(sal), float(gbp))
     # every layer randomized: both far from the original
     assert res["saliency"].ssim[-1].mean() < res["saliency"].ssim[0].mean()
+
+
+def test_region_perturbation_equals_quantus(data):
+    """Quantus's RegionPerturbation with a black (per-image minimum) baseline and softmax
+    scores: the drops after each region equal ours."""
+    import os
+    try:
+        import quantus
+    except Exception as e:  # pragma: no cover - depends on the environment
+        if os.environ.get("CI"):
+            pytest.fail(f"quantus must be importable in CI: {e}", pytrace=False)
+        pytest.skip(f"quantus is not importable: {e}")
+    x, attr, t = (v.float() if v.is_floating_point() else v for v in data)  # Quantus: float32
+    m = net().float()
+    ours = M.region_perturbation(m, x, attr, t, patch_size=4, regions=3, baseline="black",
+                                 score="probability")
+    metric = quantus.RegionPerturbation(patch_size=4, regions_evaluation=3, order="morf",
+                                        perturb_baseline="black", normalise=False, abs=False,
+                                        disable_warnings=True, display_progressbar=False)
+    theirs = metric(model=m, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=attr.numpy(),
+                    device="cpu", softmax=True)
+    drops = (ours.curve[:, :1] - ours.curve[:, 1:]).numpy()
+    np.testing.assert_allclose(np.array(theirs, dtype=float), drops, rtol=1e-4, atol=1e-6)
