@@ -9,9 +9,9 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C
 from . import ops
-from .ops import conv_relu_pool, switches_to_indices, indices_to_switches
-from .ops import total_variation, total_variation_and_grad, gaussian_blur, regularize_  # noqa: F401
-from .ops import unpool_conv_transpose  # noqa: F401
+from .ops import (conv_relu_pool, gaussian_blur, indices_to_switches, regularize_,
+                  switches_to_indices, total_variation, total_variation_and_grad,
+                  unpool_conv_transpose)
 from . import nn
 from .nn import ConvReLUPool2d, fuse
 from . import vis

@@ -1,14 +1,84 @@
-// Host-side argument checks shared by the schemas of the convolution-shaped
-// ops (conv_relu_pool, unpool_conv_transpose). Every message starts with the
-// argument's name; TORCH_CHECK_VALUE / TORCH_CHECK_TYPE surface in Python as
-// ValueError / TypeError.
+// Host-side argument checks. Every user-facing message of an op's arguments
+// is written once, in these checks: the kernels run them on tensors (through
+// the check_* functions of <op>.h), and the Python fake kernels run the same
+// functions on the metadata of fake tensors (through the _C bindings of
+// cnnvis.cpp), so a bad argument raises the same error eagerly and under
+// torch.compile. Every message starts with the argument's name;
+// TORCH_CHECK_VALUE / TORCH_CHECK_TYPE surface in Python as ValueError /
+// TypeError.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 
+#include <array>
+#include <optional>
+
 namespace cnnvis {
+
+// What the checks read of a tensor argument. A view: the sizes and strides
+// belong to the tensor (or to the Python values) it was made from.
+struct TensorMeta {
+  at::IntArrayRef sizes;
+  at::IntArrayRef strides;
+  at::ScalarType dtype;
+  c10::Device device;
+
+  TensorMeta(at::IntArrayRef sizes, at::IntArrayRef strides, at::ScalarType dtype,
+             c10::Device device)
+      : sizes(sizes), strides(strides), dtype(dtype), device(device) {}
+  explicit TensorMeta(const at::Tensor& t)
+      : TensorMeta(t.sizes(), t.strides(), t.scalar_type(), t.device()) {}
+
+  int64_t dim() const { return static_cast<int64_t>(sizes.size()); }
+  int64_t size(int64_t d) const { return sizes[d]; }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (const int64_t s : sizes) n *= s;
+    return n;
+  }
+  bool is_floating_point() const { return at::isFloatingType(dtype); }
+  // Some element is reachable through two indices (a stride 0 over a
+  // dimension of size > 1, as in an expanded tensor).
+  bool has_internal_overlap() const {
+    if (numel() == 0) return false;
+    for (size_t d = 0; d < sizes.size() && d < strides.size(); ++d) {
+      if (sizes[d] > 1 && strides[d] == 0) return true;
+    }
+    return false;
+  }
+};
+
+inline std::optional<TensorMeta> meta_of(const c10::optional<at::Tensor>& t) {
+  if (t.has_value() && t->defined()) return TensorMeta(*t);
+  return std::nullopt;
+}
+
+// `t` (named `name`) is a 4-D floating-point tensor; `shape` describes its
+// dimensions in the message, such as "(N, C, H, W)".
+inline void check_4d_floating(const TensorMeta& t, const char* name, const char* shape) {
+  TORCH_CHECK_VALUE(t.dim() == 4, name, ": expected a 4-D ", shape, " tensor, got ", t.dim(),
+                    "-D with shape ", t.sizes);
+  TORCH_CHECK_TYPE(t.is_floating_point(), name, ": expected a floating-point tensor, got ",
+                   t.dtype);
+}
+
+// `t` (named `name`) has the dtype and the device of `ref` (named `ref_name`).
+inline void check_same_dtype_device(const TensorMeta& t, const char* name, const TensorMeta& ref,
+                                    const char* ref_name) {
+  TORCH_CHECK_TYPE(t.dtype == ref.dtype, name, ": dtype ", t.dtype, " does not match ",
+                   ref_name, "'s dtype ", ref.dtype);
+  TORCH_CHECK_VALUE(t.device == ref.device, name, ": on ", t.device, " but ", ref_name,
+                    " is on ", ref.device);
+}
+
+// `t` (named `name`) has exactly the sizes `expected`.
+inline void check_shape(const TensorMeta& t, const char* name, at::IntArrayRef expected) {
+  TORCH_CHECK_VALUE(t.sizes == expected, name, ": expected shape ", expected, ", got ", t.sizes);
+}
 
 // `v` holds two values (height, width), each >= min_value.
 inline void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
@@ -17,32 +87,44 @@ inline void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
                     min_value, ", got ", v);
 }
 
-// The output size of max pooling along one axis, as ATen computes it.
-inline int64_t pool_out_size(int64_t in, int64_t k, int64_t pad, int64_t s, bool ceil_mode) {
-  int64_t num = in + 2 * pad - (k - 1) - 1 + (ceil_mode ? s - 1 : 0);
-  int64_t out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;
-  if (ceil_mode && (out - 1) * s >= in + pad) --out;  // the last window must start inside
-  return out;
+// A pooling window that uint8 switches can address (at most 255 positions)
+// and whose padding is at most half of it, as max_pool2d requires.
+inline void check_pool_window(at::IntArrayRef pool_kernel, at::IntArrayRef pool_padding) {
+  TORCH_CHECK_VALUE(pool_kernel[0] * pool_kernel[1] <= 255, "pool_kernel: a window of ",
+                    pool_kernel, " has ", pool_kernel[0] * pool_kernel[1],
+                    " positions; uint8 switches support at most 255");
+  TORCH_CHECK_VALUE(2 * pool_padding[0] <= pool_kernel[0] && 2 * pool_padding[1] <= pool_kernel[1],
+                    "pool_padding: must be at most half of pool_kernel, got pool_padding=",
+                    pool_padding, " and pool_kernel=", pool_kernel);
+}
+
+// The dilated kernel fits in the padded input of size (h, w) (the argument
+// that sets it is `name`); returns the convolution's output size.
+inline std::array<int64_t, 2> conv_out_size(const char* name, int64_t h, int64_t w, int64_t kh,
+                                            int64_t kw, at::IntArrayRef stride,
+                                            at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const int64_t eff_kh = dilation[0] * (kh - 1) + 1;
+  const int64_t eff_kw = dilation[1] * (kw - 1) + 1;
+  TORCH_CHECK_VALUE(h + 2 * padding[0] >= eff_kh && w + 2 * padding[1] >= eff_kw, name,
+                    ": padded input of size (", h + 2 * padding[0], ", ", w + 2 * padding[1],
+                    ") is smaller than the dilated kernel (", eff_kh, ", ", eff_kw, ")");
+  return {(h + 2 * padding[0] - eff_kh) / stride[0] + 1, (w + 2 * padding[1] - eff_kw) / stride[1] + 1};
 }
 
 // The checks every conv + pool op makes of its input (named `name`, shape
 // `shape` such as "(N, C, H, W)"), its weight and its hyperparameters.
-inline void check_conv_pool_args(const at::Tensor& input, const char* name, const char* shape,
-                                 const at::Tensor& weight, int64_t groups, at::IntArrayRef stride,
+inline void check_conv_pool_args(const TensorMeta& input, const char* name, const char* shape,
+                                 const TensorMeta& weight, int64_t groups, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation,
                                  at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
                                  at::IntArrayRef pool_padding) {
   TORCH_CHECK_VALUE(input.dim() == 4, name, ": expected a 4-D ", shape, " tensor, got ",
-                    input.dim(), "-D with shape ", input.sizes());
+                    input.dim(), "-D with shape ", input.sizes);
   TORCH_CHECK_VALUE(weight.dim() == 4, "weight: expected a 4-D (C_out, C_in/groups, kH, kW) "
-                    "tensor, got ", weight.dim(), "-D with shape ", weight.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), name,
-                   ": expected a floating-point tensor, got ", input.scalar_type());
-  TORCH_CHECK_TYPE(weight.scalar_type() == input.scalar_type(), "weight: dtype ",
-                   weight.scalar_type(), " does not match ", name, "'s dtype ",
-                   input.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == input.device(), "weight: on ", weight.device(), " but ",
-                    name, " is on ", input.device());
+                    "tensor, got ", weight.dim(), "-D with shape ", weight.sizes);
+  TORCH_CHECK_TYPE(input.is_floating_point(), name, ": expected a floating-point tensor, got ",
+                   input.dtype);
+  check_same_dtype_device(weight, "weight", input, name);
   TORCH_CHECK_VALUE(groups >= 1, "groups: expected a positive value, got ", groups);
   check_pair(stride, "stride", 1);
   check_pair(padding, "padding", 0);

@@ -1,7 +1,8 @@
 // conv_relu_pool: out = max_pool2d(relu(conv2d(x, weight, bias))) with uint8
-// argmax switches, and its backward. The schemas are defined here, once; the
-// CPU and CUDA backends implement them in cpu/ and cuda/, and Python
-// (cnnvis_ext/ops.py) registers the fake kernels and the autograd formula.
+// argmax switches, and its backward. The schemas and the argument checks are
+// defined here, once; the CPU and CUDA backends implement the schemas in cpu/
+// and cuda/, and Python (cnnvis_ext/ops/conv_relu_pool.py) registers the fake
+// kernels, which run these checks through _C, and the autograd formula.
 #include "conv_relu_pool.h"
 
 #include <ATen/ATen.h>
@@ -9,11 +10,13 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "op_checks.h"
+#include "pool_window.h"
 
 namespace cnnvis {
 
-ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& weight,
-                                      const c10::optional<at::Tensor>& bias,
+ConvPoolGeometry check_conv_relu_pool(const TensorMeta& x, const TensorMeta& weight,
+                                      const std::optional<TensorMeta>& bias,
                                       at::IntArrayRef stride, at::IntArrayRef padding,
                                       at::IntArrayRef dilation, int64_t groups,
                                       at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
@@ -30,27 +33,20 @@ ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& wei
   g.kh = weight.size(2);
   g.kw = weight.size(3);
   TORCH_CHECK_VALUE(g.c_out >= 1 && g.kh >= 1 && g.kw >= 1, "weight: expected non-empty "
-                    "(C_out, C_in/groups, kH, kW), got ", weight.sizes());
+                    "(C_out, C_in/groups, kH, kW), got ", weight.sizes);
   TORCH_CHECK_VALUE(g.c_out % groups == 0, "weight: C_out=", g.c_out,
                     " is not divisible by groups=", groups);
   TORCH_CHECK_VALUE(g.c_in == weight.size(1) * groups, "x: has ", g.c_in,
                     " channels but weight expects C_in/groups * groups = ", weight.size(1), " * ",
                     groups, " = ", weight.size(1) * groups);
-  if (bias.has_value() && bias->defined()) {
+  if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == g.c_out, "bias: expected shape (",
-                      g.c_out, ",), got ", bias->sizes());
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "bias: dtype ", bias->scalar_type(),
-                     " does not match x's dtype ", x.scalar_type());
-    TORCH_CHECK_VALUE(bias->device() == x.device(), "bias: on ", bias->device(),
-                      " but x is on ", x.device());
+                      g.c_out, ",), got ", bias->sizes);
+    check_same_dtype_device(*bias, "bias", x, "x");
   }
-  const int64_t eff_kh = dilation[0] * (g.kh - 1) + 1;
-  const int64_t eff_kw = dilation[1] * (g.kw - 1) + 1;
-  TORCH_CHECK_VALUE(g.h + 2 * padding[0] >= eff_kh && g.w + 2 * padding[1] >= eff_kw,
-                    "x: padded input of size (", g.h + 2 * padding[0], ", ", g.w + 2 * padding[1],
-                    ") is smaller than the dilated kernel (", eff_kh, ", ", eff_kw, ")");
-  g.conv_h = (g.h + 2 * padding[0] - eff_kh) / stride[0] + 1;
-  g.conv_w = (g.w + 2 * padding[1] - eff_kw) / stride[1] + 1;
+  const auto conv = conv_out_size("x", g.h, g.w, g.kh, g.kw, stride, padding, dilation);
+  g.conv_h = conv[0];
+  g.conv_w = conv[1];
 
   g.pool_kh = pool_kernel[0];
   g.pool_kw = pool_kernel[1];
@@ -58,22 +54,27 @@ ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& wei
   g.pool_sw = pool_stride[1];
   g.pool_ph = pool_padding[0];
   g.pool_pw = pool_padding[1];
-  TORCH_CHECK_VALUE(g.pool_kh * g.pool_kw <= 255, "pool_kernel: a window of ", pool_kernel,
-                    " has ", g.pool_kh * g.pool_kw,
-                    " positions; uint8 switches support at most 255");
-  TORCH_CHECK_VALUE(2 * g.pool_ph <= g.pool_kh && 2 * g.pool_pw <= g.pool_kw,
-                    "pool_padding: must be at most half of pool_kernel, got pool_padding=",
-                    pool_padding, " and pool_kernel=", pool_kernel);
+  check_pool_window(pool_kernel, pool_padding);
   TORCH_CHECK_VALUE(g.pool_kh <= g.conv_h + 2 * g.pool_ph && g.pool_kw <= g.conv_w + 2 * g.pool_pw,
                     "pool_kernel: window ", pool_kernel, " is larger than the padded conv output (",
                     g.conv_h + 2 * g.pool_ph, ", ", g.conv_w + 2 * g.pool_pw, ")");
-  g.out_h = pool_out_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, ceil_mode);
-  g.out_w = pool_out_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, ceil_mode);
+  g.out_h = PoolWindow::output_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, ceil_mode);
+  g.out_w = PoolWindow::output_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, ceil_mode);
   TORCH_CHECK_VALUE(g.out_h >= 1 && g.out_w >= 1, "pool_kernel: pooled output would be empty (",
                     g.out_h, ", ", g.out_w, ")");
   g.identity_pool = g.pool_kh == 1 && g.pool_kw == 1 && g.pool_sh == 1 && g.pool_sw == 1 &&
                     g.pool_ph == 0 && g.pool_pw == 0;
   return g;
+}
+
+ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& weight,
+                                      const c10::optional<at::Tensor>& bias,
+                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, int64_t groups,
+                                      at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
+                                      at::IntArrayRef pool_padding, bool ceil_mode) {
+  return check_conv_relu_pool(TensorMeta(x), TensorMeta(weight), meta_of(bias), stride, padding,
+                              dilation, groups, pool_kernel, pool_stride, pool_padding, ceil_mode);
 }
 
 void conv_backward_from_conv_grad(const at::Tensor& gconv, const at::Tensor& x,
@@ -111,25 +112,27 @@ at::Tensor with_canonical_strides(const at::Tensor& t, at::MemoryFormat fmt) {
   return out;
 }
 
+void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const TensorMeta& grad_out,
+                                   const TensorMeta& x, const TensorMeta& out,
+                                   const TensorMeta& switches) {
+  const std::vector<int64_t> expected{g.n, g.c_out, g.out_h, g.out_w};
+  TORCH_CHECK_TYPE(switches.dtype == at::kByte,
+                   "switches: expected uint8 switches from conv_relu_pool, got ", switches.dtype);
+  check_shape(switches, "switches", expected);
+  check_shape(out, "out", expected);
+  check_shape(grad_out, "grad_out", expected);
+  TORCH_CHECK_TYPE(out.dtype == x.dtype && grad_out.dtype == x.dtype, "grad_out/out: dtypes ",
+                   grad_out.dtype, "/", out.dtype, " do not match x's dtype ", x.dtype);
+  TORCH_CHECK_VALUE(grad_out.device == x.device && out.device == x.device &&
+                        switches.device == x.device,
+                    "grad_out/out/switches: must be on x's device ", x.device);
+}
+
 void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const at::Tensor& grad_out,
                                    const at::Tensor& x, const at::Tensor& out,
                                    const at::Tensor& switches) {
-  const std::vector<int64_t> expected{g.n, g.c_out, g.out_h, g.out_w};
-  TORCH_CHECK_TYPE(switches.scalar_type() == at::kByte,
-                   "switches: expected uint8 switches from conv_relu_pool, got ",
-                   switches.scalar_type());
-  TORCH_CHECK_VALUE(switches.sizes() == at::IntArrayRef(expected), "switches: expected shape ",
-                    at::IntArrayRef(expected), ", got ", switches.sizes());
-  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(expected), "out: expected shape ",
-                    at::IntArrayRef(expected), ", got ", out.sizes());
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), "grad_out: expected shape ",
-                    at::IntArrayRef(expected), ", got ", grad_out.sizes());
-  TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type() && grad_out.scalar_type() == x.scalar_type(),
-                   "grad_out/out: dtypes ", grad_out.scalar_type(), "/", out.scalar_type(),
-                   " do not match x's dtype ", x.scalar_type());
-  TORCH_CHECK_VALUE(grad_out.device() == x.device() && out.device() == x.device() &&
-                        switches.device() == x.device(),
-                    "grad_out/out/switches: must be on x's device ", x.device());
+  check_conv_relu_pool_backward(g, TensorMeta(grad_out), TensorMeta(x), TensorMeta(out),
+                                TensorMeta(switches));
 }
 
 }  // namespace cnnvis

@@ -2,24 +2,27 @@
 // per-image / per-channel sigma, and its adjoint (_gaussian_blur_backward),
 // which is what the backward needs: the blur is linear, so the gradient of x
 // is the adjoint applied to grad_out (it differs from the blur itself near the
-// borders). Schemas here; cpu/ and cuda/ implement them; Python registers the
-// fake kernels and the autograd formula.
+// borders). Schemas and argument checks here; cpu/ and cuda/ implement the
+// schemas; Python (cnnvis_ext/ops/gaussian_blur.py) registers the fake kernels,
+// which run these checks through _C, and the autograd formula.
 #include "gaussian_blur.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <cmath>
+
+#include "checks.h"
+#include "op_checks.h"
+
 namespace cnnvis {
 
-BlurArgs check_gaussian_blur(const at::Tensor& x, const at::Tensor& sigma, int64_t kernel_size,
-                             const char* x_name) {
-  TORCH_CHECK_VALUE(x.dim() == 4, x_name, ": expected a 4-D (N, C, H, W) tensor, got ", x.dim(),
-                    "-D with shape ", x.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), x_name,
-                   ": expected a floating-point tensor, got ", x.scalar_type());
-  TORCH_CHECK_TYPE(at::isFloatingType(sigma.scalar_type()),
-                   "sigma: expected a float or a floating-point tensor, got ", sigma.scalar_type());
+void check_gaussian_blur(const TensorMeta& x, const TensorMeta& sigma, int64_t kernel_size,
+                         const char* x_name) {
+  check_4d_floating(x, x_name, "(N, C, H, W)");
+  TORCH_CHECK_TYPE(sigma.is_floating_point(),
+                   "sigma: expected a float or a floating-point tensor, got ", sigma.dtype);
   TORCH_CHECK_VALUE(kernel_size >= 1 && kernel_size % 2 == 1,
                     "kernel_size: expected an odd value >= 1, got ", kernel_size);
   const int64_t N = x.size(0), C = x.size(1);
@@ -30,13 +33,27 @@ BlurArgs check_gaussian_blur(const at::Tensor& x, const at::Tensor& sigma, int64
   }
   TORCH_CHECK_VALUE(ok, "sigma: expected a float or a tensor broadcastable to (N, C) = (", N, ", ",
                     C, "), e.g. (N, 1) per image or (1, C) per channel, got shape ",
-                    sigma.sizes());
-  TORCH_CHECK_VALUE(sigma.device() == x.device() || sigma.device().is_cpu(), "sigma: on ",
-                    sigma.device(), " but ", x_name, " is on ", x.device());
+                    sigma.sizes);
+  TORCH_CHECK_VALUE(sigma.device == x.device || sigma.device.is_cpu(), "sigma: on ",
+                    sigma.device, " but ", x_name, " is on ", x.device);
+}
+
+void check_blur_sigma_values(double min_value, double max_value) {
+  const auto shown = [](double v) { return std::isnan(v) ? std::fabs(v) : v; };  // not "-nan"
+  TORCH_CHECK_VALUE(min_value >= 0 && std::isfinite(max_value),
+                    "sigma: expected finite values >= 0, got min ", shown(min_value), " and max ",
+                    shown(max_value));
+}
+
+BlurArgs check_gaussian_blur(const at::Tensor& x, const at::Tensor& sigma, int64_t kernel_size,
+                             const char* x_name) {
+  check_gaussian_blur(TensorMeta(x), TensorMeta(sigma), kernel_size, x_name);
+  const int64_t N = x.size(0), C = x.size(1);
   at::Tensor s = sigma.to(at::kDouble).expand({N, C}).contiguous();
   if (s.numel() > 0) {
-    TORCH_CHECK_VALUE(at::logical_and(s >= 0, at::isfinite(s)).all().item<bool>(),
-                      "sigma: expected finite values >= 0, got min ", s.min().item<double>());
+    const auto [lo, hi] = at::aminmax(s);
+    const at::Tensor range = at::stack({lo, hi}).cpu();  // one synchronization
+    check_blur_sigma_values(range[0].item<double>(), range[1].item<double>());
   }
   return BlurArgs{N, C, x.size(2), x.size(3), kernel_size / 2, s};
 }

@@ -1,50 +1,53 @@
 // regularize_: the in-place prior step of a visualization loop (Yosinski et
 // al. 2015), x += lr * grad; x *= 1 - decay; blur; zero pixels of small norm;
-// zero pixels of small contribution; clamp, as one op. Schema here; cpu/ and
-// cuda/ implement it; Python registers the fake kernel. It mutates x
-// (Tensor(a!)) and returns nothing, so torch.compile can functionalize it.
+// zero pixels of small contribution; clamp, as one op. Schema and argument
+// checks here; cpu/ and cuda/ implement the schema; Python
+// (cnnvis_ext/ops/regularize.py) registers the fake kernel, which runs these
+// checks through _C. It mutates x (Tensor(a!)) and returns nothing, so
+// torch.compile can functionalize it.
 #include "regularize.h"
 
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <cmath>
 
+#include "checks.h"
+#include "op_checks.h"
+
 namespace cnnvis {
 
-void check_regularize(const at::Tensor& x, const at::Tensor& grad, double lr, double decay,
+void check_regularize(const TensorMeta& x, const TensorMeta& grad, double lr, double decay,
                       double blur_sigma, double norm_pct, double contrib_pct, double lo,
                       double hi) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D (N, C, H, W) tensor, got ", x.dim(),
-                    "-D with shape ", x.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating-point tensor, got ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(grad.sizes() == x.sizes(), "grad: expected the shape of x ", x.sizes(),
-                    ", got ", grad.sizes());
-  TORCH_CHECK_TYPE(grad.scalar_type() == x.scalar_type(), "grad: dtype ", grad.scalar_type(),
-                   " does not match x's dtype ", x.scalar_type());
-  TORCH_CHECK_VALUE(grad.device() == x.device(), "grad: on ", grad.device(), " but x is on ",
-                    x.device());
+  check_4d_floating(x, "x", "(N, C, H, W)");
+  TORCH_CHECK_VALUE(grad.sizes == x.sizes, "grad: expected the shape of x ", x.sizes, ", got ",
+                    grad.sizes);
+  check_same_dtype_device(grad, "grad", x, "x");
   TORCH_CHECK_VALUE(std::isfinite(lr), "lr: expected a finite value, got ", lr);
   TORCH_CHECK_VALUE(std::isfinite(decay) && decay >= 0 && decay <= 1,
                     "decay: expected a value in [0, 1], got ", decay);
   TORCH_CHECK_VALUE(std::isfinite(blur_sigma) && blur_sigma >= 0,
                     "blur_sigma: expected a finite value >= 0, got ", blur_sigma);
-  TORCH_CHECK_VALUE(norm_pct >= 0 && norm_pct <= 100, "norm_pct: expected a percentile in [0, 100], got ",
-                    norm_pct);
+  TORCH_CHECK_VALUE(norm_pct >= 0 && norm_pct <= 100,
+                    "norm_pct: expected a percentile in [0, 100], got ", norm_pct);
   TORCH_CHECK_VALUE(contrib_pct >= 0 && contrib_pct <= 100,
                     "contrib_pct: expected a percentile in [0, 100], got ", contrib_pct);
   TORCH_CHECK_VALUE(!std::isnan(lo) && !std::isnan(hi) && lo <= hi,
                     "lo: expected lo <= hi (and neither NaN), got lo=", lo, ", hi=", hi);
-  if (!x.is_contiguous() && !x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    // any layout works (a contiguous copy is written back), but overlapping
-    // memory cannot be updated in place
-    TORCH_CHECK_VALUE(at::has_internal_overlap(x) != at::MemOverlap::Yes, "x: has internally overlapping memory ",
-                      "(e.g. an expanded tensor); it cannot be updated in place");
-  }
+  // any layout works (a contiguous copy is written back), but memory that
+  // two elements share cannot be updated in place
+  TORCH_CHECK_VALUE(!x.has_internal_overlap(), "x: has internally overlapping memory ",
+                    "(e.g. an expanded tensor); it cannot be updated in place");
+}
+
+void check_regularize(const at::Tensor& x, const at::Tensor& grad, double lr, double decay,
+                      double blur_sigma, double norm_pct, double contrib_pct, double lo,
+                      double hi) {
+  check_regularize(TensorMeta(x), TensorMeta(grad), lr, decay, blur_sigma, norm_pct, contrib_pct,
+                   lo, hi);
 }
 
 int64_t regularize_blur_kernel_size(double blur_sigma) {

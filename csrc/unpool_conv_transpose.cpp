@@ -1,8 +1,9 @@
 // unpool_conv_transpose: one deconvnet (Zeiler & Fergus) step,
 //   conv_transpose2d(unpool(relu(p) if rectify else p, switches), weight),
-// and its backward. The schemas are defined here, once; the CPU and CUDA
-// backends implement them in cpu/ and cuda/, and Python (cnnvis_ext/ops.py)
-// registers the fake kernels and the autograd formula.
+// and its backward. The schemas and the argument checks are defined here,
+// once; the CPU and CUDA backends implement the schemas in cpu/ and cuda/, and
+// Python (cnnvis_ext/ops/unpool_conv_transpose.py) registers the fake kernels,
+// which run these checks through _C, and the autograd formula.
 #include "unpool_conv_transpose.h"
 
 #include <ATen/ATen.h>
@@ -10,11 +11,13 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "op_checks.h"
+#include "pool_window.h"
 
 namespace cnnvis {
 
 UnpoolConvTGeometry check_unpool_conv_transpose(
-    const at::Tensor& p, const c10::optional<at::Tensor>& switches, const at::Tensor& weight,
+    const TensorMeta& p, const std::optional<TensorMeta>& switches, const TensorMeta& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
     at::IntArrayRef output_size, at::IntArrayRef input_size, c10::string_view algorithm) {
@@ -25,11 +28,11 @@ UnpoolConvTGeometry check_unpool_conv_transpose(
 
   UnpoolConvTGeometry g{};
   if (algorithm == "auto") {
-    g.algorithm = 0;
+    g.algorithm = UnpoolAlgorithm::kAuto;
   } else if (algorithm == "sparse") {
-    g.algorithm = 1;
+    g.algorithm = UnpoolAlgorithm::kSparse;
   } else if (algorithm == "dense") {
-    g.algorithm = 2;
+    g.algorithm = UnpoolAlgorithm::kDense;
   } else {
     TORCH_CHECK_VALUE(false, "algorithm: expected 'auto', 'sparse' or 'dense', got '",
                       std::string(algorithm), "'");
@@ -43,7 +46,7 @@ UnpoolConvTGeometry check_unpool_conv_transpose(
   g.kw = weight.size(3);
   TORCH_CHECK_VALUE(weight.size(0) >= 1 && g.cig >= 1 && g.kh >= 1 && g.kw >= 1,
                     "weight: expected non-empty (C_out, C_in/groups, kH, kW), got ",
-                    weight.sizes());
+                    weight.sizes);
   TORCH_CHECK_VALUE(weight.size(0) == g.c_out, "weight: has C_out=", weight.size(0),
                     " filters but p has ", g.c_out, " channels");
   TORCH_CHECK_VALUE(g.c_out % groups == 0, "weight: C_out=", g.c_out,
@@ -63,18 +66,12 @@ UnpoolConvTGeometry check_unpool_conv_transpose(
 
   // input_size must be an input size whose convolution gives output_size;
   // the transposed convolution's output_padding follows from it.
-  const int64_t eff_kh = g.dh * (g.kh - 1) + 1;
-  const int64_t eff_kw = g.dw * (g.kw - 1) + 1;
-  TORCH_CHECK_VALUE(g.h + 2 * g.ph >= eff_kh && g.w + 2 * g.pw >= eff_kw,
-                    "input_size: padded input of size (", g.h + 2 * g.ph, ", ", g.w + 2 * g.pw,
-                    ") is smaller than the dilated kernel (", eff_kh, ", ", eff_kw, ")");
-  const int64_t conv_h = (g.h + 2 * g.ph - eff_kh) / g.sh + 1;
-  const int64_t conv_w = (g.w + 2 * g.pw - eff_kw) / g.sw + 1;
-  TORCH_CHECK_VALUE(conv_h == g.conv_h && conv_w == g.conv_w, "input_size: a convolution of an ",
-                    input_size, " input gives a (", conv_h, ", ", conv_w,
+  const auto conv = conv_out_size("input_size", g.h, g.w, g.kh, g.kw, stride, padding, dilation);
+  TORCH_CHECK_VALUE(conv[0] == g.conv_h && conv[1] == g.conv_w, "input_size: a convolution of an ",
+                    input_size, " input gives a (", conv[0], ", ", conv[1],
                     ") output, not output_size=", output_size);
-  g.oph = g.h + 2 * g.ph - eff_kh - (g.conv_h - 1) * g.sh;
-  g.opw = g.w + 2 * g.pw - eff_kw - (g.conv_w - 1) * g.sw;
+  g.oph = g.h + 2 * g.ph - (g.dh * (g.kh - 1) + 1) - (g.conv_h - 1) * g.sh;
+  g.opw = g.w + 2 * g.pw - (g.dw * (g.kw - 1) + 1) - (g.conv_w - 1) * g.sw;
 
   g.pool_kh = pool_kernel[0];
   g.pool_kw = pool_kernel[1];
@@ -84,32 +81,28 @@ UnpoolConvTGeometry check_unpool_conv_transpose(
   g.pool_pw = pool_padding[1];
   g.identity_pool = g.pool_kh == 1 && g.pool_kw == 1 && g.pool_sh == 1 && g.pool_sw == 1 &&
                     g.pool_ph == 0 && g.pool_pw == 0;
-  TORCH_CHECK_VALUE(g.pool_kh * g.pool_kw <= 255, "pool_kernel: a window of ", pool_kernel,
-                    " has ", g.pool_kh * g.pool_kw,
-                    " positions; uint8 switches support at most 255");
-  TORCH_CHECK_VALUE(2 * g.pool_ph <= g.pool_kh && 2 * g.pool_pw <= g.pool_kw,
-                    "pool_padding: must be at most half of pool_kernel, got pool_padding=",
-                    pool_padding, " and pool_kernel=", pool_kernel);
+  check_pool_window(pool_kernel, pool_padding);
   // The pooled map must be what pooling output_size gives (floor or ceil mode).
-  const bool h_ok = g.pooled_h == pool_out_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, false) ||
-                    g.pooled_h == pool_out_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, true);
-  const bool w_ok = g.pooled_w == pool_out_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, false) ||
-                    g.pooled_w == pool_out_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, true);
+  int64_t pooled[2][2];  // [axis][ceil_mode]
+  for (int ceil = 0; ceil < 2; ++ceil) {
+    pooled[0][ceil] = PoolWindow::output_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, ceil);
+    pooled[1][ceil] = PoolWindow::output_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, ceil);
+  }
+  const bool h_ok = g.pooled_h == pooled[0][0] || g.pooled_h == pooled[0][1];
+  const bool w_ok = g.pooled_w == pooled[1][0] || g.pooled_w == pooled[1][1];
   TORCH_CHECK_VALUE(h_ok && w_ok, "output_size: pooling an ", output_size, " map with kernel ",
                     pool_kernel, ", stride ", pool_stride, " and padding ", pool_padding,
-                    " gives (", pool_out_size(g.conv_h, g.pool_kh, g.pool_ph, g.pool_sh, false), ", ",
-                    pool_out_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, false),
-                    ") pooled values, but p is ", p.sizes());
+                    " gives (", pooled[0][0], ", ", pooled[1][0], ") pooled values, but p is ",
+                    p.sizes);
 
-  if (switches.has_value() && switches->defined()) {
-    const at::Tensor& s = *switches;
-    TORCH_CHECK_TYPE(s.scalar_type() == at::kByte,
+  if (switches.has_value()) {
+    TORCH_CHECK_TYPE(switches->dtype == at::kByte,
                      "switches: expected uint8 switches (as conv_relu_pool returns), got ",
-                     s.scalar_type(), "; convert max_pool2d indices with indices_to_switches");
-    TORCH_CHECK_VALUE(s.sizes() == p.sizes(), "switches: expected the shape of p ", p.sizes(),
-                      ", got ", s.sizes());
-    TORCH_CHECK_VALUE(s.device() == p.device(), "switches: on ", s.device(), " but p is on ",
-                      p.device());
+                     switches->dtype, "; convert max_pool2d indices with indices_to_switches");
+    TORCH_CHECK_VALUE(switches->sizes == p.sizes, "switches: expected the shape of p ", p.sizes,
+                      ", got ", switches->sizes);
+    TORCH_CHECK_VALUE(switches->device == p.device, "switches: on ", switches->device,
+                      " but p is on ", p.device);
   } else {
     TORCH_CHECK_VALUE(g.identity_pool, "switches: required unless the pooling is the identity "
                       "(pool_kernel=1, pool_stride=1, pool_padding=0), got pool_kernel=",
@@ -118,15 +111,25 @@ UnpoolConvTGeometry check_unpool_conv_transpose(
   return g;
 }
 
+UnpoolConvTGeometry check_unpool_conv_transpose(
+    const at::Tensor& p, const c10::optional<at::Tensor>& switches, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+    at::IntArrayRef output_size, at::IntArrayRef input_size, c10::string_view algorithm) {
+  return check_unpool_conv_transpose(TensorMeta(p), meta_of(switches), TensorMeta(weight), stride,
+                                     padding, dilation, groups, pool_kernel, pool_stride,
+                                     pool_padding, output_size, input_size, algorithm);
+}
+
+void check_unpool_conv_transpose_backward(const UnpoolConvTGeometry& g, const TensorMeta& grad_out,
+                                          const TensorMeta& p) {
+  check_shape(grad_out, "grad_out", {g.n, g.c_in, g.h, g.w});
+  check_same_dtype_device(grad_out, "grad_out", p, "p");
+}
+
 void check_unpool_conv_transpose_backward(const UnpoolConvTGeometry& g, const at::Tensor& grad_out,
                                           const at::Tensor& p) {
-  const std::vector<int64_t> expected{g.n, g.c_in, g.h, g.w};
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), "grad_out: expected shape ",
-                    at::IntArrayRef(expected), ", got ", grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == p.scalar_type(), "grad_out: dtype ",
-                   grad_out.scalar_type(), " does not match p's dtype ", p.scalar_type());
-  TORCH_CHECK_VALUE(grad_out.device() == p.device(), "grad_out: on ", grad_out.device(),
-                    " but p is on ", p.device());
+  check_unpool_conv_transpose_backward(g, TensorMeta(grad_out), TensorMeta(p));
 }
 
 }  // namespace cnnvis

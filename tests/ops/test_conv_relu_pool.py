@@ -1,5 +1,5 @@
-"""conv_relu_pool: forward, switches, backward, registrations, modules, fuse(), bad input."""
-import itertools
+"""conv_relu_pool and _conv_relu_pool_backward: the shared op checks against ops.reference, the
+backward's formulations, switches, the modules and fuse()."""
 import math
 
 import pytest
@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnvis_ext
-from cnnvis_ext import _reference as ref
 from cnnvis_ext.nn import ConvReLU2d, ConvReLUPool2d, fuse
-from cnnvis_ext.ops import conv_relu_pool, indices_to_switches, switches_to_indices
+from cnnvis_ext.ops import conv_relu_pool, indices_to_switches, reference as ref, switches_to_indices
+
+from .op_tester import Bad, OpTester, Sample
 
 # (N, C_in, H, W, C_out, k, stride, padding, dilation, groups, pool_k, pool_s, pool_p, ceil)
 CONFIGS = [
@@ -24,7 +25,6 @@ CONFIGS = [
     (1, 1, 5, 5, 1, 3, 1, 0, 1, 1, 3, 3, 0, False),     # a single window
 ]
 
-
 # Shapes where the CPU backward's automatic choice is the switch-sparse
 # formulation (kW * C_in >= 16, groups 1, pooling) rather than the dense one.
 SPARSE_CONFIGS = [
@@ -33,13 +33,8 @@ SPARSE_CONFIGS = [
     (1, 8, 13, 12, 10, 3, 1, 2, 2, 1, 2, 2, 0, True),   # dilation: kW runs of C_in values
     (2, 6, 10, 10, 7, (3, 5), (2, 1), (1, 2), 1, 1, (2, 3), (1, 2), (1, 1), False),
 ]
-
-
-@pytest.fixture(params=["auto", "sparse", "dense"])
-def backward_path(request, monkeypatch):
-    """Runs a test under each formulation of the CPU backward (CNNVIS_CONV_BACKWARD)."""
-    monkeypatch.setenv("CNNVIS_CONV_BACKWARD", request.param)
-    return request.param
+# A small shape of the switch-sparse formulation, for gradcheck.
+SMALL_SPARSE = (1, 6, 6, 6, 3, 3, 1, 1, 1, 1, 2, 2, 0, False)
 
 
 def _args(cfg, dtype=torch.float64, bias=True, requires_grad=False):
@@ -52,115 +47,92 @@ def _args(cfg, dtype=torch.float64, bias=True, requires_grad=False):
                           pool_stride=ps, pool_padding=pp, ceil_mode=ceil)
 
 
-def _op_args(x, wt, b, kw):
-    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
-    return (x, wt, b, pair(kw["stride"]), pair(kw["padding"]), pair(kw["dilation"]), kw["groups"],
-            pair(kw["pool_kernel"]), pair(kw["pool_stride"]), pair(kw["pool_padding"]),
-            kw["ceil_mode"])
+def _sample(cfg, bias=True, scale=1.0):
+    x, wt, b, kw = _args(cfg, bias=bias)
+    return Sample((x * scale, wt, b), kw, grad=(0, 1, 2) if bias else (0, 1),
+                  name=f"{'-'.join(map(str, cfg))}-{'bias' if bias else 'nobias'}")
 
 
 def _conv_size(x, wt, kw):
-    return ref.conv_output_size(x.shape, wt.shape, kw["stride"], kw["padding"], kw["dilation"])
+    return ref.conv_output_size(x.shape, wt.shape, kw.get("stride", 1), kw.get("padding", 0),
+                                kw.get("dilation", 1))
 
 
-@pytest.mark.parametrize("cfg", CONFIGS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("bias", [True, False])
-def test_forward_matches_reference(cfg, dtype, bias):
-    x, wt, b, kw = _args(cfg, dtype, bias)
-    out, sw = conv_relu_pool(x, wt, b, **kw)
-    expected, idx = ref.conv_relu_pool(x, wt, b, **kw)
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(out, expected, **tol)
-    assert sw.dtype == torch.uint8 and sw.shape == out.shape
-    got = switches_to_indices(sw, _conv_size(x, wt, kw), kw["pool_kernel"], kw["pool_stride"],
-                              kw["pool_padding"])
-    if dtype == torch.float64:  # float32 rounding may reorder near-ties; compare exactly in float64
-        positive = expected > 0
-        assert torch.equal(got[positive], idx[positive])
-    # wherever out == 0 the switch must still point inside the map (checked by switches_to_indices)
+class TestConvReLUPool(OpTester):
+    op = conv_relu_pool
+    reference = ref.conv_relu_pool
+    samples = [_sample(cfg, bias) for cfg in CONFIGS + SPARSE_CONFIGS for bias in (True, False)]
+    # conv outputs away from 0 and from ties, so that finite differences stay on one branch
+    gradcheck_samples = [_sample(cfg, scale=2.0) for cfg in CONFIGS[:6] + [SMALL_SPARSE]]
+    opcheck_samples = [_sample(cfg) for cfg in CONFIGS + SPARSE_CONFIGS[:2]]
+    layout_samples = [_sample(CONFIGS[0]), _sample(CONFIGS[1]), _sample(SPARSE_CONFIGS[0])]
+    empty_samples = layout_samples
+    compile_samples = [_sample(CONFIGS[1]), _sample(CONFIGS[2], bias=False)]
+    cuda_samples = [_sample(cfg) for cfg in CONFIGS]
+    cuda_dtypes = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    cuda_reference_on_device = True
+
+    def cuda_tol(self, dtype):
+        return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+    def compare(self, got, expected, sample, tol):
+        out, sw = got
+        e_out, e_idx = expected
+        torch.testing.assert_close(out, e_out, equal_nan=True, **tol)
+        assert sw.dtype == torch.uint8 and sw.shape == out.shape
+        x, wt, _ = sample.args
+        kw = sample.kwargs
+        # switches_to_indices also checks that every switch points inside the map
+        idx = switches_to_indices(sw, _conv_size(x, wt, kw), kw.get("pool_kernel", 2),
+                                  kw.get("pool_stride"), kw.get("pool_padding", 0))
+        if out.dtype == torch.float64:  # lower precisions may round near-ties the other way
+            positive = e_out > 0
+            assert torch.equal(idx[positive], e_idx[positive])
+
+    def compare_grads(self, got, expected, tol):
+        if expected and expected[0].dtype in (torch.float16, torch.bfloat16):
+            for g, e in zip(got, expected):
+                torch.testing.assert_close(g.float(), e.float(), rtol=5e-2,
+                                           atol=5e-2 * e.abs().max().item())
+            return
+        super().compare_grads(got, expected, tol)
+
+# ---------------------------------------------------------------- the backward's formulations
+
+@pytest.fixture(params=["sparse", "dense"])
+def backward_path(request, monkeypatch):
+    """Runs a test under each forced formulation of the CPU backward (CNNVIS_CONV_BACKWARD);
+    the automatic choice runs in TestConvReLUPool."""
+    monkeypatch.setenv("CNNVIS_CONV_BACKWARD", request.param)
+    return request.param
 
 
 @pytest.mark.parametrize("cfg", CONFIGS + SPARSE_CONFIGS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_backward_matches_reference(cfg, bias, backward_path):
-    x, wt, b, kw = _args(cfg, torch.float64, bias, requires_grad=True)
-    out, _ = conv_relu_pool(x, wt, b, **kw)
-    g = torch.randn_like(out)
-    inputs = [t for t in (x, wt, b) if t is not None]
-    grads = torch.autograd.grad(out, inputs, g)
-    expected_out, _ = ref.conv_relu_pool(x, wt, b, **kw)
-    expected = torch.autograd.grad(expected_out, inputs, g)
-    for a, e in zip(grads, expected):
-        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+def test_backward_paths_match_reference(cfg, bias, backward_path):
+    TestConvReLUPool().check_against_reference(_sample(cfg, bias))
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:6] + SPARSE_CONFIGS[:2])
-def test_gradcheck(cfg, backward_path):
-    x, wt, b, kw = _args(cfg, torch.float64, True, requires_grad=True)
-    # keep conv outputs away from 0 and from ties so finite differences stay on one branch
-    with torch.no_grad():
-        x.mul_(2)
-
-    def f(x, wt, b):
-        return conv_relu_pool(x, wt, b, **kw)[0]
-
-    assert torch.autograd.gradcheck(f, (x, wt, b), eps=1e-6, atol=1e-5)
-
-
-@pytest.mark.parametrize("cfg", CONFIGS)
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_forward(cfg, requires_grad):
-    x, wt, b, kw = _args(cfg, torch.float32, True, requires_grad=requires_grad)
-    torch.library.opcheck(torch.ops.cnnvis.conv_relu_pool.default, _op_args(x, wt, b, kw))
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], SMALL_SPARSE])
+def test_backward_paths_gradcheck(cfg, backward_path):
+    TestConvReLUPool().test_gradcheck(_sample(cfg, scale=2.0))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:4] + SPARSE_CONFIGS[:2])
 @pytest.mark.parametrize("mask", [[True, True, True], [False, True, False], [True, False, True]])
-def test_opcheck_backward(cfg, mask, backward_path):
+def test_opcheck_backward_masks(cfg, mask, backward_path):
     x, wt, b, kw = _args(cfg, torch.float32, True)
     out, sw = conv_relu_pool(x, wt, b, **kw)
-    args = _op_args(x, wt, b, kw)
-    bargs = (torch.randn_like(out), x, wt, out, sw) + args[3:] + (mask,)
-    torch.library.opcheck(torch.ops.cnnvis._conv_relu_pool_backward.default, bargs)
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    args = (pair(kw["stride"]), pair(kw["padding"]), pair(kw["dilation"]), kw["groups"],
+            pair(kw["pool_kernel"]), pair(kw["pool_stride"]), pair(kw["pool_padding"]),
+            kw["ceil_mode"], mask)
+    torch.library.opcheck(torch.ops.cnnvis._conv_relu_pool_backward.default,
+                          (torch.randn_like(out), x, wt, out, sw) + args)
 
 
-def test_layouts_and_noncontiguous_inputs():
-    x, wt, b, kw = _args(CONFIGS[1], torch.float64)
-    expected, _ = ref.conv_relu_pool(x, wt, b, **kw)
-    variants = [
-        x.contiguous(memory_format=torch.channels_last),
-        torch.randn(x.shape[0], x.shape[1], x.shape[2], 2 * x.shape[3], dtype=x.dtype)[..., ::2],
-        x.transpose(2, 3).contiguous().transpose(2, 3),
-    ]
-    variants[1].copy_(x)
-    for xv in variants:
-        out, _ = conv_relu_pool(xv, wt.transpose(2, 3).contiguous().transpose(2, 3), b, **kw)
-        torch.testing.assert_close(out, expected)
-    out, _ = conv_relu_pool(x, wt.contiguous(memory_format=torch.channels_last), b[::1], **kw)
-    torch.testing.assert_close(out, expected)
-
-
-def test_channels_last_gradients():
-    x, wt, b, kw = _args(CONFIGS[0], torch.float64, True, requires_grad=True)
-    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    out, _ = conv_relu_pool(xc, wt, b, **kw)
-    g = torch.randn_like(out).contiguous()  # a grad in another layout than out
-    gx, = torch.autograd.grad(out, xc, g)
-    e_out, _ = ref.conv_relu_pool(x, wt, b, **kw)
-    ex, = torch.autograd.grad(e_out, x, g)
-    torch.testing.assert_close(gx, ex)
-
-
-@pytest.mark.parametrize("cfg", [CONFIGS[0], SPARSE_CONFIGS[0]])
-def test_empty_batch(cfg, backward_path):
-    x, wt, b, kw = _args(cfg, torch.float32, True)
-    x = x[:0].requires_grad_()
-    wt.requires_grad_()
-    out, sw = conv_relu_pool(x, wt, b, **kw)
-    assert out.shape[0] == 0 and out.shape[1] == wt.shape[0] and sw.shape == out.shape
-    out.sum().backward()
-    assert x.grad.shape == x.shape and torch.count_nonzero(wt.grad) == 0
+def test_empty_batch_backward_paths(backward_path):
+    TestConvReLUPool().test_empty_batch(_sample(SPARSE_CONFIGS[0]))
 
 
 def test_nan_propagates_like_pytorch():
@@ -178,7 +150,13 @@ def test_nan_propagates_like_pytorch():
     assert torch.equal(got[nan], idx[nan])
 
 
-def test_backward_nan_gradient_propagates_like_pytorch(backward_path):
+@pytest.fixture(params=["auto", "sparse", "dense"])
+def any_backward_path(request, monkeypatch):
+    monkeypatch.setenv("CNNVIS_CONV_BACKWARD", request.param)
+    return request.param
+
+
+def test_backward_nan_gradient_propagates_like_pytorch(any_backward_path):
     # A NaN in grad_out reaches x and weight through the window's switch;
     # where out == 0 it is masked, as in the eager composition.
     x, wt, b, kw = _args(SPARSE_CONFIGS[0], torch.float64, True, requires_grad=True)
@@ -196,40 +174,37 @@ def test_backward_nan_gradient_propagates_like_pytorch(backward_path):
 
 def _check_grads_against_reference(x, wt, tol, **kw):
     """x and weight gradients of conv_relu_pool (no bias) against the reference's."""
-    out, _ = conv_relu_pool(x, wt, None, **kw)
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, (x, wt), g)
-    e_out, _ = ref.conv_relu_pool(x, wt, None, **kw)
-    expected = torch.autograd.grad(e_out, (x, wt), g)
-    for a, e in zip(got, expected):
-        torch.testing.assert_close(a, e, rtol=tol, atol=tol)
+    sample = Sample((x.detach(), wt.detach(), None), kw, grad=(0, 1))
+    TestConvReLUPool().check_against_reference(sample, tol=dict(rtol=tol, atol=tol))
 
 
-def test_sparse_backward_float32_large_channels(backward_path):
+def test_sparse_backward_float32_large_channels(any_backward_path):
     # The vector accumulators (8 floats, 64-float tiles) and their tails.
     torch.manual_seed(3)
-    x = torch.randn(3, 37, 10, 9, requires_grad=True)
-    wt = (torch.randn(70, 37, 3, 3) * 0.1).requires_grad_()
+    x = torch.randn(3, 37, 10, 9)
+    wt = torch.randn(70, 37, 3, 3) * 0.1
     _check_grads_against_reference(x, wt, 1e-4, padding=1, pool_kernel=2)
 
 
-def test_sparse_backward_wide_layer_pairs(backward_path):
+def test_sparse_backward_wide_layer_pairs(any_backward_path):
     # Enough channels that the input gradient's scatter groups neighbouring
     # pooled positions in pairs (see switch_sparse.cpp, kPairEntries).
     torch.manual_seed(4)
-    x = torch.randn(1, 8, 12, 11, dtype=torch.float64, requires_grad=True)
-    wt = torch.randn(600, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 8, 12, 11, dtype=torch.float64)
+    wt = torch.randn(600, 8, 3, 3, dtype=torch.float64)
     _check_grads_against_reference(x, wt, 1e-10, padding=1, pool_kernel=2, ceil_mode=True)
 
 
-def test_sparse_backward_many_images(backward_path):
+def test_sparse_backward_many_images(any_backward_path):
     # At least 2 images per thread: the input gradient's scatter runs one task
     # per image, grouping fused with the products.
     torch.manual_seed(5)
-    x = torch.randn(6, 16, 16, 15, dtype=torch.float64, requires_grad=True)
-    wt = torch.randn(24, 16, 3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(6, 16, 16, 15, dtype=torch.float64)
+    wt = torch.randn(24, 16, 3, 3, dtype=torch.float64)
     _check_grads_against_reference(x, wt, 1e-10, padding=1, pool_kernel=2)
 
+
+# ---------------------------------------------------------------- switches and what is saved
 
 def test_pool_kernel_one_is_conv_relu():
     x, wt, b, kw = _args(CONFIGS[0], torch.float64, True)
@@ -248,6 +223,16 @@ def test_switches_interoperate_with_max_unpool2d():
     pooled, ref_idx = F.max_pool2d(y, 2, 2, return_indices=True)
     torch.testing.assert_close(unpooled, F.max_unpool2d(pooled, ref_idx, 2, 2, output_size=size))
     assert torch.equal(indices_to_switches(ref_idx, size, 2)[pooled > 0], sw[pooled > 0])
+
+
+def test_output_size_matches_the_op():
+    for cfg in CONFIGS:
+        x, wt, b, kw = _args(cfg)
+        conv, pooled = cnnvis_ext.ops.conv_relu_pool_output_size(x.shape, wt.shape, **kw)
+        assert conv == _conv_size(x, wt, kw)
+        assert pooled == tuple(conv_relu_pool(x, wt, b, **kw)[0].shape[2:])
+    with pytest.raises(ValueError, match="x: padded input of size"):
+        cnnvis_ext.ops.conv_relu_pool_output_size((1, 3, 2, 2), (4, 3, 5, 5))
 
 
 def test_autograd_saves_no_full_resolution_tensor():
@@ -276,6 +261,87 @@ def test_build_info():
     assert (info["cuda_version"] is None) == (not info["cuda_compiled"])
 
 
+def test_switch_conversion_errors():
+    with pytest.raises(TypeError, match="switches: expected a uint8"):
+        switches_to_indices(torch.zeros(1, 1, 2, 2, dtype=torch.int64), (4, 4))
+    with pytest.raises(ValueError, match="switches: some switch points outside"):
+        switches_to_indices(torch.full((1, 1, 2, 2), 3, dtype=torch.uint8), (3, 3))
+    with pytest.raises(TypeError, match="indices: expected an int64"):
+        indices_to_switches(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), (4, 4))
+
+
+# ---------------------------------------------------------------- bad input
+
+def _good():
+    return torch.randn(1, 4, 8, 8), torch.randn(6, 4, 3, 3), torch.randn(6)
+
+
+def _bad(exc, match, x=None, w=None, b=None, fake=True, name="", **change):
+    gx, gw, gb = _good()
+    kw = dict(padding=1, pool_kernel=2)
+    kw.update(change)
+    args = (gx if x is None else x, gw if w is None else w, gb if b is None else b)
+    if b is False:
+        args = args[:2] + (None,)
+    return Bad(lambda x, w, b: conv_relu_pool(x, w, b, **kw), args, exc, match, fake,
+               name=name or match[:40])
+
+
+_X, _W, _B = _good()
+_OUT, _SW = conv_relu_pool(_X, _W, _B, padding=1)
+_BW_ARGS = ([1, 1], [1, 1], [1, 1], 1, [2, 2], [2, 2], [0, 0], False, [True, True, True])
+
+
+def _bad_backward(exc, match, grad_out=_OUT, switches=_SW):
+    return Bad(lambda g, x, w, o, s: torch.ops.cnnvis._conv_relu_pool_backward(g, x, w, o, s,
+                                                                               *_BW_ARGS),
+               (torch.ones_like(grad_out), _X, _W, _OUT, switches), exc, match)
+
+
+TestConvReLUPool.bad = [
+    _bad(ValueError, "x: expected a 4-D", x=_X[0]),
+    _bad(ValueError, "weight: expected a 4-D", w=_W[0]),
+    _bad(TypeError, "weight: dtype", w=_W.double()),
+    _bad(TypeError, "bias: dtype", b=_B.double()),
+    _bad(TypeError, "x: expected a floating", x=_X.long()),
+    _bad(ValueError, "bias: expected shape", b=_B[:3]),
+    _bad(ValueError, "x: has 4 channels", groups=2),
+    _bad(ValueError, "weight: C_out", w=_W[:5], b=_B[:5], groups=2),
+    _bad(ValueError, "groups", groups=0),
+    _bad(ValueError, "stride", stride=0),
+    _bad(ValueError, "padding", padding=-1),
+    _bad(ValueError, "dilation", dilation=0),
+    _bad(ValueError, "pool_kernel", pool_kernel=0),
+    _bad(ValueError, "pool_stride", pool_stride=-2),
+    _bad(ValueError, "pool_padding", pool_padding=2),
+    _bad(ValueError, "pool_kernel: window", pool_kernel=9),
+    _bad(ValueError, "255", pool_kernel=16),
+    _bad(ValueError, "x: padded", x=_X[..., :2, :2], padding=0),
+    _bad(ValueError, "weight: on meta", w=_W.to("meta"), b=False),
+    _bad(TypeError, "x: dtype Half is not supported on CPU", x=_X.half(), w=_W.half(),
+         b=_B.half(), fake=False),  # the CPU kernel's dtypes
+    _bad(TypeError, "stride: expected an int or a pair of ints", stride=True),
+    _bad(ValueError, "stride: expected an int or a pair of ints", stride=(1, 2, 3),
+         name="stride-triple"),
+    _bad(TypeError, "weight: expected a tensor, got list", w=[[1.0]]),
+    _bad_backward(TypeError, "switches: expected uint8", switches=_SW.long()),
+    _bad_backward(ValueError, "switches: expected shape", switches=_SW[:, :, :2]),
+    _bad_backward(ValueError, "grad_out: expected shape", grad_out=_OUT[:, :3]),
+]
+
+
+# ---------------------------------------------------------------- CUDA
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_indices():
+    x, wt, b, kw = _args(CONFIGS[1], torch.float64, True)
+    x, wt, b = x.cuda(), wt.cuda(), b.cuda()
+    TestConvReLUPool().test_opcheck(Sample((x, wt, b), kw, grad=(0, 1, 2)))
+    out, sw = conv_relu_pool(x, wt, b, **kw)
+    expected, idx = ref.conv_relu_pool(x, wt, b, **kw)
+    got = switches_to_indices(sw, _conv_size(x, wt, kw), kw["pool_kernel"], kw["pool_stride"],
+                              kw["pool_padding"])
+    assert torch.equal(got[expected > 0], idx[expected > 0])
 # ---------------------------------------------------------------- modules / fuse
 
 def _vgg_like(cfg=(8, "M", 16, "M", 16, 16, "M"), in_ch=3, num_classes=10):
@@ -397,108 +463,3 @@ def test_compile_inductor_dynamic_shapes():
         torch.testing.assert_close(compiled(x), m(x))
 
 
-# ---------------------------------------------------------------- bad input
-
-def _good():
-    return torch.randn(1, 4, 8, 8), torch.randn(6, 4, 3, 3), torch.randn(6)
-
-
-@pytest.mark.parametrize("mutate,exc,match", [
-    (lambda x, w, b, kw: (x[0], w, b, kw), ValueError, "x: expected a 4-D"),
-    (lambda x, w, b, kw: (x, w[0], b, kw), ValueError, "weight: expected a 4-D"),
-    (lambda x, w, b, kw: (x, w.double(), b, kw), TypeError, "weight: dtype"),
-    (lambda x, w, b, kw: (x, w, b.double(), kw), TypeError, "bias: dtype"),
-    (lambda x, w, b, kw: (x.long(), w, b, kw), TypeError, "x: expected a floating"),
-    (lambda x, w, b, kw: (x, w, b[:3], kw), ValueError, "bias: expected shape"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "groups": 2}), ValueError, "x: has 4 channels"),
-    (lambda x, w, b, kw: (x, w[:5], b[:5], {**kw, "groups": 2}), ValueError, "weight: C_out"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "groups": 0}), ValueError, "groups"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "stride": 0}), ValueError, "stride"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "padding": -1}), ValueError, "padding"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "dilation": 0}), ValueError, "dilation"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "pool_kernel": 0}), ValueError, "pool_kernel"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "pool_stride": -2}), ValueError, "pool_stride"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "pool_padding": 2}), ValueError, "pool_padding"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "pool_kernel": 9}), ValueError, "pool_kernel: window"),
-    (lambda x, w, b, kw: (x, w, b, {**kw, "pool_kernel": 16}), ValueError, "255"),
-    (lambda x, w, b, kw: (x[..., :2, :2], w, b, {**kw, "padding": 0}), ValueError, "x: padded"),
-])
-def test_bad_input(mutate, exc, match):
-    x, w, b = _good()
-    args = mutate(x, w, b, dict(padding=1, pool_kernel=2))
-    with pytest.raises(exc, match=match):
-        conv_relu_pool(args[0], args[1], args[2], **args[3])
-
-
-def test_bad_input_under_fake_mode():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    x, w, b = _good()
-    with FakeTensorMode() as mode:
-        fx, fw = mode.from_tensor(x), mode.from_tensor(w)
-        with pytest.raises(ValueError, match="x: has 4 channels"):
-            conv_relu_pool(fx, fw, None, padding=1, groups=2)
-
-
-def test_bad_backward_inputs():
-    x, w, b = _good()
-    out, sw = conv_relu_pool(x, w, b, padding=1)
-    args = ([1, 1], [1, 1], [1, 1], 1, [2, 2], [2, 2], [0, 0], False, [True, True, True])
-    bw = torch.ops.cnnvis._conv_relu_pool_backward
-    with pytest.raises(TypeError, match="switches: expected uint8"):
-        bw(torch.ones_like(out), x, w, out, sw.long(), *args)
-    with pytest.raises(ValueError, match="switches: expected shape"):
-        bw(torch.ones_like(out), x, w, out, sw[:, :, :2], *args)
-    with pytest.raises(ValueError, match="grad_out: expected shape"):
-        bw(torch.ones_like(out)[:, :3], x, w, out, sw, *args)
-
-
-def test_cpu_rejects_half():
-    x, w, b = _good()
-    with pytest.raises(TypeError, match="x: dtype Half is not supported on CPU"):
-        conv_relu_pool(x.half(), w.half(), b.half(), padding=1)
-
-
-def test_device_mismatch_names_argument():
-    x, w, b = _good()
-    with pytest.raises(ValueError, match="weight: on meta"):
-        conv_relu_pool(x, w.to("meta"), None, padding=1)
-
-
-def test_switch_conversion_errors():
-    with pytest.raises(TypeError, match="switches: expected a uint8"):
-        switches_to_indices(torch.zeros(1, 1, 2, 2, dtype=torch.int64), (4, 4))
-    with pytest.raises(ValueError, match="switches: some switch points outside"):
-        switches_to_indices(torch.full((1, 1, 2, 2), 3, dtype=torch.uint8), (3, 3))
-    with pytest.raises(TypeError, match="indices: expected an int64"):
-        indices_to_switches(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), (4, 4))
-
-
-# ---------------------------------------------------------------- CUDA
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("cfg", CONFIGS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_cuda_matches_reference(cfg, dtype):
-    x, wt, b, kw = _args(cfg, torch.float32, True)
-    x, wt, b = (t.cuda().to(dtype).requires_grad_() for t in (x, wt, b))
-    out, sw = conv_relu_pool(x, wt, b, **kw)
-    expected, idx = ref.conv_relu_pool(x, wt, b, **kw)
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(out, expected, **tol)
-    g = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (x, wt, b), g)
-    expected_grads = torch.autograd.grad(expected, (x, wt, b), g)
-    for a, e in zip(grads, expected_grads):
-        torch.testing.assert_close(a.float(), e.float(), rtol=5e-2, atol=5e-2 * e.abs().max().item())
-
-
-@pytest.mark.cuda
-def test_cuda_opcheck_and_indices():
-    x, wt, b, kw = _args(CONFIGS[1], torch.float64, True)
-    x, wt, b = x.cuda(), wt.cuda(), b.cuda()
-    torch.library.opcheck(torch.ops.cnnvis.conv_relu_pool.default, _op_args(x, wt, b, kw))
-    out, sw = conv_relu_pool(x, wt, b, **kw)
-    expected, idx = ref.conv_relu_pool(x, wt, b, **kw)
-    got = switches_to_indices(sw, _conv_size(x, wt, kw), kw["pool_kernel"], kw["pool_stride"],
-                              kw["pool_padding"])
-    assert torch.equal(got[expected > 0], idx[expected > 0])

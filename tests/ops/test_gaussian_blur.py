@@ -1,12 +1,15 @@
-"""gaussian_blur / _gaussian_blur_backward against _reference."""
+"""gaussian_blur and _gaussian_blur_backward: the shared op checks against ops.reference,
+and the blur-specific ones."""
 import math
 
 import pytest
 import torch
 
 import cnnvis_ext
-from cnnvis_ext import _reference as R
 from cnnvis_ext import ops
+from cnnvis_ext.ops import reference as R
+
+from .op_tester import TOL, Bad, OpTester, Sample
 
 CASES = [  # shape, sigma, kernel_size
     ((2, 3, 9, 11), 1.0, None),
@@ -19,25 +22,88 @@ CASES = [  # shape, sigma, kernel_size
     ((1, 2, 31, 1), 0.5, None),       # single column
     ((0, 3, 5, 5), 1.0, None),        # empty batch
 ]
+SIGMA_SHAPES = [(2, 1), (1, 3), (3,), (2, 3), (), (1, 1)]
 
 
-def _tol(dtype):
-    return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+def _sample(shape, sigma, kernel_size=None):
+    if isinstance(sigma, torch.Tensor):
+        per_image = sigma.dim() == 2 and sigma.shape[0] > 1
+        name = f"sigma{tuple(sigma.shape)}"
+    else:
+        per_image, name = False, f"sigma{sigma}"
+    return Sample((torch.randn(shape, dtype=torch.float64), sigma, kernel_size), grad=(0,),
+                  batched=(0, 1) if per_image else (0,),
+                  name=f"{'x'.join(map(str, shape))}-{name}-k{kernel_size}")
 
 
-@pytest.mark.parametrize("shape,sigma,kernel_size", CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_forward_and_adjoint_match_reference(shape, sigma, kernel_size, dtype):
-    x = torch.randn(shape, dtype=dtype)
-    y = ops.gaussian_blur(x, sigma, kernel_size)
-    assert y.shape == x.shape and y.dtype == dtype
-    torch.testing.assert_close(y, R.gaussian_blur(x, sigma, kernel_size), **_tol(dtype))
-    g = torch.randn(shape, dtype=dtype)
-    xr = x.clone().requires_grad_()
-    R.gaussian_blur(xr, sigma, kernel_size).backward(g)
-    xo = x.clone().requires_grad_()
-    ops.gaussian_blur(xo, sigma, kernel_size).backward(g)
-    torch.testing.assert_close(xo.grad, xr.grad, **_tol(dtype))
+def _sigma(shape):
+    return torch.rand(shape, dtype=torch.float64) * 2
+
+
+SAMPLES = ([_sample(*case) for case in CASES]
+           + [_sample((2, 3, 12, 13), _sigma(shape)) for shape in SIGMA_SHAPES])
+LAYOUT = [_sample((2, 3, 10, 12), 1.1), _sample((2, 3, 10, 12), _sigma((2, 1)), 7)]
+
+
+def _blur(x, sigma, kernel_size=None):
+    return lambda: ops.gaussian_blur(x, sigma, kernel_size)
+
+
+def _bad(exc, match, x, sigma, kernel_size=None, **flags):
+    return Bad(ops.gaussian_blur, (x, sigma, kernel_size), exc, match, **flags)
+
+
+_IMG = torch.randn(1, 1, 4, 4)
+_IMGS = torch.randn(2, 3, 4, 4)
+_values = dict(fake=False)  # sigma's values: only the kernels read them
+_default_size = dict(fake=False, compile=False)  # the default kernel size reads a tensor sigma
+BAD = [
+    _bad(ValueError, "sigma: expected finite values >= 0", _IMG, -1.0, **_values),
+    _bad(ValueError, "sigma: expected finite values >= 0", _IMG, float("nan"), **_values,
+         name="sigma-nan"),
+    _bad(ValueError, "sigma: expected finite values >= 0", _IMG, torch.tensor([-1.0]),
+         **_default_size, name="sigma-negative-tensor"),
+    _bad(ValueError, "sigma: expected finite values >= 0", _IMG, torch.tensor([-1.0]), 3,
+         **_values, name="sigma-negative-tensor-k3"),
+    _bad(ValueError, "sigma: expected a float or a tensor broadcastable", _IMGS,
+         torch.ones(3, 3), **_default_size, name="sigma-3x3"),
+    _bad(ValueError, "sigma: expected a float or a tensor broadcastable", _IMGS,
+         torch.ones(3, 3), 7, name="sigma-3x3-k7"),
+    _bad(ValueError, "sigma: expected a float or a tensor broadcastable", _IMGS,
+         torch.ones(1, 2, 3), 7, name="sigma-3d"),
+    _bad(TypeError, "sigma: expected a float", _IMG, torch.ones(1, dtype=torch.int64),
+         **_default_size, name="sigma-int64"),
+    _bad(TypeError, "sigma: expected a float", _IMG, torch.ones(1, dtype=torch.int64), 3,
+         name="sigma-int64-k3"),
+    _bad(TypeError, "sigma: expected a float", _IMG, "1", name="sigma-str"),
+    _bad(ValueError, "kernel_size: expected an odd value", _IMG, 1.0, 4),
+    _bad(ValueError, "kernel_size:", _IMG, 1.0, 0, name="kernel_size-0"),
+    _bad(TypeError, "kernel_size:", _IMG, 1.0, 2.5, name="kernel_size-float"),
+    _bad(ValueError, "x: expected a 4-D", torch.randn(1, 4, 4), 1.0),
+    _bad(TypeError, "x: expected a floating", torch.ones(1, 1, 4, 4, dtype=torch.int32), 1.0),
+    _bad(TypeError, "x: expected a tensor, got list", [[1.0]], 1.0),
+    _bad(TypeError, "x: dtype", _IMG.half(), 1.0, fake=False),  # the CPU kernel's dtypes
+    Bad(torch.ops.cnnvis._gaussian_blur_backward, (torch.randn(4, 4), torch.tensor(1.0), 3),
+        ValueError, "grad_out: expected a 4-D"),
+]
+
+
+class TestGaussianBlur(OpTester):
+    op = ops.gaussian_blur
+    reference = R.gaussian_blur
+    samples = SAMPLES
+    gradcheck_samples = [_sample((2, 2, 6, 5), torch.tensor([[0.8], [1.7]], dtype=torch.float64),
+                                 7)]
+    opcheck_samples = [_sample((2, 3, 7, 8), torch.tensor(1.0, dtype=torch.float64), 5),
+                       _sample((2, 3, 7, 8), torch.rand(2, 1) + 0.2, 5)]
+    layout_samples = LAYOUT
+    empty_samples = LAYOUT
+    compile_samples = [_sample((2, 3, 9, 9), 1.0)]
+    cuda_samples = [_sample(*case) for case in CASES + [((2, 3, 70, 90), 12.0, None)]]
+    bad = BAD
+
+    def cuda_tol(self, dtype):
+        return TOL[dtype] if dtype in (torch.float64, torch.float32) else dict(rtol=2e-2, atol=3e-2)
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0, 3.3])
@@ -46,7 +112,7 @@ def test_matches_torchvision_formula(sigma, dtype):
     x = torch.randn(2, 3, 23, 30, dtype=dtype)
     k = ops.gaussian_blur_kernel_size(sigma)
     torch.testing.assert_close(ops.gaussian_blur(x, sigma), R.gaussian_blur_torchvision(x, sigma, k),
-                               **_tol(dtype))
+                               **TOL[dtype])
 
 
 def test_matches_torchvision_when_importable():
@@ -68,13 +134,12 @@ def test_default_kernel_size():
     torch.testing.assert_close(ops.gaussian_blur(x, 1.0), ops.gaussian_blur(x, 1.0, 7))
 
 
-@pytest.mark.parametrize("sigma_shape", [(2, 1), (1, 3), (3,), (2, 3), (), (1, 1)])
-def test_per_image_and_per_channel_sigma(sigma_shape):
-    x = torch.randn(2, 3, 12, 13, dtype=torch.float64)
-    sigma = torch.rand(sigma_shape, dtype=torch.float64) * 2
-    k = 2 * math.ceil(3 * float(sigma.max())) + 1
-    torch.testing.assert_close(ops.gaussian_blur(x, sigma), R.gaussian_blur(x, sigma, k))
+@pytest.mark.parametrize("sigma_shape", SIGMA_SHAPES)
+def test_each_channel_has_its_own_sigma(sigma_shape):
     # channel (n, c) with its own sigma equals a scalar blur of that channel
+    x = torch.randn(2, 3, 12, 13, dtype=torch.float64)
+    sigma = _sigma(sigma_shape)
+    k = 2 * math.ceil(3 * float(sigma.max())) + 1
     full = sigma.expand(2, 3)
     y = ops.gaussian_blur(x, sigma, k)
     torch.testing.assert_close(y[1, 2:3][None], ops.gaussian_blur(x[1, 2:3][None], float(full[1, 2]), k))
@@ -103,82 +168,11 @@ def test_adjoint_identity():
         torch.testing.assert_close(lhs, rhs)
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
-def test_non_contiguous(layout):
-    base = torch.randn(2, 3, 10, 12, dtype=torch.float64)
-    if layout == "channels_last":
-        x = base.contiguous(memory_format=torch.channels_last)
-    elif layout == "transposed":
-        x = base.transpose(2, 3)
-    else:
-        x = base[:, :, ::2, 1:]
-    torch.testing.assert_close(ops.gaussian_blur(x, 1.1), R.gaussian_blur(x, 1.1))
-
-
-def test_gradcheck_and_gradgradcheck():
+def test_gradgradcheck():
     x = torch.randn(2, 2, 6, 5, dtype=torch.float64, requires_grad=True)
     sigma = torch.tensor([[0.8], [1.7]], dtype=torch.float64)
-    f = lambda t: ops.gaussian_blur(t, sigma, 7)  # noqa: E731
-    assert torch.autograd.gradcheck(f, (x,))
-    assert torch.autograd.gradgradcheck(f, (x,))
-
-
-def test_opcheck():
-    x = torch.randn(2, 3, 7, 8, requires_grad=True)
-    for sigma in (torch.tensor(1.0, dtype=torch.float64), torch.rand(2, 1) + 0.2):
-        torch.library.opcheck(torch.ops.cnnvis.gaussian_blur.default, (x, sigma, 5))
-        torch.library.opcheck(torch.ops.cnnvis._gaussian_blur_backward.default,
-                              (x.detach(), sigma, 5))
-
-
-def test_torch_compile_fullgraph():
-    x = torch.randn(2, 3, 9, 9, requires_grad=True)
-    f = torch.compile(lambda t: ops.gaussian_blur(t, 1.0).square().sum(), fullgraph=True,
-                      backend="eager")
-    f(x).backward()
-    xr = x.detach().clone().requires_grad_()
-    R.gaussian_blur(xr, 1.0).square().sum().backward()
-    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    assert torch.autograd.gradgradcheck(lambda t: ops.gaussian_blur(t, sigma, 7), (x,))
 
 
 def test_top_level_export():
     assert cnnvis_ext.gaussian_blur is ops.gaussian_blur
-
-
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4), -1.0), ValueError, "sigma: expected finite values >= 0"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4), float("nan")), ValueError, "sigma:"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4), torch.tensor([-1.0])), ValueError, "sigma:"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4), torch.tensor([-1.0]), 3), ValueError, "sigma:"),
-    (lambda: ops.gaussian_blur(torch.randn(2, 3, 4, 4), torch.ones(3, 3)), ValueError, "sigma: expected a float or a tensor broadcastable"),
-    (lambda: ops.gaussian_blur(torch.randn(2, 3, 4, 4), torch.ones(1, 2, 3)), ValueError, "sigma:"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4), torch.ones(1, dtype=torch.int64)), TypeError, "sigma: expected a float"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4), "1"), TypeError, "sigma: expected a float"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4), 1.0, 4), ValueError, "kernel_size: expected an odd value"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4), 1.0, 0), ValueError, "kernel_size:"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4), 1.0, 2.5), TypeError, "kernel_size:"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 4, 4), 1.0), ValueError, "x: expected a 4-D"),
-    (lambda: ops.gaussian_blur(torch.ones(1, 1, 4, 4, dtype=torch.int32), 1.0), TypeError, "x: expected a floating"),
-    (lambda: ops.gaussian_blur(torch.randn(1, 1, 4, 4).half(), 1.0), TypeError, "x: dtype"),
-    (lambda: torch.ops.cnnvis._gaussian_blur_backward(torch.randn(4, 4), torch.tensor(1.0), 3), ValueError, "grad_out: expected a 4-D"),
-])
-def test_bad_input(call, exc, match):
-    with pytest.raises(exc, match=match):
-        call()
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape,sigma,kernel_size", CASES + [((2, 3, 70, 90), 12.0, None)])
-def test_cuda_matches_reference(dtype, shape, sigma, kernel_size):
-    x = torch.randn(shape, dtype=torch.float64)
-    g = torch.randn(shape, dtype=torch.float64)
-    xr = x.clone().requires_grad_()
-    ref = R.gaussian_blur(xr, sigma, kernel_size)
-    ref.backward(g)
-    xc = x.to("cuda", dtype).requires_grad_()
-    y = ops.gaussian_blur(xc, sigma, kernel_size)
-    y.backward(g.to("cuda", dtype))
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=3e-2)
-    torch.testing.assert_close(y.double().cpu(), ref.detach(), **tol)
-    torch.testing.assert_close(xc.grad.double().cpu(), xr.grad, **tol)

@@ -1,10 +1,13 @@
-"""regularize_ against the step-by-step reference in _reference.py."""
+"""regularize_: the shared op checks against the step-by-step ops.reference.regularize_, and
+the selection-specific ones."""
 import pytest
 import torch
 
 import cnnvis_ext
-from cnnvis_ext import _reference as R
 from cnnvis_ext import ops
+from cnnvis_ext.ops import reference as R
+
+from .op_tester import Bad, OpTester, Sample
 
 KWARGS = [
     dict(),
@@ -25,6 +28,19 @@ KWARGS = [
 SHAPES = [(3, 3, 9, 11), (1, 1, 1, 1), (2, 4, 1, 7), (2, 3, 16, 5), (0, 3, 4, 4)]
 
 
+def _sample(shape, **kw):
+    x = torch.randn(shape, dtype=torch.float64)
+    return Sample((x, torch.randn_like(x)), kw, batched=(0, 1),
+                  name="x".join(map(str, shape)) + "-" + "-".join(f"{k}{v}" for k, v in kw.items()))
+
+
+def _bad(exc, match, fake=True, **change):
+    args = dict(x=torch.randn(1, 1, 3, 3), grad=torch.randn(1, 1, 3, 3))
+    args.update(change)
+    x, grad = args.pop("x"), args.pop("grad")
+    return Bad(lambda x, grad: ops.regularize_(x, grad, **args), (x, grad), exc, match, fake)
+
+
 def _run_both(x, g, **kw):
     a = x.clone()
     out = ops.regularize_(a, g, **kw)
@@ -33,16 +49,54 @@ def _run_both(x, g, **kw):
     return a, b
 
 
-@pytest.mark.parametrize("kw", KWARGS)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_step_by_step_reference(kw, shape, dtype):
-    x = torch.randn(shape, dtype=dtype)
-    g = torch.randn_like(x)
-    a, b = _run_both(x, g, **kw)
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(a, b, **tol)
-    assert torch.equal(a == 0, b == 0)  # the same pixels were clipped
+class TestRegularize(OpTester):
+    op = ops.regularize_
+    reference = R.regularize_
+    inplace = 0
+    samples = [_sample(shape, **kw) for kw in KWARGS for shape in SHAPES]
+    opcheck_samples = [_sample((2, 3, 6, 7), lr=0.1, decay=0.01, norm_pct=10.0, contrib_pct=20.0,
+                               lo=-1.0, hi=1.0),
+                       _sample((2, 3, 6, 7), blur_sigma=1.0)]
+    layout_samples = [_sample((2, 3, 10, 12), lr=0.1, blur_sigma=0.8, norm_pct=10, hi=0.5)]
+    empty_samples = layout_samples
+    compile_samples = [_sample((2, 3, 8, 8), lr=0.5, norm_pct=20, lo=-1, hi=1)]
+    cuda_samples = [_sample((3, 3, 33, 41), **kw) for kw in KWARGS]
+    bad = [
+        _bad(ValueError, "x: expected a 4-D", x=torch.randn(3, 4, 4)),
+        _bad(TypeError, "x: expected a floating", x=torch.ones(1, 1, 3, 3, dtype=torch.int64)),
+        _bad(ValueError, "grad: expected the shape of x", grad=torch.randn(1, 1, 3, 4)),
+        _bad(TypeError, "grad: dtype", grad=torch.randn(1, 1, 3, 3, dtype=torch.float64)),
+        _bad(ValueError, "lr: expected a finite value", lr=float("nan")),
+        _bad(ValueError, r"decay: expected a value in \[0, 1\]", decay=1.5),
+        _bad(ValueError, "decay:", decay=-0.1),
+        _bad(ValueError, "blur_sigma: expected a finite value >= 0", blur_sigma=-1.0),
+        _bad(ValueError, r"norm_pct: expected a percentile in \[0, 100\]", norm_pct=-1.0),
+        _bad(ValueError, "norm_pct:", norm_pct=101.0),
+        _bad(ValueError, "norm_pct:", norm_pct=float("nan")),
+        _bad(ValueError, r"contrib_pct: expected a percentile in \[0, 100\]", contrib_pct=100.5),
+        _bad(ValueError, "lo: expected lo <= hi", lo=1.0, hi=0.0),
+        _bad(TypeError, "x: dtype", fake=False,  # the CPU kernel's dtypes
+             x=torch.randn(1, 1, 3, 3).half(), grad=torch.randn(1, 1, 3, 3).half()),
+        _bad(ValueError, "x: has internally overlapping", x=torch.randn(1, 1, 1, 3).expand(1, 1, 3, 3)),
+        _bad(TypeError, "grad: expected a tensor, got float", grad=1.0),
+    ]
+
+    def tol(self, dtype):
+        return dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+
+    def cuda_tol(self, dtype):
+        return dict(rtol=1e-5, atol=1e-5)
+
+    def compare(self, got, expected, sample, tol):
+        got = got.to(expected.device)
+        if got.dtype in (torch.float16, torch.bfloat16):
+            # low precision may move a pixel across a threshold: compare the bulk
+            close = (got.double() - expected).abs() <= 0.05 + 0.02 * expected.abs()
+            assert close.float().mean() > 0.97
+            return
+        torch.testing.assert_close(got.to(expected.dtype), expected, **tol)
+        if got.dtype == expected.dtype:
+            assert torch.equal(got == 0, expected == 0)  # the same pixels were clipped
 
 
 def test_percentile_selection_is_exact_on_a_larger_image():
@@ -77,85 +131,8 @@ def test_nan_image_is_not_clipped():
     assert (y[1] == 0).any()
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "sliced"])
-def test_non_contiguous_x_is_updated_in_place(layout):
-    base = torch.randn(2, 3, 10, 12, dtype=torch.float64)
-    if layout == "channels_last":
-        x = base.contiguous(memory_format=torch.channels_last)
-    else:
-        x = torch.randn(2, 3, 20, 12, dtype=torch.float64)[:, :, ::2]
-    g = torch.randn(x.shape, dtype=torch.float64)
-    ref = R.regularize_(x.clone(), g, lr=0.1, blur_sigma=0.8, norm_pct=10, hi=0.5)
-    ptr = x.data_ptr()
-    ops.regularize_(x, g, lr=0.1, blur_sigma=0.8, norm_pct=10, hi=0.5)
-    assert x.data_ptr() == ptr
-    torch.testing.assert_close(x, ref)
-    if layout == "channels_last":
-        assert x.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_opcheck():
-    x = torch.randn(2, 3, 6, 7)
-    g = torch.randn_like(x)
-    for args in [(0.1, 0.01, 0.0, 10.0, 20.0, -1.0, 1.0), (1.0, 0.0, 1.0, 0.0, 0.0, float("-inf"), float("inf"))]:
-        torch.library.opcheck(torch.ops.cnnvis.regularize_.default, (x.clone(), g) + args)
-
-
-def test_torch_compile_fullgraph():
-    x = torch.randn(2, 3, 8, 8)
-    g = torch.randn_like(x)
-
-    def step(t, d):
-        ops.regularize_(t, d, lr=0.5, norm_pct=20, lo=-1, hi=1)
-        return t * 2
-
-    y = torch.compile(step, fullgraph=True, backend="aot_eager")(x.clone(), g)
-    torch.testing.assert_close(y, R.regularize_(x.clone(), g, lr=0.5, norm_pct=20, lo=-1, hi=1) * 2)
-
-
 def test_top_level_export():
     assert cnnvis_ext.regularize_ is ops.regularize_
-
-
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(x=torch.randn(3, 4, 4)), ValueError, "x: expected a 4-D"),
-    (dict(x=torch.ones(1, 1, 3, 3, dtype=torch.int64)), TypeError, "x: expected a floating"),
-    (dict(grad=torch.randn(1, 1, 3, 4)), ValueError, "grad: expected the shape of x"),
-    (dict(grad=torch.randn(1, 1, 3, 3, dtype=torch.float64)), TypeError, "grad: dtype"),
-    (dict(lr=float("nan")), ValueError, "lr: expected a finite value"),
-    (dict(decay=1.5), ValueError, r"decay: expected a value in \[0, 1\]"),
-    (dict(decay=-0.1), ValueError, "decay:"),
-    (dict(blur_sigma=-1.0), ValueError, "blur_sigma: expected a finite value >= 0"),
-    (dict(norm_pct=-1.0), ValueError, r"norm_pct: expected a percentile in \[0, 100\]"),
-    (dict(norm_pct=101.0), ValueError, "norm_pct:"),
-    (dict(norm_pct=float("nan")), ValueError, "norm_pct:"),
-    (dict(contrib_pct=100.5), ValueError, r"contrib_pct: expected a percentile in \[0, 100\]"),
-    (dict(lo=1.0, hi=0.0), ValueError, "lo: expected lo <= hi"),
-    (dict(x=torch.randn(1, 1, 3, 3).half(), grad=torch.randn(1, 1, 3, 3).half()), TypeError, "x: dtype"),
-    (dict(x=torch.randn(1, 1, 1, 3).expand(1, 1, 3, 3)), ValueError, "x: has internally overlapping"),
-])
-def test_bad_input(kwargs, exc, match):
-    args = dict(x=torch.randn(1, 1, 3, 3), grad=torch.randn(1, 1, 3, 3))
-    args.update(kwargs)
-    with pytest.raises(exc, match=match):
-        ops.regularize_(**args)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("kw", KWARGS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_cuda_matches_reference(kw, dtype):
-    x = torch.randn(3, 3, 33, 41, dtype=torch.float64)
-    g = torch.randn_like(x)
-    ref = R.regularize_(x.clone(), g, **kw)
-    xc = x.to("cuda", dtype)
-    ops.regularize_(xc, g.to("cuda", dtype), **kw)
-    if dtype in (torch.float32, torch.float64):
-        tol = dict(rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(xc.double().cpu(), ref, **tol)
-    else:  # low precision may move a pixel across a threshold: compare the bulk
-        close = (xc.double().cpu() - ref).abs() <= 0.05 + 0.02 * ref.abs()
-        assert close.float().mean() > 0.97
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

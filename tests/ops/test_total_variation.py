@@ -1,10 +1,13 @@
-"""total_variation / _total_variation_backward / total_variation_and_grad against _reference."""
+"""total_variation, total_variation_and_grad and _total_variation_backward: the shared op
+checks against ops.reference, and the TV-specific ones."""
 import pytest
 import torch
 
 import cnnvis_ext
-from cnnvis_ext import _reference as R
 from cnnvis_ext import ops
+from cnnvis_ext.ops import reference as R
+
+from .op_tester import Bad, OpTester, Sample
 
 SHAPES = [(1, 1, 1, 1), (2, 3, 1, 5), (2, 2, 6, 1), (3, 2, 7, 9), (1, 3, 17, 33), (0, 3, 4, 4)]
 ISO = [("isotropic", 2.0), ("isotropic", 1.0), ("isotropic", 1.5), ("isotropic", 3.0),
@@ -12,37 +15,101 @@ ISO = [("isotropic", 2.0), ("isotropic", 1.0), ("isotropic", 1.5), ("isotropic",
 REDUCTIONS = ["sum", "mean", "none"]
 
 
-def _ref_grad(x, beta, eps, reduction, mode):
+def _sample(shape, mode="isotropic", beta=2.0, reduction="sum", eps=1e-3, grad=(0,), x=None):
+    x = torch.randn(shape, dtype=torch.float64) if x is None else x
+    return Sample((x,), dict(beta=beta, eps=eps, reduction=reduction, mode=mode), grad=grad,
+                  name=f"{'x'.join(map(str, x.shape))}-{mode[:5]}{beta}-{reduction}")
+
+
+def _value_and_grad(x, beta=2.0, eps=1e-8, reduction="sum", mode="isotropic"):
+    """total_variation_and_grad from the reference's autograd: the value and the gradient
+    of its sum."""
     xr = x.detach().clone().requires_grad_()
     v = R.total_variation(xr, beta, eps, reduction, mode)
     v.sum().backward()
     return v.detach(), xr.grad
 
 
-def _tol(dtype):
-    return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+SAMPLES = [_sample(shape, mode, beta, reduction)
+           for shape in SHAPES for mode, beta in ISO for reduction in REDUCTIONS]
+# away from the kinks of |.|: differences of an integer grid plus a small ramp
+_GRID = torch.randint(0, 5, (1, 2, 4, 5)).double() + 0.01 * torch.rand(1, 2, 4, 5)
+GRADCHECK = ([_sample((2, 2, 5, 6), "isotropic", beta, reduction, eps=1e-2)
+              for beta in (2.0, 1.0, 1.3) for reduction in REDUCTIONS]
+             + [_sample(None, "anisotropic", reduction="none", x=_GRID)])
+FEW = [_sample((2, 3, 8, 10), mode, beta, reduction)
+       for (mode, beta), reduction in [(ISO[0], "sum"), (ISO[1], "none"), (ISO[4], "mean")]]
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("mode,beta", ISO)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_reference(shape, mode, beta, reduction, dtype):
-    x = torch.randn(shape, dtype=dtype)
-    eps = 1e-3
-    ref_v, ref_g = _ref_grad(x, beta, eps, reduction, mode)
-    v = ops.total_variation(x, beta, eps, reduction, mode)
-    assert v.dtype == dtype and v.shape == ref_v.shape
-    tol = _tol(dtype)
-    if x.numel():
-        torch.testing.assert_close(v, ref_v, **tol)
-    v2, g2 = ops.total_variation_and_grad(x, beta, eps, reduction, mode)
-    if x.numel():
-        torch.testing.assert_close(v2, ref_v, **tol)
-    torch.testing.assert_close(g2, ref_g, **tol)
-    xr = x.clone().requires_grad_()
-    ops.total_variation(xr, beta, eps, reduction, mode).sum().backward()
-    torch.testing.assert_close(xr.grad, ref_g, **tol)
+def _bad_rows(op):
+    def row(exc, match, fake=True, **change):
+        args = dict(x=torch.randn(1, 1, 3, 3), beta=2.0, eps=1e-8, reduction="sum",
+                    mode="isotropic")
+        args.update(change)
+        x = args.pop("x")
+        return Bad(lambda t: op(t, **args), (x,), exc, match, fake,
+                   name=f"{op.__name__}-{match[:30]}")
+
+    return [
+        row(ValueError, "x: expected a 4-D", x=torch.randn(3, 4, 4)),
+        row(TypeError, "x: expected a floating", x=torch.ones(1, 1, 3, 3, dtype=torch.int64)),
+        row(ValueError, "beta: expected a finite value > 0", beta=0.0),
+        row(ValueError, "beta:", beta=-1.0),
+        row(ValueError, "beta:", beta=float("nan")),
+        row(ValueError, "eps: expected a finite value >= 0", eps=-1.0),
+        row(ValueError, "reduction: expected 'sum', 'mean' or 'none'", reduction="max"),
+        row(ValueError, "mode: expected 'isotropic' or 'anisotropic'", mode="l2"),
+        row(TypeError, "x: dtype", fake=False, x=torch.randn(1, 1, 3, 3).half()),  # CPU kernel
+        Bad(op, ([[1.0]],), TypeError, "x: expected a tensor, got list",
+            name=f"{op.__name__}-list"),
+    ]
+
+
+_backward = torch.ops.cnnvis._total_variation_backward
+BAD_GRAD_OUT = [
+    Bad(lambda g, x: _backward(g, x, 2.0, 1e-8, "none", "isotropic"),
+        (torch.ones(3), torch.randn(2, 1, 3, 3)), ValueError, "grad_out: expected shape"),
+    Bad(lambda g, x: _backward(g, x, 2.0, 1e-8, "sum", "isotropic"),
+        (torch.ones(2), torch.randn(2, 1, 3, 3)), ValueError, "grad_out: expected a single value"),
+]
+
+
+class TestTotalVariation(OpTester):
+    op = ops.total_variation
+    reference = R.total_variation
+    samples = SAMPLES
+    gradcheck_samples = GRADCHECK
+    opcheck_samples = [_sample((2, 3, 5, 7), mode, 1.0, reduction)
+                       for mode in ("isotropic", "anisotropic") for reduction in REDUCTIONS]
+    layout_samples = FEW
+    empty_samples = FEW
+    compile_samples = FEW[:2]
+    cuda_samples = [_sample((3, 2, 37, 45), mode, beta, reduction)
+                    for mode, beta in ISO for reduction in REDUCTIONS]
+    bad = _bad_rows(ops.total_variation) + BAD_GRAD_OUT
+
+    def cuda_tol(self, dtype):
+        # sign() of rounded differences may flip in low precision
+        if dtype in (torch.float16, torch.bfloat16):
+            return dict(rtol=5e-2, atol=2.1)
+        return dict(rtol=1e-4, atol=1e-3)
+
+
+class TestTotalVariationAndGrad(OpTester):
+    op = ops.total_variation_and_grad
+    reference = _value_and_grad
+    samples = [_sample(s.args[0].shape, s.kwargs["mode"], s.kwargs["beta"],
+                       s.kwargs["reduction"], grad=()) for s in SAMPLES]
+    opcheck_samples = [_sample((2, 3, 5, 7), mode, 2.0, reduction, grad=())
+                       for mode in ("isotropic", "anisotropic") for reduction in REDUCTIONS]
+    layout_samples = [_sample(s.args[0].shape, s.kwargs["mode"], s.kwargs["beta"],
+                              s.kwargs["reduction"], grad=()) for s in FEW]
+    empty_samples = layout_samples
+    compile_samples = layout_samples[:2]
+    cuda_samples = [_sample(s.args[0].shape, s.kwargs["mode"], s.kwargs["beta"],
+                            s.kwargs["reduction"], grad=()) for s in TestTotalVariation.cuda_samples]
+    bad = _bad_rows(ops.total_variation_and_grad)
+    cuda_tol = TestTotalVariation.cuda_tol
 
 
 def test_empty_batch_values():
@@ -55,7 +122,7 @@ def test_larger_image_and_band_split():
     # enough rows that the CPU launcher splits planes into bands
     x = torch.randn(1, 1, 300, 70, dtype=torch.float64)
     for mode, beta in ISO:
-        ref_v, ref_g = _ref_grad(x, beta, 1e-8, "sum", mode)
+        ref_v, ref_g = _value_and_grad(x, beta, 1e-8, "sum", mode)
         v, g = ops.total_variation_and_grad(x, beta, 1e-8, "sum", mode)
         torch.testing.assert_close(v, ref_v)
         torch.testing.assert_close(g, ref_g)
@@ -74,109 +141,6 @@ def test_matches_kornia_when_installed():
     torch.testing.assert_close(ops.total_variation(x, mode="anisotropic", reduction="none"), ref)
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
-def test_non_contiguous(layout):
-    base = torch.randn(2, 3, 8, 10, dtype=torch.float64)
-    if layout == "channels_last":
-        x = base.contiguous(memory_format=torch.channels_last)
-    elif layout == "transposed":
-        x = base.transpose(2, 3)
-    else:
-        x = torch.randn(2, 3, 16, 10, dtype=torch.float64)[:, :, ::2]
-    ref_v, ref_g = _ref_grad(x, 1.0, 1e-8, "none", "isotropic")
-    v, g = ops.total_variation_and_grad(x, 1.0, 1e-8, "none")
-    torch.testing.assert_close(v, ref_v)
-    torch.testing.assert_close(g, ref_g)
-
-
-@pytest.mark.parametrize("mode,beta", [("isotropic", 2.0), ("isotropic", 1.0), ("isotropic", 1.3)])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_gradcheck(mode, beta, reduction):
-    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda t: ops.total_variation(t, beta, 1e-2, reduction, mode), (x,))
-
-
-def test_gradcheck_anisotropic():
-    # away from the kinks of |.|: differences of an integer grid plus a small ramp
-    x = (torch.randint(0, 5, (1, 2, 4, 5)).double() + 0.01 * torch.rand(1, 2, 4, 5)).requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda t: ops.total_variation(t, mode="anisotropic", reduction="none"), (x,))
-
-
 def test_top_level_exports():
     assert cnnvis_ext.total_variation is ops.total_variation
     assert cnnvis_ext.total_variation_and_grad is ops.total_variation_and_grad
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("mode", ["isotropic", "anisotropic"])
-def test_opcheck(reduction, mode):
-    x = torch.randn(2, 3, 5, 7, requires_grad=True)
-    args = (x, 1.0, 1e-8, reduction, mode)
-    torch.library.opcheck(torch.ops.cnnvis.total_variation.default, args)
-    torch.library.opcheck(torch.ops.cnnvis.total_variation_and_grad.default,
-                          (x.detach(), 2.0, 1e-8, reduction, mode))
-    go = torch.randn(2) if reduction == "none" else torch.randn(())
-    torch.library.opcheck(torch.ops.cnnvis._total_variation_backward.default,
-                          (go, x.detach(), 1.0, 1e-8, reduction, mode))
-
-
-def test_torch_compile_fullgraph():
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    f = torch.compile(lambda t: ops.total_variation(t, 1.0) * 2, fullgraph=True, backend="eager")
-    f(x).backward()
-    xr = x.detach().clone().requires_grad_()
-    (R.total_variation(xr, 1.0) * 2).backward()
-    torch.testing.assert_close(x.grad, xr.grad)
-
-
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(x=torch.randn(3, 4, 4)), ValueError, "x: expected a 4-D"),
-    (dict(x=torch.ones(1, 1, 3, 3, dtype=torch.int64)), TypeError, "x: expected a floating"),
-    (dict(beta=0.0), ValueError, "beta: expected a finite value > 0"),
-    (dict(beta=-1.0), ValueError, "beta:"),
-    (dict(beta=float("nan")), ValueError, "beta:"),
-    (dict(eps=-1.0), ValueError, "eps: expected a finite value >= 0"),
-    (dict(reduction="max"), ValueError, "reduction: expected 'sum', 'mean' or 'none'"),
-    (dict(mode="l2"), ValueError, "mode: expected 'isotropic' or 'anisotropic'"),
-])
-def test_bad_input(kwargs, exc, match):
-    args = dict(x=torch.randn(1, 1, 3, 3), beta=2.0, eps=1e-8, reduction="sum", mode="isotropic")
-    args.update(kwargs)
-    with pytest.raises(exc, match=match):
-        ops.total_variation(**args)
-    with pytest.raises(exc, match=match):
-        ops.total_variation_and_grad(**args)
-
-
-def test_bad_grad_out():
-    x = torch.randn(2, 1, 3, 3)
-    with pytest.raises(ValueError, match="grad_out: expected shape"):
-        torch.ops.cnnvis._total_variation_backward(torch.ones(3), x, 2.0, 1e-8, "none", "isotropic")
-    with pytest.raises(ValueError, match="grad_out: expected a single value"):
-        torch.ops.cnnvis._total_variation_backward(torch.ones(2), x, 2.0, 1e-8, "sum", "isotropic")
-
-
-def test_half_on_cpu_is_rejected():
-    with pytest.raises(TypeError, match="x: dtype"):
-        ops.total_variation(torch.randn(1, 1, 3, 3).half())
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("mode,beta", ISO)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_cuda_matches_cpu(dtype, mode, beta, reduction):
-    x = torch.randn(3, 2, 37, 45, dtype=torch.float64)
-    ref_v, ref_g = _ref_grad(x, beta, 1e-3, reduction, mode)
-    xc = x.to("cuda", dtype)
-    v, g = ops.total_variation_and_grad(xc, beta, 1e-3, reduction, mode)
-    tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
-    if mode == "anisotropic":  # sign() of rounded differences may flip in low precision
-        tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=5e-2, atol=2.1)
-    torch.testing.assert_close(v.double().cpu(), ref_v, **tol)
-    torch.testing.assert_close(g.double().cpu(), ref_g, **tol)
-    xr = xc.clone().requires_grad_()
-    ops.total_variation(xr, beta, 1e-3, reduction, mode).sum().backward()
-    torch.testing.assert_close(xr.grad.double().cpu(), ref_g, **tol)

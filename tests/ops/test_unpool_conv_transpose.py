@@ -1,13 +1,13 @@
-"""unpool_conv_transpose: forward (sparse and dense paths) against the reference, backward,
-registrations (gradcheck, opcheck, torch.compile), and bad input."""
+"""unpool_conv_transpose and _unpool_conv_transpose_backward: the shared op checks against
+ops.reference (sparse and dense paths), and the scatter-specific ones."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-import cnnvis_ext  # noqa: F401
-from cnnvis_ext import _reference as ref
-from cnnvis_ext.ops import (conv_relu_pool, indices_to_switches, switches_to_indices,
-                            unpool_conv_transpose)
+from cnnvis_ext.ops import (conv_relu_pool, indices_to_switches, reference as ref,
+                            switches_to_indices, unpool_conv_transpose)
+
+from .op_tester import Bad, OpTester, Sample
 
 # (N, C_in, H, W, C_out, k, stride, padding, dilation, groups, pool_k, pool_s, pool_p, ceil)
 CONFIGS = [
@@ -20,6 +20,11 @@ CONFIGS = [
     (2, 2, 7, 7, 3, 1, 1, 0, 1, 1, 2, 3, 1, False),     # gaps between windows
 ]
 ALGOS = ["sparse", "dense", "auto"]
+SMALL = [
+    (1, 2, 6, 7, 3, 3, 1, 1, 1, 1, 3, 2, 1, True),      # overlapping, padded, ceil
+    (1, 2, 7, 6, 2, 3, 2, 1, 1, 2, 2, 2, 0, False),     # stride, groups
+    (1, 2, 5, 6, 2, (3, 1), 1, (1, 0), 1, 1, 1, 1, 0, False),  # no pooling
+]
 
 
 def _pair(v):
@@ -42,9 +47,26 @@ def _sample(cfg, dtype=torch.float64, density=1.0, signed=True):
     return top, (None if no_pool else sw), wt, kw, idx
 
 
+def _op_sample(cfg, algorithm="auto", density=1.0, rectify=True, top=None):
+    p, sw, wt, kw, _ = _sample(cfg, density=density)
+    p = p if top is None else top(p)
+    return Sample((p, sw, wt), dict(kw, rectify=rectify, algorithm=algorithm), grad=(0, 2),
+                  batched=(0, 1), name=f"{'-'.join(map(str, cfg))}-{algorithm}-d{density}-r{rectify}")
+
+
 def _expected(top, idx, wt, kw, rectify=True):
     return ref.unpool_conv_transpose(top, idx, wt, kw["stride"], kw["padding"], kw["dilation"],
                                      kw["groups"], kw["output_size"], kw["input_size"], rectify)
+
+
+def reference(p, switches, weight, stride=1, padding=0, dilation=1, groups=1, pool_kernel=2,
+              pool_stride=None, pool_padding=0, output_size=None, input_size=None, rectify=True,
+              algorithm="auto"):
+    """ops.reference.unpool_conv_transpose called as the op is (switches, not indices)."""
+    idx = None if switches is None else switches_to_indices(
+        switches, output_size, pool_kernel, pool_stride, pool_padding)
+    return ref.unpool_conv_transpose(p, idx, weight, stride, padding, dilation, groups,
+                                     output_size, input_size, rectify)
 
 
 def _raw_args(top, sw, wt, kw, rectify=True):
@@ -55,15 +77,30 @@ def _raw_args(top, sw, wt, kw, rectify=True):
             rectify)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS)
-@pytest.mark.parametrize("algorithm", ALGOS)
-@pytest.mark.parametrize("density, rectify", [(1.0, True), (0.1, False)])
-def test_forward_matches_reference(cfg, algorithm, density, rectify):
-    top, sw, wt, kw, idx = _sample(cfg, density=density)
-    got = unpool_conv_transpose(top, sw, wt, **kw, rectify=rectify, algorithm=algorithm)
-    torch.testing.assert_close(got, _expected(top, idx, wt, kw, rectify), rtol=1e-10, atol=1e-10)
-    assert got.shape == (top.shape[0], wt.shape[1] * kw["groups"], *kw["input_size"])
-    assert got.is_contiguous(memory_format=torch.channels_last)
+def _away_from_kink(p):
+    return torch.where(p.abs() < 0.05, torch.full_like(p, 0.3), p)
+
+
+class TestUnpoolConvTranspose(OpTester):
+    op = unpool_conv_transpose
+    reference = reference
+    samples = [_op_sample(cfg, algorithm, density, rectify) for cfg in CONFIGS for algorithm in ALGOS
+               for density, rectify in [(1.0, True), (0.1, False)]]
+    gradcheck_samples = [_op_sample(cfg, "auto", 0.6, rectify, _away_from_kink)
+                         for cfg, rectify in [(SMALL[0], True), (SMALL[1], True), (SMALL[2], False)]]
+    opcheck_samples = [_op_sample(cfg, density=0.5) for cfg in (CONFIGS[0], CONFIGS[2], CONFIGS[4])]
+    layout_samples = [_op_sample(CONFIGS[1], algorithm) for algorithm in ("sparse", "dense")]
+    empty_samples = [_op_sample(CONFIGS[0])]
+    compile_samples = [_op_sample(CONFIGS[0])]
+    cuda_samples = [_op_sample(cfg, algorithm, 0.2) for cfg in CONFIGS for algorithm in ALGOS]
+
+    def cuda_tol(self, dtype):
+        return {torch.float64: dict(rtol=1e-10, atol=1e-10),
+                torch.float32: dict(rtol=1e-4, atol=1e-3)}.get(dtype, dict(rtol=5e-2, atol=5e-1))
+
+    def compare(self, got, expected, sample, tol):
+        super().compare(got, expected, sample, tol)
+        assert got.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("algorithm", ALGOS)
@@ -99,34 +136,6 @@ def test_overlapping_collisions_sum():
         assert out.flatten().tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
 
 
-def test_channels_last_and_non_contiguous_inputs():
-    top, sw, wt, kw, idx = _sample(CONFIGS[1])
-    expected = _expected(top, idx, wt, kw)
-    big = torch.randn(top.shape[0], top.shape[1] * 2, *top.shape[2:], dtype=top.dtype)
-    big[:, ::2] = top
-    for t, s in [(top.contiguous(memory_format=torch.channels_last), sw.contiguous()),
-                 (big[:, ::2], sw.contiguous(memory_format=torch.channels_last))]:
-        for algorithm in ("sparse", "dense"):
-            got = unpool_conv_transpose(t, s, wt.transpose(2, 3).contiguous().transpose(2, 3),
-                                        **kw, algorithm=algorithm)
-            torch.testing.assert_close(got, expected)
-
-
-def test_empty_batch_and_nan():
-    top, sw, wt, kw, idx = _sample(CONFIGS[0])
-    out = unpool_conv_transpose(top[:0], sw[:0], wt, **kw)
-    assert out.shape == (0, 3, 12, 12)
-    expected = ref.unpool_conv_transpose(top[:0], idx[:0], wt, kw["stride"], kw["padding"],
-                                         kw["dilation"], kw["groups"], kw["output_size"],
-                                         kw["input_size"])
-    assert expected.shape == out.shape
-    top = top.clone()
-    top[0, 1, 2, 2] = float("nan")
-    for algorithm in ("sparse", "dense"):
-        got = unpool_conv_transpose(top, sw, wt, **kw, algorithm=algorithm)
-        assert got.isnan().any() and not got[1].isnan().any()
-
-
 def test_indices_round_trip_from_max_pool2d():
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
@@ -140,126 +149,63 @@ def test_indices_round_trip_from_max_pool2d():
     torch.testing.assert_close(got, expected)
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[1], CONFIGS[2], CONFIGS[4]])
-@pytest.mark.parametrize("algorithm", ["sparse", "dense"])
-def test_backward_matches_reference(cfg, algorithm):
-    top, sw, wt, kw, idx = _sample(cfg, density=0.7)
-    top.requires_grad_(True)
-    wt.requires_grad_(True)
-    got = unpool_conv_transpose(top, sw, wt, **kw, algorithm=algorithm)
-    g = torch.randn_like(got)
-    gp, gw = torch.autograd.grad(got, (top, wt), g)
-    ep, ew = torch.autograd.grad(_expected(top, idx, wt, kw), (top, wt), g)
-    torch.testing.assert_close(gp, ep)
-    torch.testing.assert_close(gw, ew)
-
-
-SMALL = [
-    (1, 2, 6, 7, 3, 3, 1, 1, 1, 1, 3, 2, 1, True),      # overlapping, padded, ceil
-    (1, 2, 7, 6, 2, 3, 2, 1, 1, 2, 2, 2, 0, False),     # stride, groups
-    (1, 2, 5, 6, 2, (3, 1), 1, (1, 0), 1, 1, 1, 1, 0, False),  # no pooling
-]
-
-
-@pytest.mark.parametrize("cfg, rectify", [(SMALL[0], True), (SMALL[1], True), (SMALL[2], False)])
-def test_gradcheck(cfg, rectify):
-    top, sw, wt, kw, _ = _sample(cfg, density=0.6)
-    # keep p away from the ReLU kink
-    top = torch.where(top.abs() < 0.05, torch.full_like(top, 0.3), top).requires_grad_(True)
-    wt.requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda a, b: unpool_conv_transpose(a, sw, b, **kw, rectify=rectify), (top, wt))
-
-
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[4]])
-def test_opcheck(cfg):
-    top, sw, wt, kw, _ = _sample(cfg, density=0.5)
-    args = _raw_args(top.requires_grad_(True), sw, wt.requires_grad_(True), kw)
-    torch.library.opcheck(torch.ops.cnnvis.unpool_conv_transpose.default, args)
-    g = torch.randn(top.shape[0], wt.shape[1] * kw["groups"], *kw["input_size"], dtype=top.dtype)
-    torch.library.opcheck(torch.ops.cnnvis._unpool_conv_transpose_backward.default,
-                          (g,) + tuple(a.detach() if isinstance(a, torch.Tensor) else a
-                                       for a in args) + ([True, True],))
-
-
-def test_torch_compile_fullgraph():
+def test_nan_on_both_paths():
     top, sw, wt, kw, idx = _sample(CONFIGS[0])
-    fn = torch.compile(lambda a: unpool_conv_transpose(a, sw, wt, **kw), fullgraph=True,
-                       backend="eager")
-    torch.testing.assert_close(fn(top), _expected(top, idx, wt, kw))
+    top[0, 1, 2, 2] = float("nan")
+    for algorithm in ("sparse", "dense"):
+        got = unpool_conv_transpose(top, sw, wt, **kw, algorithm=algorithm)
+        assert got.isnan().any() and not got[1].isnan().any()
+
 
 
 # ----------------------------------------------------------------------------- bad input
 
-def _good():
+def _bad(change, exc, match, fake=True, name=""):
     top, sw, wt, kw, _ = _sample(CONFIGS[0])
-    return top, sw, wt, kw
+    t, s, w, k = change(top, sw, wt, kw)
+    return Bad(lambda t, s, w: unpool_conv_transpose(t, s, w, **k), (t, s, w), exc, match, fake,
+               name=name or match)
 
 
-@pytest.mark.parametrize("change, exc, match", [
-    (lambda t, s, w, k: (t, s.long(), w, k), TypeError, "switches"),
-    (lambda t, s, w, k: (t, s[:, :, :-1], w, k), ValueError, "switches"),
-    (lambda t, s, w, k: (t, None, w, k), ValueError, "switches"),
-    (lambda t, s, w, k: (t, torch.full_like(s, 7), w, k), ValueError, "switches"),
-    (lambda t, s, w, k: (t, s, w, {**k, "output_size": (20, 20)}), ValueError, "output_size"),
-    (lambda t, s, w, k: (t, s, w, {**k, "input_size": (15, 15)}), ValueError, "input_size"),
-    (lambda t, s, w, k: (t, s, w.float(), k), TypeError, "weight"),
-    (lambda t, s, w, k: (t, s, w[:3], k), ValueError, "weight"),
-    (lambda t, s, w, k: (t, s, w[0], k), ValueError, "weight"),
-    (lambda t, s, w, k: (t[0], s[0], w, k), ValueError, "p"),
-    (lambda t, s, w, k: (t.long(), s, w.long(), k), TypeError, "p"),
-    (lambda t, s, w, k: (t, s, w, {**k, "stride": 0}), ValueError, "stride"),
-    (lambda t, s, w, k: (t, s, w, {**k, "padding": -1}), ValueError, "padding"),
-    (lambda t, s, w, k: (t, s, w, {**k, "groups": 0}), ValueError, "groups"),
-    (lambda t, s, w, k: (t, s, w, {**k, "pool_kernel": 16, "pool_stride": 2}), ValueError,
-     "pool_kernel"),
-    (lambda t, s, w, k: (t, s, w, {**k, "pool_padding": 2}), ValueError, "pool_padding"),
-    (lambda t, s, w, k: (t, s, w, {**k, "algorithm": "fast"}), ValueError, "algorithm"),
-])
-def test_bad_input(change, exc, match):
-    top, sw, wt, kw = change(*_good())
-    with pytest.raises(exc, match=match):
-        unpool_conv_transpose(top, sw, wt, **kw)
+TestUnpoolConvTranspose.bad = [
+    _bad(lambda t, s, w, k: (t, s.long(), w, k), TypeError, "switches", name="switches-int64"),
+    _bad(lambda t, s, w, k: (t, s[:, :, :-1], w, k), ValueError, "switches", name="switches-shape"),
+    _bad(lambda t, s, w, k: (t, None, w, k), ValueError, "switches", name="switches-none"),
+    _bad(lambda t, s, w, k: (t, torch.full_like(s, 7), w, k), ValueError, "switches",
+         fake=False, name="switches-value"),  # values: only the kernels read them
+    _bad(lambda t, s, w, k: (t, s, w, {**k, "output_size": (20, 20)}), ValueError, "output_size"),
+    _bad(lambda t, s, w, k: (t, s, w, {**k, "input_size": (15, 15)}), ValueError, "input_size"),
+    _bad(lambda t, s, w, k: (t, s, w.float(), k), TypeError, "weight", name="weight-dtype"),
+    _bad(lambda t, s, w, k: (t, s, w[:3], k), ValueError, "weight", name="weight-c_out"),
+    _bad(lambda t, s, w, k: (t, s, w[0], k), ValueError, "weight", name="weight-3d"),
+    _bad(lambda t, s, w, k: (t[0], s[0], w, k), ValueError, "p", name="p-3d"),
+    _bad(lambda t, s, w, k: (t.long(), s, w.long(), k), TypeError, "p", name="p-int64"),
+    _bad(lambda t, s, w, k: (t, s, w, {**k, "stride": 0}), ValueError, "stride"),
+    _bad(lambda t, s, w, k: (t, s, w, {**k, "padding": -1}), ValueError, "padding"),
+    _bad(lambda t, s, w, k: (t, s, w, {**k, "groups": 0}), ValueError, "groups"),
+    _bad(lambda t, s, w, k: (t, s, w, {**k, "pool_kernel": 16, "pool_stride": 2}), ValueError,
+         "pool_kernel"),
+    _bad(lambda t, s, w, k: (t, s, w, {**k, "pool_padding": 2}), ValueError, "pool_padding"),
+    _bad(lambda t, s, w, k: (t, s, w, {**k, "algorithm": "fast"}), ValueError, "algorithm"),
+    _bad(lambda t, s, w, k: ([1.0], s, w, k), TypeError, "p: expected a tensor, got list"),
+    _bad(lambda t, s, w, k: (t, s, w, {**k, "output_size": (12, 12, 1)}), ValueError,
+         "output_size: expected an int or a pair of ints", name="output_size-triple"),
+]
+_TOP, _SW, _WT, _KW, _ = _sample(CONFIGS[0])
+TestUnpoolConvTranspose.bad.append(Bad(
+    lambda g, *args: torch.ops.cnnvis._unpool_conv_transpose_backward(g, *args, [True, True]),
+    (torch.zeros(1, 3, 4, 4, dtype=_TOP.dtype),) + _raw_args(_TOP, _SW, _WT, _KW),
+    ValueError, "grad_out"))
 
 
-def test_bad_grad_out():
-    top, sw, wt, kw = _good()
-    args = _raw_args(top, sw, wt, kw)
-    with pytest.raises(ValueError, match="grad_out"):
-        torch.ops.cnnvis._unpool_conv_transpose_backward(torch.zeros(1, 3, 4, 4, dtype=top.dtype),
-                                                          *args, [True, True])
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("algorithm", ["sparse", "dense"])
-def test_cuda_matches_cpu(dtype, algorithm):
-    top, sw, wt, kw, idx = _sample(CONFIGS[1], dtype=torch.float32, density=0.3)
-    expected = _expected(top, idx, wt, kw)
-    got = unpool_conv_transpose(top.cuda().to(dtype), sw.cuda(), wt.cuda().to(dtype), **kw,
-                                algorithm=algorithm)
-    tol = 1e-4 if dtype == torch.float32 else 5e-2
-    torch.testing.assert_close(got.float().cpu(), expected, rtol=tol, atol=tol * 10)
-
+# ----------------------------------------------------------------------------- CUDA
 
 @pytest.mark.cuda
-def test_cuda_backward():
+def test_cuda_gradcheck():
     top, sw, wt, kw, idx = _sample(CONFIGS[2], dtype=torch.float64, density=0.5)
     top, wt = top.cuda().requires_grad_(True), wt.cuda().requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda a, b: unpool_conv_transpose(a, sw.cuda(), b, **kw), (top, wt))
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("cfg", CONFIGS)
-@pytest.mark.parametrize("algorithm", ALGOS)
-def test_cuda_float64_every_config(cfg, algorithm):
-    top, sw, wt, kw, idx = _sample(cfg, density=0.2)
-    expected = _expected(top, idx, wt, kw)
-    got = unpool_conv_transpose(top.cuda(), None if sw is None else sw.cuda(), wt.cuda(), **kw,
-                                algorithm=algorithm)
-    assert got.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.cuda
@@ -274,20 +220,9 @@ def test_cuda_one_hot_empty_and_bad_switches():
         unpool_conv_transpose(top.cuda(), torch.full_like(sw, 7).cuda(), wt.cuda(), **kw)
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_backward_low_precision(dtype):
-    top, sw, wt, kw, idx = _sample(CONFIGS[1], dtype=torch.float32, density=0.7)
-    top.requires_grad_(True)
-    wt.requires_grad_(True)
-    g = torch.randn(top.shape[0], wt.shape[1], *kw["input_size"])
-    ep, ew = torch.autograd.grad(_expected(top, idx, wt, kw), (top, wt), g)
-    tc = top.detach().cuda().to(dtype).requires_grad_(True)
-    wc = wt.detach().cuda().to(dtype).requires_grad_(True)
-    gp, gw = torch.autograd.grad(unpool_conv_transpose(tc, sw.cuda(), wc, **kw), (tc, wc),
-                                 g.cuda().to(dtype))
-    torch.testing.assert_close(gp.float().cpu(), ep, rtol=5e-2, atol=5e-1)
-    torch.testing.assert_close(gw.float().cpu(), ew, rtol=5e-2, atol=5e-1)
+def _good():
+    top, sw, wt, kw, _ = _sample(CONFIGS[0])
+    return top, sw, wt, kw
 
 
 @pytest.mark.parametrize("algorithm", ALGOS)

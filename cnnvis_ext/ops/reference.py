@@ -1,21 +1,21 @@
 """Plain-PyTorch versions of every cnnvis op.
 
-These are the test oracle and the benchmark baselines: each function is
-written with stock ``torch`` / ``torch.nn.functional`` calls only, so it is
-independent of the extension's kernels. Each op's section is self-contained.
+The test oracle, the benchmark baselines and the plain versions of the
+priors: each function is written with stock ``torch`` /
+``torch.nn.functional`` calls only, so it is independent of the extension's
+kernels (it never calls ``torch.ops.cnnvis``).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import math
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .common import pair
 
-# --------------------------------------------------------------------------
-# conv_relu_pool
-# --------------------------------------------------------------------------
 
 def conv_relu_pool(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
                    dilation=1, groups: int = 1, pool_kernel=2, pool_stride=None, pool_padding=0,
@@ -24,7 +24,7 @@ def conv_relu_pool(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, str
 
     Returns ``(out, indices)``; indices are flat positions in the conv output
     (what ``max_unpool2d`` takes), compare them with
-    ``cnnvis_ext.ops.switches_to_indices`` of the op's switches.
+    :func:`cnnvis_ext.ops.switches_to_indices` of the op's switches.
     """
     y = F.relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups))
     if pool_stride is None:
@@ -41,10 +41,6 @@ def conv_output_size(x_shape: Sequence[int], weight_shape: Sequence[int], stride
     groups = x.shape[1] // w.shape[1]
     return tuple(F.conv2d(x, w, None, stride, padding, dilation, groups).shape[-2:])
 
-
-# --------------------------------------------------------------------------
-# unpool_conv_transpose (issue 3: one deconvnet step)
-# --------------------------------------------------------------------------
 
 def unpool_conv_transpose(p: Tensor, indices: Optional[Tensor], weight: Tensor, stride=1,
                           padding=0, dilation=1, groups: int = 1, output_size=None,
@@ -67,17 +63,12 @@ def unpool_conv_transpose(p: Tensor, indices: Optional[Tensor], weight: Tensor, 
         u = u.view(n, c, h, w)
     if rectify:
         u = F.relu(u)
-    pair = lambda a: (a, a) if isinstance(a, int) else tuple(a)  # noqa: E731
-    st, pd, dl = pair(stride), pair(padding), pair(dilation)
+    st, pd, dl = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     smallest = [(u.shape[2 + i] - 1) * st[i] - 2 * pd[i] + dl[i] * (weight.shape[2 + i] - 1) + 1
                 for i in range(2)]
     op = (0, 0) if input_size is None else tuple(input_size[i] - smallest[i] for i in range(2))
     return F.conv_transpose2d(u, weight, None, st, pd, op, groups, dl)
 
-
-# ==========================================================================
-# total_variation  (issue 4)
-# ==========================================================================
 
 def _tv_reduce(per_image: Tensor, numel: int, reduction: str) -> Tensor:
     if reduction == "none":
@@ -111,12 +102,6 @@ def total_variation_kornia(x: Tensor) -> Tensor:
     d2 = x[..., :, 1:] - x[..., :, :-1]
     return d1.abs().flatten(-2).sum(-1) + d2.abs().flatten(-2).sum(-1)
 
-
-# ==========================================================================
-# gaussian_blur  (issue 4)
-# ==========================================================================
-
-import math  # noqa: E402
 
 def gaussian_kernel1d(sigma: float, kernel_size: int, dtype=torch.float64, device=None) -> Tensor:
     """torchvision's ``_get_gaussian_kernel1d``: normalized exp(-0.5 (x / sigma)^2)."""
@@ -161,38 +146,48 @@ def gaussian_blur(x: Tensor, sigma, kernel_size: Optional[int] = None) -> Tensor
     return y.reshape(n, c, h, w).to(x.dtype)
 
 
+def _reflect_padded(x: Tensor, sigma: float, kernel_size: int) -> Tuple[Tensor, Tensor]:
+    """``x`` padded by reflection for a ``kernel_size`` kernel, and the 1-D taps in x's dtype."""
+    r = kernel_size // 2
+    taps = gaussian_kernel1d(sigma, kernel_size, dtype=x.dtype, device=x.device)
+    return F.pad(x, [r, r, r, r], mode="reflect"), taps
+
+
 def gaussian_blur_torchvision(x: Tensor, sigma: float, kernel_size: int) -> Tensor:
     """torchvision.transforms.functional.gaussian_blur written out (scalar sigma, square kernel).
 
     2-D kernel = outer product of the 1-D taps, "reflect" padding of
     kernel_size // 2, depthwise conv2d. Needs kernel_size // 2 < H and W.
     """
-    k1 = gaussian_kernel1d(sigma, kernel_size, dtype=x.dtype, device=x.device)
+    xp, k1 = _reflect_padded(x, sigma, kernel_size)
     k2 = torch.mm(k1[:, None], k1[None, :])
-    c = x.shape[1]
-    r = kernel_size // 2
-    xp = F.pad(x, [r, r, r, r], mode="reflect")
-    return F.conv2d(xp, k2.expand(c, 1, kernel_size, kernel_size), groups=c)
+    return F.conv2d(xp, k2.expand(x.shape[1], 1, kernel_size, kernel_size), groups=x.shape[1])
 
 
-def gaussian_blur_separable(x: Tensor, sigma: float, kernel_size: int) -> Tensor:
-    """Eager separable blur: reflect pad + depthwise (K,1) and (1,K) conv2d (benchmark baseline)."""
-    k1 = gaussian_kernel1d(sigma, kernel_size, dtype=x.dtype, device=x.device)
+def gaussian_blur_separable(x: Tensor, sigma: float, kernel_size: Optional[int] = None) -> Tensor:
+    """Eager separable blur: reflect pad + depthwise (K,1) and (1,K) conv2d (benchmark baseline).
+
+    ``kernel_size`` defaults to ``2 * ceil(3 * sigma) + 1``. Needs
+    kernel_size // 2 < H and W.
+    """
+    if kernel_size is None:
+        kernel_size = 2 * math.ceil(3 * sigma) + 1
+    xp, k1 = _reflect_padded(x, sigma, kernel_size)
     c = x.shape[1]
-    r = kernel_size // 2
-    xp = F.pad(x, [r, r, r, r], mode="reflect")
     y = F.conv2d(xp, k1.view(1, 1, -1, 1).expand(c, 1, kernel_size, 1), groups=c)
     return F.conv2d(y, k1.view(1, 1, 1, -1).expand(c, 1, 1, kernel_size), groups=c)
 
 
-# ==========================================================================
-# regularize_  (issue 4)
-# ==========================================================================
-
 def regularize_(x: Tensor, grad: Tensor, lr: float = 1.0, decay: float = 0.0,
                 blur_sigma: float = 0.0, norm_pct: float = 0.0, contrib_pct: float = 0.0,
-                lo: float = float("-inf"), hi: float = float("inf")) -> Tensor:
-    """The prior step of cnnvis_ext.ops.regularize_, one eager op per part (in place)."""
+                lo: float = float("-inf"), hi: float = float("inf"),
+                blur: Callable[[Tensor, float], Tensor] = gaussian_blur) -> Tensor:
+    """The prior step of :func:`cnnvis_ext.ops.regularize_`, one eager op per part (in place).
+
+    ``blur(x, sigma)`` blurs; the default is :func:`gaussian_blur` (the exact
+    oracle); a benchmark passes :func:`gaussian_blur_separable` for the blur
+    one would write in eager PyTorch.
+    """
     n, c, h, w = x.shape
     if x.numel() == 0:
         return x
@@ -201,15 +196,13 @@ def regularize_(x: Tensor, grad: Tensor, lr: float = 1.0, decay: float = 0.0,
     if decay != 0:
         x.mul_(1 - decay)
     if blur_sigma > 0:
-        x.copy_(gaussian_blur(x, blur_sigma))
-    if norm_pct > 0:
-        norms = x.pow(2).sum(1).sqrt().reshape(n, h * w)
-        thr = torch.quantile(norms, norm_pct / 100, dim=1, keepdim=True)
-        x.masked_fill_((norms < thr).reshape(n, 1, h, w), 0)
-    if contrib_pct > 0:
-        contrib = (x * grad).sum(1).reshape(n, h * w)
-        thr = torch.quantile(contrib, contrib_pct / 100, dim=1, keepdim=True)
-        x.masked_fill_((contrib < thr).reshape(n, 1, h, w), 0)
+        x.copy_(blur(x, blur_sigma))
+    for pct, value in ((norm_pct, lambda: x.pow(2).sum(1).sqrt()),
+                       (contrib_pct, lambda: (x * grad).sum(1))):
+        if pct > 0:  # zero the pixels whose value is below the percentile of their image
+            v = value().reshape(n, h * w)
+            thr = torch.quantile(v, pct / 100, dim=1, keepdim=True)
+            x.masked_fill_((v < thr).reshape(n, 1, h, w), 0)
     if lo > float("-inf") or hi < float("inf"):
         x.clamp_(lo, hi)
     return x
