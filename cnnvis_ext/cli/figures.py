@@ -137,6 +137,20 @@ def _lrp_rules(images: Tensor) -> dict:
     return {"default": "epsilon", nn.Conv2d: "gamma", FIRST_LAYER: ZBox(lo, hi)}
 
 
+def explainer(method: str, layer: Optional[str] = None):
+    """``explain(model, images, targets) -> maps`` for a ``--method`` name: the raw maps the
+    metrics read (signed attributions; Grad-CAM's ``(N, H, W)`` map upsampled to the image)."""
+    if method not in ATTRIBUTION_METHODS:
+        raise CLIError(f"--methods: expected names from {', '.join(ATTRIBUTION_METHODS)}, "
+                       f"got {method!r}")
+    if method == "gradcam":
+        return lambda m, x, t: grad_cam(m, layer or default_conv_layer(m, last=True), x, t)
+    if method == "lrp":
+        return lambda m, x, t: lrp(m, x, t, rules=_lrp_rules(x)).relevance
+    return {"saliency": saliency, "guided": guided_backprop,
+            "deconvnet": deconvnet_attribution}[method]
+
+
 def view_attribution(model: nn.Module, images: Tensor, targets: Tensor, method: str,
                      layer: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """Attribution heat maps ``(N, H, W)`` in [0, 1] and their overlays ``(N, 3, H, W)``."""

@@ -8,7 +8,7 @@ from typing import Callable
 
 from .. import __version__
 from .commands import actmax, attribute, bench, deconv, demo, invert, kernels, maps, train
-from .commands import train_inverter
+from .commands import evaluate, train_inverter
 from .errors import PROG
 from .figures import ATTRIBUTION_METHODS
 from .jobs import JOB_CHUNK
@@ -237,6 +237,17 @@ def add_attribute(subparsers) -> None:
     p.add_argument("--layer", help="Grad-CAM layer (default: the last convolution)")
 
 
+def add_evaluate(subparsers) -> None:
+    p = _add(subparsers, "evaluate", evaluate, _common, _model, _images, _out)
+    p.add_argument("--methods", nargs="+", choices=ATTRIBUTION_METHODS,
+                   default=list(ATTRIBUTION_METHODS), help="attribution methods to evaluate")
+    p.add_argument("--metrics", nargs="+", choices=list(evaluate.METRICS),
+                   default=["deletion", "insertion", "aopc", "mprt"], help="metrics to compute")
+    p.add_argument("--steps", type=positive_int, default=16,
+                   help="points of the deletion and insertion curves")
+    p.add_argument("--layer", help="Grad-CAM layer (default: the last convolution)")
+
+
 def add_bench(subparsers) -> None:
     p = _add(subparsers, "bench", bench, _common)
     p.add_argument("--quick", action=argparse.BooleanOptionalAction, default=True,
@@ -247,7 +258,7 @@ def add_bench(subparsers) -> None:
 
 #: The subcommands in the order ``cnnvis --help`` lists them.
 SUBCOMMANDS = (add_demo, add_train, add_train_inverter, add_kernels, add_maps, add_actmax,
-               add_invert, add_deconv, add_attribute, add_bench)
+               add_invert, add_deconv, add_attribute, add_evaluate, add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,9 +5,10 @@ per-image generators, so results are reproducible under ``seed`` and do not depe
 """
 from .faithfulness import (Curves, RegionPerturbation, auc, deletion_insertion,
                            faithfulness_correlation, region_perturbation)
-from .sanity import (Randomization, max_sensitivity, model_randomization, random_logit, spearman,
-                     ssim)
+from .sanity import (Randomization, max_sensitivity, model_randomization, random_logit,
+                     randomization_order, spearman, ssim)
 
 __all__ = ["Curves", "RegionPerturbation", "auc", "deletion_insertion", "region_perturbation",
-           "faithfulness_correlation", "Randomization", "model_randomization", "random_logit",
+           "faithfulness_correlation", "Randomization", "model_randomization", "randomization_order",
+           "random_logit",
            "max_sensitivity", "spearman", "ssim"]

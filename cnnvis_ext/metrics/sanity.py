@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from ..seeding import make_generator, resolve_seed
 from ..vis._common import check_int, check_model, check_number
 
-__all__ = ["spearman", "ssim", "Randomization", "model_randomization", "random_logit",
-           "max_sensitivity"]
+__all__ = ["spearman", "ssim", "Randomization", "model_randomization", "randomization_order",
+           "random_logit", "max_sensitivity"]
 
 Explain = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -105,7 +105,7 @@ class Randomization(NamedTuple):
     maps: Tensor
 
 
-def _weighted_layers(model: nn.Module) -> List[str]:
+def randomization_order(model: nn.Module) -> List[str]:
     """Modules with parameters of their own, in reverse registration order (the top first)."""
     names = [n for n, m in model.named_modules()
              if n and any(True for _ in m.parameters(recurse=False))]
@@ -129,7 +129,7 @@ def model_randomization(model: nn.Module, images: Tensor, target, explain: Expla
     seed = resolve_seed(seed)
     original = explain(model, images, target).detach()
     n = original.shape[0]
-    layers = _weighted_layers(model) if layers is None else list(layers)
+    layers = randomization_order(model) if layers is None else list(layers)
     rnd = copy.deepcopy(model)
     sp, ss, maps = [], [], []
     ref = original.abs() if absolute else original

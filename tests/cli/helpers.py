@@ -6,7 +6,7 @@ from PIL import Image
 from cnnvis_ext.cli import main
 
 SUBCOMMANDS = ["demo", "train", "train-inverter", "kernels", "maps", "actmax", "invert",
-               "deconv", "attribute", "bench"]
+               "deconv", "attribute", "evaluate", "bench"]
 
 FACTORY_SRC = textwrap.dedent("""
     import torch
