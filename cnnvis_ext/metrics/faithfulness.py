@@ -69,6 +69,16 @@ def _baseline(baseline, images: Tensor) -> Tensor:
     raise ValueError(f"baseline: expected 'zero', 'mean', 'blur' or a tensor, got {baseline!r}")
 
 
+def _inputs(model, images, target, batch_size):
+    """The checked ``(images, targets, batch_size)`` of a metric: one target per image."""
+    check_model(model)
+    batch_size = check_int("batch_size", batch_size, 1)
+    x, t, multi = prepare_inputs(model, images, target)
+    if multi:
+        raise ValueError("target: one class per image here, got (N, T) targets")
+    return x, t, batch_size
+
+
 def _scores(model, x: Tensor, target: Tensor, batch_size: int, probability: bool) -> Tensor:
     """The target's probability (or logit) for every image of ``x``, in batches."""
     out = []
@@ -103,12 +113,8 @@ def deletion_insertion(model: nn.Module, images: Tensor, attributions: Tensor, t
     Returns:
         :class:`Curves`.
     """
-    check_model(model)
     steps = check_int("steps", steps, 1)
-    batch_size = check_int("batch_size", batch_size, 1)
-    x, t, multi = prepare_inputs(model, images, target)
-    if multi:
-        raise ValueError("target: one class per image here, got (N, T) targets")
+    x, t, batch_size = _inputs(model, images, target, batch_size)
     n, c, h, w = x.shape
     order = _pixel_scores(attributions, x).argsort(1, descending=True)       # (N, HW)
     base = _baseline(baseline, x)
@@ -158,13 +164,9 @@ def region_perturbation(model: nn.Module, images: Tensor, attributions: Tensor, 
     """
     if score not in ("logit", "probability"):
         raise ValueError(f"score: expected 'logit' or 'probability', got {score!r}")
-    check_model(model)
     patch_size = check_int("patch_size", patch_size, 1)
     regions = check_int("regions", regions, 1)
-    batch_size = check_int("batch_size", batch_size, 1)
-    x, t, multi = prepare_inputs(model, images, target)
-    if multi:
-        raise ValueError("target: one class per image here, got (N, T) targets")
+    x, t, batch_size = _inputs(model, images, target, batch_size)
     n, c, h, w = x.shape
     if h % patch_size or w % patch_size:
         raise ValueError(f"patch_size: {patch_size} does not divide the image size {h}x{w}")
@@ -217,13 +219,9 @@ def faithfulness_correlation(model: nn.Module, images: Tensor, attributions: Ten
     Returns:
         ``(N,)`` correlations in [-1, 1].
     """
-    check_model(model)
     subset_size = check_int("subset_size", subset_size, 1)
     runs = check_int("runs", runs, 2)
-    batch_size = check_int("batch_size", batch_size, 1)
-    x, t, multi = prepare_inputs(model, images, target)
-    if multi:
-        raise ValueError("target: one class per image here, got (N, T) targets")
+    x, t, batch_size = _inputs(model, images, target, batch_size)
     n, c, h, w = x.shape
     if subset_size > h * w:
         raise ValueError(f"subset_size: {subset_size} is more than the {h * w} pixels of an image")
