@@ -159,3 +159,28 @@ def test_region_perturbation_equals_quantus(data):
                     device="cpu", softmax=True)
     drops = (ours.curve[:, :1] - ours.curve[:, 1:]).numpy()
     np.testing.assert_allclose(np.array(theirs, dtype=float), drops, rtol=1e-4, atol=1e-6)
+
+
+def test_transferability_and_plausibility():
+    torch.manual_seed(5)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3)).to(D).eval()
+    x = torch.randn(10, 3, 2, 2, dtype=D)
+    pred = other(x).argmax(1)
+    classes = pred.clone()
+    classes[:3] = (pred[:3] + 1) % 3          # three of ten shown as another class
+    torch.testing.assert_close(M.transferability(x, classes, other, batch_size=4),
+                               torch.tensor(0.7))
+    # real images: two well-separated clusters in the feature space of layer "2"
+    real = torch.cat([torch.randn(20, 3, 2, 2, dtype=D) + 3, torch.randn(20, 3, 2, 2, dtype=D) - 3])
+    labels = torch.tensor([0] * 20 + [1] * 20)
+    near0 = real[:5] + 0.01 * torch.randn(5, 3, 2, 2, dtype=D)
+    res = M.plausibility(near0, 0, real, labels, other, "2")
+    feats = lambda t: F.normalize(other[:3](t).flatten(1), dim=1)  # noqa: E731
+    c0 = F.normalize(other[:3](real[:20]).mean(0), dim=0)
+    c1 = F.normalize(other[:3](real[20:]).mean(0), dim=0)
+    torch.testing.assert_close(res.own, feats(near0) @ c0)
+    torch.testing.assert_close(res.score, feats(near0) @ c0 - feats(near0) @ c1)
+    with pytest.raises(ValueError, match="real_labels"):
+        M.plausibility(near0, 2, real, labels, other, "2")
+    with pytest.raises(TypeError, match="images"):
+        M.transferability(x.long(), classes, other)
