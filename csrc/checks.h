@@ -1,8 +1,9 @@
 // Host-side argument checks. Every user-facing message of an op's arguments
-// is written once, in these checks: the kernels run them on tensors (through
-// the check_* functions of <op>.h), and the Python fake kernels run the same
-// functions on the metadata of fake tensors (through the _C bindings of
-// cnnvis.cpp), so a bad argument raises the same error eagerly and under
+// is written once, in these checks and in those of csrc/<op>.cpp built on
+// them: the kernels run them on tensors (through the check_* functions of
+// <op>.h), and the Python fake kernels run the same functions on the metadata
+// of fake tensors (through the _C bindings each <op>.cpp adds, see
+// python_checks.h), so a bad argument raises the same error eagerly and under
 // torch.compile. Every message starts with the argument's name;
 // TORCH_CHECK_VALUE / TORCH_CHECK_TYPE surface in Python as ValueError /
 // TypeError.
@@ -13,9 +14,13 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
 
 #include <array>
+#include <initializer_list>
 #include <optional>
+#include <string>
+#include <utility>
 
 namespace cnnvis {
 
@@ -80,6 +85,23 @@ inline void check_shape(const TensorMeta& t, const char* name, at::IntArrayRef e
   TORCH_CHECK_VALUE(t.sizes == expected, name, ": expected shape ", expected, ", got ", t.sizes);
 }
 
+// The value that `value` (the argument `name`) selects among `choices`; the
+// message of an unknown value lists the accepted ones.
+template <typename T>
+T check_choice(const char* name, c10::string_view value,
+               std::initializer_list<std::pair<c10::string_view, T>> choices) {
+  std::string accepted;
+  size_t i = 0;
+  for (const auto& [text, result] : choices) {
+    if (value == text) return result;
+    accepted += i == 0 ? "'" : (i + 1 == choices.size() ? " or '" : ", '");
+    accepted += std::string(text) + "'";
+    ++i;
+  }
+  TORCH_CHECK_VALUE(false, name, ": expected ", accepted, ", got '", std::string(value), "'");
+  return choices.begin()->second;  // not reached
+}
+
 // `v` holds two values (height, width), each >= min_value.
 inline void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
   TORCH_CHECK_VALUE(v.size() == 2, name, ": expected 2 values (height, width), got ", v.size());
@@ -98,6 +120,24 @@ inline void check_pool_window(at::IntArrayRef pool_kernel, at::IntArrayRef pool_
                     pool_padding, " and pool_kernel=", pool_kernel);
 }
 
+// Stores a checked (height, width) pair in two fields.
+inline void take_pair(at::IntArrayRef v, int64_t& height, int64_t& width) {
+  height = v[0];
+  width = v[1];
+}
+
+// Stores a pooling's arguments in the pool_* fields and identity_pool of a
+// geometry (ConvPoolGeometry, UnpoolConvTGeometry).
+template <typename Geometry>
+void set_pool_fields(Geometry& g, at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
+                     at::IntArrayRef pool_padding) {
+  take_pair(pool_kernel, g.pool_kh, g.pool_kw);
+  take_pair(pool_stride, g.pool_sh, g.pool_sw);
+  take_pair(pool_padding, g.pool_ph, g.pool_pw);
+  g.identity_pool = g.pool_kh == 1 && g.pool_kw == 1 && g.pool_sh == 1 && g.pool_sw == 1 &&
+                    g.pool_ph == 0 && g.pool_pw == 0;
+}
+
 // The dilated kernel fits in the padded input of size (h, w) (the argument
 // that sets it is `name`); returns the convolution's output size.
 inline std::array<int64_t, 2> conv_out_size(const char* name, int64_t h, int64_t w, int64_t kh,
@@ -112,7 +152,8 @@ inline std::array<int64_t, 2> conv_out_size(const char* name, int64_t h, int64_t
 }
 
 // The checks every conv + pool op makes of its input (named `name`, shape
-// `shape` such as "(N, C, H, W)"), its weight and its hyperparameters.
+// `shape` such as "(N, C, H, W)"), its weight (C_out, C_in/groups, kH, kW),
+// which must have no empty dimension, and its hyperparameters.
 inline void check_conv_pool_args(const TensorMeta& input, const char* name, const char* shape,
                                  const TensorMeta& weight, int64_t groups, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -132,6 +173,10 @@ inline void check_conv_pool_args(const TensorMeta& input, const char* name, cons
   check_pair(pool_kernel, "pool_kernel", 1);
   check_pair(pool_stride, "pool_stride", 1);
   check_pair(pool_padding, "pool_padding", 0);
+  TORCH_CHECK_VALUE(weight.numel() > 0, "weight: expected non-empty (C_out, C_in/groups, kH, kW), "
+                    "got ", weight.sizes);
+  TORCH_CHECK_VALUE(weight.size(0) % groups == 0, "weight: C_out=", weight.size(0),
+                    " is not divisible by groups=", groups);
 }
 
 }  // namespace cnnvis

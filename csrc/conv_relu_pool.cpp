@@ -2,7 +2,8 @@
 // argmax switches, and its backward. The schemas and the argument checks are
 // defined here, once; the CPU and CUDA backends implement the schemas in cpu/
 // and cuda/, and Python (cnnvis_ext/ops/conv_relu_pool.py) registers the fake
-// kernels, which run these checks through _C, and the autograd formula.
+// kernels, which run these checks through the _C bindings below, and the
+// autograd formula.
 #include "conv_relu_pool.h"
 
 #include <ATen/ATen.h>
@@ -10,20 +11,22 @@
 #include <torch/library.h>
 
 #include "checks.h"
-#include "op_checks.h"
 #include "pool_window.h"
+#include "python_checks.h"
 
 namespace cnnvis {
+namespace {
 
-ConvPoolGeometry check_conv_relu_pool(const TensorMeta& x, const TensorMeta& weight,
-                                      const std::optional<TensorMeta>& bias,
-                                      at::IntArrayRef stride, at::IntArrayRef padding,
-                                      at::IntArrayRef dilation, int64_t groups,
-                                      at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
-                                      at::IntArrayRef pool_padding, bool ceil_mode) {
+// conv_relu_pool's checks, on metadata.
+ConvPoolGeometry check_conv_relu_pool_meta(const TensorMeta& x, const TensorMeta& weight,
+                                           const std::optional<TensorMeta>& bias,
+                                           at::IntArrayRef stride, at::IntArrayRef padding,
+                                           at::IntArrayRef dilation, int64_t groups,
+                                           at::IntArrayRef pool_kernel,
+                                           at::IntArrayRef pool_stride,
+                                           at::IntArrayRef pool_padding, bool ceil_mode) {
   check_conv_pool_args(x, "x", "(N, C, H, W)", weight, groups, stride, padding, dilation,
                        pool_kernel, pool_stride, pool_padding);
-
   ConvPoolGeometry g{};
   g.n = x.size(0);
   g.c_in = x.size(1);
@@ -32,10 +35,6 @@ ConvPoolGeometry check_conv_relu_pool(const TensorMeta& x, const TensorMeta& wei
   g.c_out = weight.size(0);
   g.kh = weight.size(2);
   g.kw = weight.size(3);
-  TORCH_CHECK_VALUE(g.c_out >= 1 && g.kh >= 1 && g.kw >= 1, "weight: expected non-empty "
-                    "(C_out, C_in/groups, kH, kW), got ", weight.sizes);
-  TORCH_CHECK_VALUE(g.c_out % groups == 0, "weight: C_out=", g.c_out,
-                    " is not divisible by groups=", groups);
   TORCH_CHECK_VALUE(g.c_in == weight.size(1) * groups, "x: has ", g.c_in,
                     " channels but weight expects C_in/groups * groups = ", weight.size(1), " * ",
                     groups, " = ", weight.size(1) * groups);
@@ -48,12 +47,7 @@ ConvPoolGeometry check_conv_relu_pool(const TensorMeta& x, const TensorMeta& wei
   g.conv_h = conv[0];
   g.conv_w = conv[1];
 
-  g.pool_kh = pool_kernel[0];
-  g.pool_kw = pool_kernel[1];
-  g.pool_sh = pool_stride[0];
-  g.pool_sw = pool_stride[1];
-  g.pool_ph = pool_padding[0];
-  g.pool_pw = pool_padding[1];
+  set_pool_fields(g, pool_kernel, pool_stride, pool_padding);
   check_pool_window(pool_kernel, pool_padding);
   TORCH_CHECK_VALUE(g.pool_kh <= g.conv_h + 2 * g.pool_ph && g.pool_kw <= g.conv_w + 2 * g.pool_pw,
                     "pool_kernel: window ", pool_kernel, " is larger than the padded conv output (",
@@ -62,10 +56,52 @@ ConvPoolGeometry check_conv_relu_pool(const TensorMeta& x, const TensorMeta& wei
   g.out_w = PoolWindow::output_size(g.conv_w, g.pool_kw, g.pool_pw, g.pool_sw, ceil_mode);
   TORCH_CHECK_VALUE(g.out_h >= 1 && g.out_w >= 1, "pool_kernel: pooled output would be empty (",
                     g.out_h, ", ", g.out_w, ")");
-  g.identity_pool = g.pool_kh == 1 && g.pool_kw == 1 && g.pool_sh == 1 && g.pool_sw == 1 &&
-                    g.pool_ph == 0 && g.pool_pw == 0;
   return g;
 }
+
+// _conv_relu_pool_backward's checks of its other tensors, on metadata.
+void check_conv_relu_pool_backward_meta(const ConvPoolGeometry& g, const TensorMeta& grad_out,
+                                        const TensorMeta& x, const TensorMeta& out,
+                                        const TensorMeta& switches) {
+  const std::vector<int64_t> expected{g.n, g.c_out, g.out_h, g.out_w};
+  TORCH_CHECK_TYPE(switches.dtype == at::kByte,
+                   "switches: expected uint8 switches from conv_relu_pool, got ", switches.dtype);
+  check_shape(switches, "switches", expected);
+  check_shape(out, "out", expected);
+  check_shape(grad_out, "grad_out", expected);
+  TORCH_CHECK_TYPE(out.dtype == x.dtype && grad_out.dtype == x.dtype, "grad_out/out: dtypes ",
+                   grad_out.dtype, "/", out.dtype, " do not match x's dtype ", x.dtype);
+  TORCH_CHECK_VALUE(grad_out.device == x.device && out.device == x.device &&
+                        switches.device == x.device,
+                    "grad_out/out/switches: must be on x's device ", x.device);
+}
+
+// The Python faces of the checks: the output size (N, C_out, H_p, W_p) and
+// the size (H, W) of the convolution output that is pooled.
+std::tuple<IntList, IntList> conv_relu_pool_sizes(
+    const PyMeta& x, const PyMeta& weight, const std::optional<PyMeta>& bias,
+    const IntList& stride, const IntList& padding, const IntList& dilation, int64_t groups,
+    const IntList& pool_kernel, const IntList& pool_stride, const IntList& pool_padding,
+    bool ceil_mode) {
+  const auto g = check_conv_relu_pool_meta(meta(x), meta(weight), meta(bias), stride, padding,
+                                           dilation, groups, pool_kernel, pool_stride,
+                                           pool_padding, ceil_mode);
+  return {IntList{g.n, g.c_out, g.out_h, g.out_w}, IntList{g.conv_h, g.conv_w}};
+}
+
+void conv_relu_pool_backward_checks(const PyMeta& grad_out, const PyMeta& x, const PyMeta& weight,
+                                    const PyMeta& out, const PyMeta& switches,
+                                    const IntList& stride, const IntList& padding,
+                                    const IntList& dilation, int64_t groups,
+                                    const IntList& pool_kernel, const IntList& pool_stride,
+                                    const IntList& pool_padding, bool ceil_mode) {
+  const auto g = check_conv_relu_pool_meta(meta(x), meta(weight), std::nullopt, stride, padding,
+                                           dilation, groups, pool_kernel, pool_stride,
+                                           pool_padding, ceil_mode);
+  check_conv_relu_pool_backward_meta(g, meta(grad_out), meta(x), meta(out), meta(switches));
+}
+
+}  // namespace
 
 ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& weight,
                                       const c10::optional<at::Tensor>& bias,
@@ -73,8 +109,24 @@ ConvPoolGeometry check_conv_relu_pool(const at::Tensor& x, const at::Tensor& wei
                                       at::IntArrayRef dilation, int64_t groups,
                                       at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
                                       at::IntArrayRef pool_padding, bool ceil_mode) {
-  return check_conv_relu_pool(TensorMeta(x), TensorMeta(weight), meta_of(bias), stride, padding,
-                              dilation, groups, pool_kernel, pool_stride, pool_padding, ceil_mode);
+  return check_conv_relu_pool_meta(TensorMeta(x), TensorMeta(weight), meta_of(bias), stride,
+                                   padding, dilation, groups, pool_kernel, pool_stride,
+                                   pool_padding, ceil_mode);
+}
+
+void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const at::Tensor& grad_out,
+                                   const at::Tensor& x, const at::Tensor& out,
+                                   const at::Tensor& switches) {
+  check_conv_relu_pool_backward_meta(g, TensorMeta(grad_out), TensorMeta(x), TensorMeta(out),
+                                     TensorMeta(switches));
+}
+
+void bind_conv_relu_pool_checks(pybind11::module_& m) {
+  m.def("_conv_relu_pool_check", &PythonCheck<&conv_relu_pool_sizes>::call,
+        "conv_relu_pool's checks; returns the output size (N, C_out, H_p, W_p) and the size "
+        "(H, W) of the convolution output that is pooled.");
+  m.def("_conv_relu_pool_backward_check", &PythonCheck<&conv_relu_pool_backward_checks>::call,
+        "_conv_relu_pool_backward's checks.");
 }
 
 void conv_backward_from_conv_grad(const at::Tensor& gconv, const at::Tensor& x,
@@ -110,29 +162,6 @@ at::Tensor with_canonical_strides(const at::Tensor& t, at::MemoryFormat fmt) {
   at::Tensor out = at::empty_strided(sizes, strides, t.options());
   out.copy_(t);
   return out;
-}
-
-void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const TensorMeta& grad_out,
-                                   const TensorMeta& x, const TensorMeta& out,
-                                   const TensorMeta& switches) {
-  const std::vector<int64_t> expected{g.n, g.c_out, g.out_h, g.out_w};
-  TORCH_CHECK_TYPE(switches.dtype == at::kByte,
-                   "switches: expected uint8 switches from conv_relu_pool, got ", switches.dtype);
-  check_shape(switches, "switches", expected);
-  check_shape(out, "out", expected);
-  check_shape(grad_out, "grad_out", expected);
-  TORCH_CHECK_TYPE(out.dtype == x.dtype && grad_out.dtype == x.dtype, "grad_out/out: dtypes ",
-                   grad_out.dtype, "/", out.dtype, " do not match x's dtype ", x.dtype);
-  TORCH_CHECK_VALUE(grad_out.device == x.device && out.device == x.device &&
-                        switches.device == x.device,
-                    "grad_out/out/switches: must be on x's device ", x.device);
-}
-
-void check_conv_relu_pool_backward(const ConvPoolGeometry& g, const at::Tensor& grad_out,
-                                   const at::Tensor& x, const at::Tensor& out,
-                                   const at::Tensor& switches) {
-  check_conv_relu_pool_backward(g, TensorMeta(grad_out), TensorMeta(x), TensorMeta(out),
-                                TensorMeta(switches));
 }
 
 }  // namespace cnnvis

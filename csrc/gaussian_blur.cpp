@@ -4,7 +4,8 @@
 // is the adjoint applied to grad_out (it differs from the blur itself near the
 // borders). Schemas and argument checks here; cpu/ and cuda/ implement the
 // schemas; Python (cnnvis_ext/ops/gaussian_blur.py) registers the fake kernels,
-// which run these checks through _C, and the autograd formula.
+// which run these checks through the _C bindings below, and the autograd
+// formula.
 #include "gaussian_blur.h"
 
 #include <ATen/ATen.h>
@@ -14,12 +15,15 @@
 #include <cmath>
 
 #include "checks.h"
-#include "op_checks.h"
+#include "python_checks.h"
 
 namespace cnnvis {
+namespace {
 
-void check_gaussian_blur(const TensorMeta& x, const TensorMeta& sigma, int64_t kernel_size,
-                         const char* x_name) {
+// gaussian_blur's and _gaussian_blur_backward's checks, on metadata: all but
+// sigma's values, which only the kernels read (check_blur_sigma_values).
+void check_gaussian_blur_meta(const TensorMeta& x, const TensorMeta& sigma, int64_t kernel_size,
+                              const char* x_name) {
   check_4d_floating(x, x_name, "(N, C, H, W)");
   TORCH_CHECK_TYPE(sigma.is_floating_point(),
                    "sigma: expected a float or a floating-point tensor, got ", sigma.dtype);
@@ -38,6 +42,7 @@ void check_gaussian_blur(const TensorMeta& x, const TensorMeta& sigma, int64_t k
                     sigma.device, " but ", x_name, " is on ", x.device);
 }
 
+// sigma's values lie in [min_value, max_value]: they must be finite and >= 0.
 void check_blur_sigma_values(double min_value, double max_value) {
   const auto shown = [](double v) { return std::isnan(v) ? std::fabs(v) : v; };  // not "-nan"
   TORCH_CHECK_VALUE(min_value >= 0 && std::isfinite(max_value),
@@ -45,9 +50,17 @@ void check_blur_sigma_values(double min_value, double max_value) {
                     shown(max_value));
 }
 
+// The Python face of the checks (x_name "x" for the blur, "grad_out" for its adjoint).
+void gaussian_blur_checks(const PyMeta& x, const PyMeta& sigma, int64_t kernel_size,
+                          const std::string& x_name) {
+  check_gaussian_blur_meta(meta(x), meta(sigma), kernel_size, x_name.c_str());
+}
+
+}  // namespace
+
 BlurArgs check_gaussian_blur(const at::Tensor& x, const at::Tensor& sigma, int64_t kernel_size,
                              const char* x_name) {
-  check_gaussian_blur(TensorMeta(x), TensorMeta(sigma), kernel_size, x_name);
+  check_gaussian_blur_meta(TensorMeta(x), TensorMeta(sigma), kernel_size, x_name);
   const int64_t N = x.size(0), C = x.size(1);
   at::Tensor s = sigma.to(at::kDouble).expand({N, C}).contiguous();
   if (s.numel() > 0) {
@@ -56,6 +69,12 @@ BlurArgs check_gaussian_blur(const at::Tensor& x, const at::Tensor& sigma, int64
     check_blur_sigma_values(range[0].item<double>(), range[1].item<double>());
   }
   return BlurArgs{N, C, x.size(2), x.size(3), kernel_size / 2, s};
+}
+
+void bind_gaussian_blur_checks(pybind11::module_& m) {
+  m.def("_gaussian_blur_check", &PythonCheck<&gaussian_blur_checks>::call,
+        "gaussian_blur's checks (x_name 'x') and _gaussian_blur_backward's (x_name "
+        "'grad_out'), all but sigma's values, which only the kernels read.");
 }
 
 }  // namespace cnnvis

@@ -3,8 +3,8 @@
 // zero pixels of small contribution; clamp, as one op. Schema and argument
 // checks here; cpu/ and cuda/ implement the schema; Python
 // (cnnvis_ext/ops/regularize.py) registers the fake kernel, which runs these
-// checks through _C. It mutates x (Tensor(a!)) and returns nothing, so
-// torch.compile can functionalize it.
+// checks through the _C binding below. It mutates x (Tensor(a!)) and returns
+// nothing, so torch.compile can functionalize it.
 #include "regularize.h"
 
 #include <ATen/ATen.h>
@@ -15,13 +15,15 @@
 #include <cmath>
 
 #include "checks.h"
-#include "op_checks.h"
+#include "python_checks.h"
 
 namespace cnnvis {
+namespace {
 
-void check_regularize(const TensorMeta& x, const TensorMeta& grad, double lr, double decay,
-                      double blur_sigma, double norm_pct, double contrib_pct, double lo,
-                      double hi) {
+// regularize_'s checks, on metadata.
+void check_regularize_meta(const TensorMeta& x, const TensorMeta& grad, double lr, double decay,
+                           double blur_sigma, double norm_pct, double contrib_pct, double lo,
+                           double hi) {
   check_4d_floating(x, "x", "(N, C, H, W)");
   TORCH_CHECK_VALUE(grad.sizes == x.sizes, "grad: expected the shape of x ", x.sizes, ", got ",
                     grad.sizes);
@@ -43,11 +45,24 @@ void check_regularize(const TensorMeta& x, const TensorMeta& grad, double lr, do
                     "(e.g. an expanded tensor); it cannot be updated in place");
 }
 
+// The Python face of the checks.
+void regularize_checks(const PyMeta& x, const PyMeta& grad, double lr, double decay,
+                       double blur_sigma, double norm_pct, double contrib_pct, double lo,
+                       double hi) {
+  check_regularize_meta(meta(x), meta(grad), lr, decay, blur_sigma, norm_pct, contrib_pct, lo, hi);
+}
+
+}  // namespace
+
 void check_regularize(const at::Tensor& x, const at::Tensor& grad, double lr, double decay,
                       double blur_sigma, double norm_pct, double contrib_pct, double lo,
                       double hi) {
-  check_regularize(TensorMeta(x), TensorMeta(grad), lr, decay, blur_sigma, norm_pct, contrib_pct,
-                   lo, hi);
+  check_regularize_meta(TensorMeta(x), TensorMeta(grad), lr, decay, blur_sigma, norm_pct,
+                        contrib_pct, lo, hi);
+}
+
+void bind_regularize_checks(pybind11::module_& m) {
+  m.def("_regularize_check", &PythonCheck<&regularize_checks>::call, "regularize_'s checks.");
 }
 
 int64_t regularize_blur_kernel_size(double blur_sigma) {

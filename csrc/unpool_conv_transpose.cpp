@@ -3,7 +3,8 @@
 // and its backward. The schemas and the argument checks are defined here,
 // once; the CPU and CUDA backends implement the schemas in cpu/ and cuda/, and
 // Python (cnnvis_ext/ops/unpool_conv_transpose.py) registers the fake kernels,
-// which run these checks through _C, and the autograd formula.
+// which run these checks through the _C bindings below, and the autograd
+// formula.
 #include "unpool_conv_transpose.h"
 
 #include <ATen/ATen.h>
@@ -11,12 +12,14 @@
 #include <torch/library.h>
 
 #include "checks.h"
-#include "op_checks.h"
 #include "pool_window.h"
+#include "python_checks.h"
 
 namespace cnnvis {
+namespace {
 
-UnpoolConvTGeometry check_unpool_conv_transpose(
+// unpool_conv_transpose's checks, on metadata.
+UnpoolConvTGeometry check_unpool_conv_transpose_meta(
     const TensorMeta& p, const std::optional<TensorMeta>& switches, const TensorMeta& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
@@ -25,44 +28,27 @@ UnpoolConvTGeometry check_unpool_conv_transpose(
                        pool_kernel, pool_stride, pool_padding);
   check_pair(output_size, "output_size", 1);
   check_pair(input_size, "input_size", 1);
-
   UnpoolConvTGeometry g{};
-  if (algorithm == "auto") {
-    g.algorithm = UnpoolAlgorithm::kAuto;
-  } else if (algorithm == "sparse") {
-    g.algorithm = UnpoolAlgorithm::kSparse;
-  } else if (algorithm == "dense") {
-    g.algorithm = UnpoolAlgorithm::kDense;
-  } else {
-    TORCH_CHECK_VALUE(false, "algorithm: expected 'auto', 'sparse' or 'dense', got '",
-                      std::string(algorithm), "'");
-  }
+  g.algorithm = check_choice<UnpoolAlgorithm>("algorithm", algorithm,
+                                              {{"auto", UnpoolAlgorithm::kAuto},
+                                               {"sparse", UnpoolAlgorithm::kSparse},
+                                               {"dense", UnpoolAlgorithm::kDense}});
   g.n = p.size(0);
   g.c_out = p.size(1);
   g.pooled_h = p.size(2);
   g.pooled_w = p.size(3);
+  TORCH_CHECK_VALUE(weight.size(0) == g.c_out, "weight: has C_out=", weight.size(0),
+                    " filters but p has ", g.c_out, " channels");
   g.cig = weight.size(1);
   g.kh = weight.size(2);
   g.kw = weight.size(3);
-  TORCH_CHECK_VALUE(weight.size(0) >= 1 && g.cig >= 1 && g.kh >= 1 && g.kw >= 1,
-                    "weight: expected non-empty (C_out, C_in/groups, kH, kW), got ",
-                    weight.sizes);
-  TORCH_CHECK_VALUE(weight.size(0) == g.c_out, "weight: has C_out=", weight.size(0),
-                    " filters but p has ", g.c_out, " channels");
-  TORCH_CHECK_VALUE(g.c_out % groups == 0, "weight: C_out=", g.c_out,
-                    " is not divisible by groups=", groups);
   g.groups = groups;
   g.c_in = g.cig * groups;
-  g.sh = stride[0];
-  g.sw = stride[1];
-  g.ph = padding[0];
-  g.pw = padding[1];
-  g.dh = dilation[0];
-  g.dw = dilation[1];
-  g.conv_h = output_size[0];
-  g.conv_w = output_size[1];
-  g.h = input_size[0];
-  g.w = input_size[1];
+  take_pair(stride, g.sh, g.sw);
+  take_pair(padding, g.ph, g.pw);
+  take_pair(dilation, g.dh, g.dw);
+  take_pair(output_size, g.conv_h, g.conv_w);
+  take_pair(input_size, g.h, g.w);
 
   // input_size must be an input size whose convolution gives output_size;
   // the transposed convolution's output_padding follows from it.
@@ -73,14 +59,7 @@ UnpoolConvTGeometry check_unpool_conv_transpose(
   g.oph = g.h + 2 * g.ph - (g.dh * (g.kh - 1) + 1) - (g.conv_h - 1) * g.sh;
   g.opw = g.w + 2 * g.pw - (g.dw * (g.kw - 1) + 1) - (g.conv_w - 1) * g.sw;
 
-  g.pool_kh = pool_kernel[0];
-  g.pool_kw = pool_kernel[1];
-  g.pool_sh = pool_stride[0];
-  g.pool_sw = pool_stride[1];
-  g.pool_ph = pool_padding[0];
-  g.pool_pw = pool_padding[1];
-  g.identity_pool = g.pool_kh == 1 && g.pool_kw == 1 && g.pool_sh == 1 && g.pool_sw == 1 &&
-                    g.pool_ph == 0 && g.pool_pw == 0;
+  set_pool_fields(g, pool_kernel, pool_stride, pool_padding);
   check_pool_window(pool_kernel, pool_padding);
   // The pooled map must be what pooling output_size gives (floor or ceil mode).
   int64_t pooled[2][2];  // [axis][ceil_mode]
@@ -111,25 +90,60 @@ UnpoolConvTGeometry check_unpool_conv_transpose(
   return g;
 }
 
+// _unpool_conv_transpose_backward's check of grad_out, on metadata.
+void check_unpool_conv_transpose_backward_meta(const UnpoolConvTGeometry& g,
+                                               const TensorMeta& grad_out, const TensorMeta& p) {
+  check_shape(grad_out, "grad_out", {g.n, g.c_in, g.h, g.w});
+  check_same_dtype_device(grad_out, "grad_out", p, "p");
+}
+
+// The Python faces of the checks.
+void unpool_conv_transpose_checks(const PyMeta& p, const std::optional<PyMeta>& switches,
+                                  const PyMeta& weight, const IntList& stride,
+                                  const IntList& padding, const IntList& dilation, int64_t groups,
+                                  const IntList& pool_kernel, const IntList& pool_stride,
+                                  const IntList& pool_padding, const IntList& output_size,
+                                  const IntList& input_size, const std::string& algorithm) {
+  check_unpool_conv_transpose_meta(meta(p), meta(switches), meta(weight), stride, padding,
+                                   dilation, groups, pool_kernel, pool_stride, pool_padding,
+                                   output_size, input_size, algorithm);
+}
+
+void unpool_conv_transpose_backward_checks(
+    const PyMeta& grad_out, const PyMeta& p, const std::optional<PyMeta>& switches,
+    const PyMeta& weight, const IntList& stride, const IntList& padding, const IntList& dilation,
+    int64_t groups, const IntList& pool_kernel, const IntList& pool_stride,
+    const IntList& pool_padding, const IntList& output_size, const IntList& input_size) {
+  const auto g = check_unpool_conv_transpose_meta(
+      meta(p), meta(switches), meta(weight), stride, padding, dilation, groups, pool_kernel,
+      pool_stride, pool_padding, output_size, input_size, "auto");
+  check_unpool_conv_transpose_backward_meta(g, meta(grad_out), meta(p));
+}
+
+}  // namespace
+
 UnpoolConvTGeometry check_unpool_conv_transpose(
     const at::Tensor& p, const c10::optional<at::Tensor>& switches, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
     at::IntArrayRef output_size, at::IntArrayRef input_size, c10::string_view algorithm) {
-  return check_unpool_conv_transpose(TensorMeta(p), meta_of(switches), TensorMeta(weight), stride,
-                                     padding, dilation, groups, pool_kernel, pool_stride,
-                                     pool_padding, output_size, input_size, algorithm);
-}
-
-void check_unpool_conv_transpose_backward(const UnpoolConvTGeometry& g, const TensorMeta& grad_out,
-                                          const TensorMeta& p) {
-  check_shape(grad_out, "grad_out", {g.n, g.c_in, g.h, g.w});
-  check_same_dtype_device(grad_out, "grad_out", p, "p");
+  return check_unpool_conv_transpose_meta(TensorMeta(p), meta_of(switches), TensorMeta(weight),
+                                          stride, padding, dilation, groups, pool_kernel,
+                                          pool_stride, pool_padding, output_size, input_size,
+                                          algorithm);
 }
 
 void check_unpool_conv_transpose_backward(const UnpoolConvTGeometry& g, const at::Tensor& grad_out,
                                           const at::Tensor& p) {
-  check_unpool_conv_transpose_backward(g, TensorMeta(grad_out), TensorMeta(p));
+  check_unpool_conv_transpose_backward_meta(g, TensorMeta(grad_out), TensorMeta(p));
+}
+
+void bind_unpool_conv_transpose_checks(pybind11::module_& m) {
+  m.def("_unpool_conv_transpose_check", &PythonCheck<&unpool_conv_transpose_checks>::call,
+        "unpool_conv_transpose's checks.");
+  m.def("_unpool_conv_transpose_backward_check",
+        &PythonCheck<&unpool_conv_transpose_backward_checks>::call,
+        "_unpool_conv_transpose_backward's checks.");
 }
 
 }  // namespace cnnvis

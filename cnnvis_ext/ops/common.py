@@ -9,7 +9,7 @@ under ``torch.compile``.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -100,3 +100,36 @@ def meta(t: Optional[Tensor], guard_spatial: bool = False) -> Optional[Meta]:
 def ints(v: Sequence[Union[int, torch.SymInt]]) -> List[int]:
     """A list of int arguments as plain ints for the C++ checks (symbolic ones specialized)."""
     return [int(i) for i in v]
+
+
+def fake_grad(needed: bool, like: Tensor, shape: Optional[Sequence[int]] = None,
+              channels_last: bool = False) -> Tensor:
+    """What a backward op's fake kernel returns for one gradient.
+
+    A tensor of ``shape`` (by default ``like``'s) with ``like``'s dtype and
+    device, channels-last if asked; when the gradient is not ``needed``, a
+    0-element one, as the kernels return.
+    """
+    if not needed:
+        return like.new_empty((0,))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(like.shape if shape is None else shape, dtype=like.dtype,
+                       device=like.device, memory_format=fmt)
+
+
+def masked_backward(backward_op: Callable, grad_out: Optional[Tensor], args: Sequence[Any],
+                    needs: Sequence[bool], inputs: Sequence[int], n_inputs: int) -> tuple:
+    """The gradients an autograd formula returns, from an op's backward op.
+
+    ``backward_op(grad_out, *args, mask)`` returns one gradient per entry of
+    ``mask = needs``, the gradient of input ``inputs[i]`` of the forward op
+    (which has ``n_inputs`` inputs); it is not called when nothing is needed.
+    """
+    grads: List[Optional[Tensor]] = [None] * n_inputs
+    mask = [bool(n) for n in needs]
+    if grad_out is None or not any(mask):
+        return tuple(grads)
+    for i, needed, g in zip(inputs, mask, backward_op(grad_out, *args, mask)):
+        if needed:
+            grads[i] = g
+    return tuple(grads)

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from .common import IntOrPair, check_tensor, ints, meta, pair, pool_pairs
+from .common import (IntOrPair, check_tensor, fake_grad, ints, masked_backward, meta, pair,
+                     pool_pairs)
 
 __all__ = ["conv_relu_pool", "conv_relu_pool_output_size", "switches_to_indices",
            "indices_to_switches"]
@@ -120,11 +121,8 @@ def _conv_relu_pool_backward_fake(grad_out, x, weight, out, switches, stride, pa
         meta(grad_out), meta(x), meta(weight), meta(out), meta(switches), ints(stride),
         ints(padding), ints(dilation), int(groups), ints(pool_kernel), ints(pool_stride),
         ints(pool_padding), bool(ceil_mode))
-    gx = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-          if output_mask[0] else x.new_empty((0,)))
-    gw = weight.new_empty(weight.shape) if output_mask[1] else x.new_empty((0,))
-    gb = x.new_empty((weight.shape[0],)) if output_mask[2] else x.new_empty((0,))
-    return gx, gw, gb
+    return (fake_grad(output_mask[0], x, channels_last=True), fake_grad(output_mask[1], weight),
+            fake_grad(output_mask[2], x, (weight.shape[0],)))
 
 
 def _conv_relu_pool_setup_context(ctx, inputs, output):
@@ -137,14 +135,10 @@ def _conv_relu_pool_setup_context(ctx, inputs, output):
 
 
 def _conv_relu_pool_backward(ctx, grad_out, _grad_switches):
-    x, weight, out, switches = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    mask = [bool(needs[0]), bool(needs[1]), bool(ctx.has_bias and needs[2])]
-    if grad_out is None or not any(mask):
-        return (None,) * 11
-    gx, gw, gb = torch.ops.cnnvis._conv_relu_pool_backward(
-        grad_out, x, weight, out, switches, *ctx.params, mask)
-    return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None) + (None,) * 8
+    return masked_backward(torch.ops.cnnvis._conv_relu_pool_backward, grad_out,
+                           (*ctx.saved_tensors, *ctx.params),
+                           (needs[0], needs[1], ctx.has_bias and needs[2]), (0, 1, 2), 11)
 
 
 torch.library.register_autograd("cnnvis::conv_relu_pool", _conv_relu_pool_backward,

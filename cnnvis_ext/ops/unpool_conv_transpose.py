@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from .common import IntOrPair, check_tensor, ints, meta, pair, pool_pairs
+from .common import (IntOrPair, check_tensor, fake_grad, ints, masked_backward, meta, pair,
+                     pool_pairs)
 
 __all__ = ["unpool_conv_transpose"]
 
@@ -152,10 +153,7 @@ def _unpool_conv_transpose_backward_fake(grad_out, p, switches, weight, stride, 
         meta(grad_out), meta(p), meta(switches), meta(weight), ints(stride), ints(padding),
         ints(dilation), int(groups), ints(pool_kernel), ints(pool_stride), ints(pool_padding),
         ints(output_size), ints(input_size))
-    gp = (torch.empty(p.shape, dtype=p.dtype, device=p.device, memory_format=torch.channels_last)
-          if output_mask[0] else p.new_empty((0,)))
-    gw = weight.new_empty(weight.shape) if output_mask[1] else p.new_empty((0,))
-    return gp, gw
+    return fake_grad(output_mask[0], p, channels_last=True), fake_grad(output_mask[1], weight)
 
 
 def _unpool_conv_transpose_setup_context(ctx, inputs, output):
@@ -165,14 +163,9 @@ def _unpool_conv_transpose_setup_context(ctx, inputs, output):
 
 
 def _unpool_conv_transpose_backward(ctx, grad_out):
-    p, switches, weight = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    mask = [bool(needs[0]), bool(needs[2])]
-    if grad_out is None or not any(mask):
-        return (None,) * 14
-    gp, gw = torch.ops.cnnvis._unpool_conv_transpose_backward(
-        grad_out, p, switches, weight, *ctx.params, mask)
-    return (gp if mask[0] else None, None, gw if mask[1] else None) + (None,) * 11
+    return masked_backward(torch.ops.cnnvis._unpool_conv_transpose_backward, grad_out,
+                           (*ctx.saved_tensors, *ctx.params), (needs[0], needs[2]), (0, 2), 14)
 
 
 torch.library.register_autograd("cnnvis::unpool_conv_transpose", _unpool_conv_transpose_backward,

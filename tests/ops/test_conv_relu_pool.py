@@ -318,6 +318,7 @@ TestConvReLUPool.bad = [
     _bad(ValueError, "255", pool_kernel=16),
     _bad(ValueError, "x: padded", x=_X[..., :2, :2], padding=0),
     _bad(ValueError, "weight: on meta", w=_W.to("meta"), b=False),
+    _bad(ValueError, "weight: expected non-empty", x=_X[:, :0], w=_W[:, :0]),
     _bad(TypeError, "x: dtype Half is not supported on CPU", x=_X.half(), w=_W.half(),
          b=_B.half(), fake=False),  # the CPU kernel's dtypes
     _bad(TypeError, "stride: expected an int or a pair of ints", stride=True),
