@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "macros.h"
+#include "pool_window.h"
 
 namespace cnnvis {
 
@@ -21,28 +22,6 @@ namespace cnnvis {
 template <typename T>
 HOST_DEVICE_INLINE T relu_keep_nan(T v) {
   return v < T(0) ? T(0) : v;
-}
-
-// The window of pooled position `o` along one axis, clipped to [0, in).
-HOST_DEVICE_INLINE void pool_window(int64_t o, int64_t stride, int64_t pad, int64_t kernel,
-                                    int64_t in, int64_t* start, int64_t* lo, int64_t* hi) {
-  *start = o * stride - pad;
-  *lo = *start < 0 ? 0 : *start;
-  int64_t end = *start + kernel;
-  *hi = end > in ? in : end;
-}
-
-// The pooled positions whose window contains conv position `i` along one
-// axis: [*lo, *hi). Empty when `i` lies in no window.
-HOST_DEVICE_INLINE void windows_containing(int64_t i, int64_t stride, int64_t pad, int64_t kernel,
-                                           int64_t out, int64_t* lo, int64_t* hi) {
-  // o*stride - pad <= i  and  i < o*stride - pad + kernel
-  int64_t num = i + pad - kernel + 1;  // o >= ceil(num / stride)
-  int64_t first = num <= 0 ? 0 : (num + stride - 1) / stride;
-  int64_t last = (i + pad) / stride;  // i + pad >= 0 always
-  if (last > out - 1) last = out - 1;
-  *lo = first;
-  *hi = last + 1 > first ? last + 1 : first;
 }
 
 // Forward body. For each of `nc` channels: out = max over the window of
@@ -93,7 +72,7 @@ HOST_DEVICE_INLINE void relu_max_window(const T* CNNVIS_RESTRICT y, int64_t ys_h
 
 // Backward body: the gradient of the convolution output at conv position
 // (h, w) for `nc` channels, gathered from every pooled window containing it
-// ([ph_lo, ph_hi) x [pw_lo, pw_hi)): a window contributes its grad_out where
+// (win, from pool.windows_containing): a window contributes its grad_out where
 // its switch points at (h, w) and its output passed the ReLU (out > 0, or
 // NaN: PyTorch's threshold_backward lets the gradient of a NaN through).
 // Every conv position is written exactly once, so no zero-fill is needed.
@@ -103,30 +82,24 @@ HOST_DEVICE_INLINE void relu_max_window(const T* CNNVIS_RESTRICT y, int64_t ys_h
 template <typename T, typename A, typename S = uint8_t>
 HOST_DEVICE_INLINE void gather_conv_grad(const T* CNNVIS_RESTRICT gout, const T* CNNVIS_RESTRICT out,
                                          const S* CNNVIS_RESTRICT sw, int64_t ps_h,
-                                         int64_t ps_w, int64_t h, int64_t w, int64_t ph_lo,
-                                         int64_t ph_hi, int64_t pw_lo, int64_t pw_hi,
-                                         int64_t stride_h, int64_t stride_w, int64_t pad_h,
-                                         int64_t pad_w, int64_t kw, int64_t nc,
+                                         int64_t ps_w, const PoolWindow& pool, int64_t h,
+                                         int64_t w, const WindowRange& win, int64_t nc,
                                          A* CNNVIS_RESTRICT acc) {
   for (int64_t c = 0; c < nc; ++c) acc[c] = A(0);
-  for (int64_t oh = ph_lo; oh < ph_hi; ++oh) {
-    const int64_t kh_off = (h - (oh * stride_h - pad_h)) * kw;
-    for (int64_t ow = pw_lo; ow < pw_hi; ++ow) {
-      const S k = static_cast<S>(kh_off + (w - (ow * stride_w - pad_w)));
-      const int64_t off = oh * ps_h + ow * ps_w;
-      const T* g = gout + off;
-      const T* o = out + off;
-      const S* s = sw + off;
-      CNNVIS_IVDEP
-      for (int64_t c = 0; c < nc; ++c) {
-        // `&`, not `&&`, and g loaded unconditionally: a select, not a branch,
-        // so the CPU compiler vectorizes the channel loop.
-        const A gv = static_cast<A>(g[c]);
-        const bool hit = (s[c] == k) & !(static_cast<A>(o[c]) <= A(0));
-        acc[c] += hit ? gv : A(0);
-      }
+  pool.for_each_window(win, h, w, ps_h, ps_w, [&](int64_t off, int64_t kk) {
+    const S k = static_cast<S>(kk);
+    const T* g = gout + off;
+    const T* o = out + off;
+    const S* s = sw + off;
+    CNNVIS_IVDEP
+    for (int64_t c = 0; c < nc; ++c) {
+      // `&`, not `&&`, and g loaded unconditionally: a select, not a branch,
+      // so the CPU compiler vectorizes the channel loop.
+      const A gv = static_cast<A>(g[c]);
+      const bool hit = (s[c] == k) & !(static_cast<A>(o[c]) <= A(0));
+      acc[c] += hit ? gv : A(0);
     }
-  }
+  });
 }
 
 }  // namespace cnnvis

@@ -21,8 +21,9 @@
 
 namespace cnnvis {
 
-// Which formula a launch uses: beta = 2 and beta = 1 avoid pow().
-enum TVKind : int { kTVBeta2 = 0, kTVBeta1 = 1, kTVGeneral = 2, kTVAniso = 3 };
+// Which formula a launch uses: isotropic with beta = 2 or beta = 1 (no
+// pow()), isotropic with any other beta, or anisotropic.
+enum class TVKind { kBeta2, kBeta1, kGeneral, kAniso };
 
 template <typename A>
 HOST_DEVICE_INLINE A tv_abs(A v) {
@@ -52,19 +53,19 @@ HOST_DEVICE_INLINE A tv_t(A dx, A dy, A eps) {
 }
 
 // One TV term from its differences. t = tv_t(dx, dy, eps) and root = sqrt(t)
-// are passed in (root is only read for kTVBeta1, t is ignored for kTVAniso) so
+// are passed in (root is only read for kBeta1, t is ignored for kAniso) so
 // that a caller can compute them in vectorized loops. *a and *b receive the
 // derivatives of the term w.r.t. dx and dy (only when WithGrad).
-template <int K, bool WithGrad, typename A>
+template <TVKind K, bool WithGrad, typename A>
 HOST_DEVICE_INLINE A tv_term(A dx, A dy, A t, A root, A half_beta, A beta, A* a, A* b) {
   A v, g;
-  if (K == kTVBeta2) {
+  if (K == TVKind::kBeta2) {
     v = t;
     g = A(2);
-  } else if (K == kTVBeta1) {
+  } else if (K == TVKind::kBeta1) {
     v = root;
     g = A(1) / root;
-  } else if (K == kTVGeneral) {
+  } else if (K == TVKind::kGeneral) {
     v = tv_pow(t, half_beta);
     if (WithGrad) g = t > A(0) ? beta * v / t : beta * tv_pow(t, half_beta - A(1));
   } else {

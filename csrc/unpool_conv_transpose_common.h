@@ -18,14 +18,7 @@
 #include <cstdint>
 
 #include "macros.h"
-
-// The channel loops below never alias (distinct tensors); tell the host
-// compiler so it vectorizes them without runtime overlap checks.
-#if defined(__GNUC__) && !defined(__CUDACC__) && !defined(__clang__)
-#define CNNVIS_IVDEP _Pragma("GCC ivdep")
-#else
-#define CNNVIS_IVDEP
-#endif
+#include "pool_window.h"
 
 namespace cnnvis {
 
@@ -33,19 +26,6 @@ template <typename T>
 HOST_DEVICE_INLINE T rectify_value(T v, bool rectify) {
   // torch.relu semantics: NaN propagates, negatives become zero.
   return (rectify && v < T(0)) ? T(0) : v;
-}
-
-// The unpooled (conv-output) position named by switch `s` of pooled position
-// (oh, ow). Returns false when the switch points outside the window or
-// outside the [0, H) x [0, W) map (impossible for conv_relu_pool's switches).
-HOST_DEVICE_INLINE bool switch_position(int64_t oh, int64_t ow, int64_t s, int64_t pool_sh,
-                                        int64_t pool_sw, int64_t pool_ph, int64_t pool_pw,
-                                        int64_t pool_kh, int64_t pool_kw, int64_t H, int64_t W,
-                                        int64_t* y, int64_t* x) {
-  if (s >= pool_kh * pool_kw) return false;
-  *y = oh * pool_sh - pool_ph + s / pool_kw;
-  *x = ow * pool_sw - pool_pw + s % pool_kw;
-  return *y >= 0 && *y < H && *x >= 0 && *x < W;
 }
 
 // Sparse forward body: scatters one unpooled value `v` at conv-output
@@ -90,55 +70,49 @@ HOST_DEVICE_INLINE bool tap_target(int64_t y, int64_t x, int64_t kh, int64_t kw,
 
 // Dense unpooling as a gather: the unpooled value at conv position (y, x)
 // for `nc` channels is the sum of the (rectified) pooled values of every
-// window containing it ([ph_lo, ph_hi) x [pw_lo, pw_hi), see
-// windows_containing in conv_relu_pool_common.h) whose switch names (y, x).
-// Each unpooled element is written exactly once: no zero-fill, no atomics.
+// window containing it (win, from pool.windows_containing) whose switch names
+// (y, x). Each unpooled element is written exactly once: no zero-fill, no
+// atomics.
 //   pn, sn: pooled map and switches at [n, 0, 0, c0]; ps_h, ps_w their
 //   strides; sn may be null (identity pooling: switch 0).
 template <typename T, typename A>
 HOST_DEVICE_INLINE void gather_unpool(const T* CNNVIS_RESTRICT pn, const uint8_t* CNNVIS_RESTRICT sn,
-                                      int64_t ps_h, int64_t ps_w, int64_t y, int64_t x,
-                                      int64_t ph_lo, int64_t ph_hi, int64_t pw_lo, int64_t pw_hi,
-                                      int64_t pool_sh, int64_t pool_sw, int64_t pool_ph,
-                                      int64_t pool_pw, int64_t pool_kw, int64_t nc, bool rectify,
-                                      A* CNNVIS_RESTRICT acc) {
+                                      int64_t ps_h, int64_t ps_w, const PoolWindow& pool,
+                                      int64_t y, int64_t x, const WindowRange& win, int64_t nc,
+                                      bool rectify, A* CNNVIS_RESTRICT acc) {
   const A zero(0);
   for (int64_t c = 0; c < nc; ++c) acc[c] = zero;
-  for (int64_t oh = ph_lo; oh < ph_hi; ++oh) {
-    const int64_t kh_off = (y - (oh * pool_sh - pool_ph)) * pool_kw;
-    for (int64_t ow = pw_lo; ow < pw_hi; ++ow) {
-      const uint8_t k = static_cast<uint8_t>(kh_off + (x - (ow * pool_sw - pool_pw)));
-      const int64_t off = oh * ps_h + ow * ps_w;
-      const T* pv = pn + off;
-      // Branch-free channel loops (if-converted selects) so that they vectorize;
-      // `v < 0 ? 0 : v` is rectify_value (NaN passes).
-      if (sn == nullptr) {
-        if (rectify) {
-          CNNVIS_IVDEP
-          for (int64_t c = 0; c < nc; ++c) {
-            const A v = static_cast<A>(pv[c]);
-            acc[c] += v < zero ? zero : v;
-          }
-        } else {
-          CNNVIS_IVDEP
-          for (int64_t c = 0; c < nc; ++c) acc[c] += static_cast<A>(pv[c]);
+  pool.for_each_window(win, y, x, ps_h, ps_w, [&](int64_t off, int64_t kk) {
+    const uint8_t k = static_cast<uint8_t>(kk);
+    const T* pv = pn + off;
+    // Branch-free channel loops (if-converted selects) so that they vectorize;
+    // `v < 0 ? 0 : v` is rectify_value (NaN passes).
+    if (sn == nullptr) {
+      if (rectify) {
+        CNNVIS_IVDEP
+        for (int64_t c = 0; c < nc; ++c) {
+          const A v = static_cast<A>(pv[c]);
+          acc[c] += v < zero ? zero : v;
         }
       } else {
-        const uint8_t* s = sn + off;
-        if (rectify) {
-          CNNVIS_IVDEP
-          for (int64_t c = 0; c < nc; ++c) {
-            const A v = static_cast<A>(pv[c]);
-            const A r = v < zero ? zero : v;
-            acc[c] += s[c] == k ? r : zero;
-          }
-        } else {
-          CNNVIS_IVDEP
-          for (int64_t c = 0; c < nc; ++c) acc[c] += s[c] == k ? static_cast<A>(pv[c]) : zero;
+        CNNVIS_IVDEP
+        for (int64_t c = 0; c < nc; ++c) acc[c] += static_cast<A>(pv[c]);
+      }
+    } else {
+      const uint8_t* s = sn + off;
+      if (rectify) {
+        CNNVIS_IVDEP
+        for (int64_t c = 0; c < nc; ++c) {
+          const A v = static_cast<A>(pv[c]);
+          const A r = v < zero ? zero : v;
+          acc[c] += s[c] == k ? r : zero;
         }
+      } else {
+        CNNVIS_IVDEP
+        for (int64_t c = 0; c < nc; ++c) acc[c] += s[c] == k ? static_cast<A>(pv[c]) : zero;
       }
     }
-  }
+  });
 }
 
 // Backward body for p: the gradient of one pooled value is the gradient of

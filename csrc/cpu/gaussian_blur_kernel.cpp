@@ -23,7 +23,8 @@
 
 #include "../gaussian_blur.h"
 #include "../gaussian_blur_common.h"
-#include "cpu_features.h"
+#include "cpu_helpers.h"
+#include "isa.h"
 
 namespace cnnvis {
 namespace {
@@ -117,29 +118,24 @@ CNNVIS_ALWAYS_INLINE void adjoint_band_impl(const A* g, A* out, int64_t H, int64
   }
 }
 
-template <typename A>
-void blur_band_default(const A* x, A* y, int64_t H, int64_t W, int64_t r0, int64_t r1, int64_t R,
-                       const A* w, A* buf) {
-  blur_band_impl(x, y, H, W, r0, r1, R, w, buf);
-}
-template <typename A>
-void adjoint_band_default(const A* g, A* o, int64_t H, int64_t W, int64_t r0, int64_t r1,
-                          int64_t R, const A* w, A* buf, std::vector<std::pair<int64_t, A>>& p) {
-  adjoint_band_impl(g, o, H, W, r0, r1, R, w, buf, p);
-}
-#if CNNVIS_X86_DISPATCH
-template <typename A>
-CNNVIS_TARGET_AVX2 void blur_band_avx2(const A* x, A* y, int64_t H, int64_t W, int64_t r0,
+// The band kernels, with a generic and an AVX2 + FMA copy (isa.h).
+struct BlurBand {
+  static constexpr CpuIsa kMaxIsa = CpuIsa::kAvx2;
+  template <CpuIsa, typename A>
+  static CNNVIS_ALWAYS_INLINE void run(const A* x, A* y, int64_t H, int64_t W, int64_t r0,
                                        int64_t r1, int64_t R, const A* w, A* buf) {
-  blur_band_impl(x, y, H, W, r0, r1, R, w, buf);
-}
-template <typename A>
-CNNVIS_TARGET_AVX2 void adjoint_band_avx2(const A* g, A* o, int64_t H, int64_t W, int64_t r0,
-                                          int64_t r1, int64_t R, const A* w, A* buf,
-                                          std::vector<std::pair<int64_t, A>>& p) {
-  adjoint_band_impl(g, o, H, W, r0, r1, R, w, buf, p);
-}
-#endif
+    blur_band_impl(x, y, H, W, r0, r1, R, w, buf);
+  }
+};
+struct AdjointBand {
+  static constexpr CpuIsa kMaxIsa = CpuIsa::kAvx2;
+  template <CpuIsa, typename A>
+  static CNNVIS_ALWAYS_INLINE void run(const A* g, A* out, int64_t H, int64_t W, int64_t r0,
+                                       int64_t r1, int64_t R, const A* w, A* buf,
+                                       std::vector<std::pair<int64_t, A>>& pairs) {
+    adjoint_band_impl(g, out, H, W, r0, r1, R, w, buf, pairs);
+  }
+};
 
 // Runs the forward (Adjoint = false) or the adjoint over every plane.
 template <typename A, bool Adjoint>
@@ -153,15 +149,11 @@ void blur_run(const A* in, A* out, const BlurArgs& a) {
     const double* sp = s.const_data_ptr<double>();
     for (int64_t p = 0; p < planes; ++p) gaussian_weights(sp[p], R, taps.data() + p * K);
   }
-  const int64_t threads = at::get_num_threads();
-  int64_t bands = 1;
-  if (planes < 4 * threads)
-    bands = std::max<int64_t>(1, std::min<int64_t>((4 * threads + planes - 1) / planes, H / 8));
-  const int64_t bh = (H + bands - 1) / bands;
-  bands = (H + bh - 1) / bh;
-  const bool avx2 = cpu_has_avx2_fma();
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, bh * W * (R + 1)));
-  at::parallel_for(0, planes * bands, grain, [&](int64_t begin, int64_t end) {
+  const RowBands rb = row_bands(planes, H, 8);
+  const int64_t bands = rb.count, bh = rb.rows;
+  const CpuIsa isa = cpu_isa();
+  at::parallel_for(0, planes * bands, grain_for(bh * W * (R + 1)), [&](int64_t begin,
+                                                                       int64_t end) {
     std::vector<A> buf(3 * W + 6 * R + 8);
     std::vector<std::pair<int64_t, A>> pairs;
     for (int64_t item = begin; item < end; ++item) {
@@ -170,58 +162,26 @@ void blur_run(const A* in, A* out, const BlurArgs& a) {
       const int64_t off = plane * H * W;
       const A* w = taps.data() + plane * K;
       if constexpr (Adjoint) {
-#if CNNVIS_X86_DISPATCH
-        if (avx2) {
-          adjoint_band_avx2(in + off, out + off, H, W, r0, r1, R, w, buf.data(), pairs);
-          continue;
-        }
-#endif
-        adjoint_band_default(in + off, out + off, H, W, r0, r1, R, w, buf.data(), pairs);
+        run_on_isa<AdjointBand>(isa, in + off, out + off, H, W, r0, r1, R, w, buf.data(), pairs);
       } else {
-#if CNNVIS_X86_DISPATCH
-        if (avx2) {
-          blur_band_avx2(in + off, out + off, H, W, r0, r1, R, w, buf.data());
-          continue;
-        }
-#endif
-        blur_band_default(in + off, out + off, H, W, r0, r1, R, w, buf.data());
+        run_on_isa<BlurBand>(isa, in + off, out + off, H, W, r0, r1, R, w, buf.data());
       }
     }
   });
-  (void)avx2;
 }
 
-template <bool Adjoint>
-at::Tensor blur_cpu_common(const at::Tensor& x, const at::Tensor& sigma, int64_t kernel_size,
-                           const char* name) {
-  const BlurArgs a = check_gaussian_blur(x, sigma, kernel_size, name);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), name, ": expected a CPU tensor, got ", x.device());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, name,
-                   ": dtype ", x.scalar_type(), " is not supported on CPU (float32, float64)");
-  const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), xc.options());
-  if (xc.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "gaussian_blur_cpu", [&] {
-    blur_run<scalar_t, Adjoint>(xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                                a);
-  });
-  return out;
-}
-
-at::Tensor gaussian_blur_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t kernel_size) {
-  return blur_cpu_common<false>(x, sigma, kernel_size, "x");
-}
-
-at::Tensor gaussian_blur_backward_cpu(const at::Tensor& grad_out, const at::Tensor& sigma,
-                                      int64_t kernel_size) {
-  return blur_cpu_common<true>(grad_out, sigma, kernel_size, "grad_out");
-}
+struct GaussianBlurCpu : CpuBackend {
+  template <bool Adjoint>
+  static void run(const at::Tensor& x, at::Tensor& out, const BlurArgs& a) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gaussian_blur_cpu", [&] {
+      blur_run<scalar_t, Adjoint>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                  a);
+    });
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cnnvis, CPU, m) {
-  m.impl("gaussian_blur", &gaussian_blur_cpu);
-  m.impl("_gaussian_blur_backward", &gaussian_blur_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(cnnvis, CPU, m) { register_gaussian_blur<GaussianBlurCpu>(m); }
 
 }  // namespace cnnvis

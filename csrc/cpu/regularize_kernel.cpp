@@ -23,7 +23,8 @@
 
 #include "../regularize.h"
 #include "../regularize_common.h"
-#include "cpu_features.h"
+#include "cpu_helpers.h"
+#include "isa.h"
 
 namespace cnnvis {
 namespace {
@@ -94,31 +95,21 @@ CNNVIS_ALWAYS_INLINE void finish_impl(const RegPass<A>& p) {
   }
 }
 
-template <typename A>
-void update_stats_default(const RegPass<A>& p) { update_stats_impl(p); }
-template <typename A>
-void finish_default(const RegPass<A>& p) { finish_impl(p); }
-#if CNNVIS_X86_DISPATCH
-template <typename A>
-CNNVIS_TARGET_AVX2 void update_stats_avx2(const RegPass<A>& p) { update_stats_impl(p); }
-template <typename A>
-CNNVIS_TARGET_AVX2 void finish_avx2(const RegPass<A>& p) { finish_impl(p); }
-#endif
-
-template <typename A>
-void run_update_stats(const RegPass<A>& p) {
-#if CNNVIS_X86_DISPATCH
-  if (cpu_has_avx2_fma()) return update_stats_avx2(p);
-#endif
-  update_stats_default(p);
-}
-template <typename A>
-void run_finish(const RegPass<A>& p) {
-#if CNNVIS_X86_DISPATCH
-  if (cpu_has_avx2_fma()) return finish_avx2(p);
-#endif
-  finish_default(p);
-}
+// The passes, with a generic and an AVX2 + FMA copy (isa.h).
+struct UpdateStatsPass {
+  static constexpr CpuIsa kMaxIsa = CpuIsa::kAvx2;
+  template <CpuIsa, typename A>
+  static CNNVIS_ALWAYS_INLINE void run(const RegPass<A>& p) {
+    update_stats_impl(p);
+  }
+};
+struct FinishPass {
+  static constexpr CpuIsa kMaxIsa = CpuIsa::kAvx2;
+  template <CpuIsa, typename A>
+  static CNNVIS_ALWAYS_INLINE void run(const RegPass<A>& p) {
+    finish_impl(p);
+  }
+};
 
 // ---- exact selection -------------------------------------------------------
 // k-th smallest of m floating-point values (no NaN) by radix selection on
@@ -276,7 +267,8 @@ void regularize_run(A* x, const A* g, int64_t N, int64_t C, int64_t HW, const at
     p.hi = static_cast<A>(hi);
     return p;
   };
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, C * kChunk));
+  const int64_t grain = grain_for(C * kChunk, 65536);
+  const CpuIsa isa = cpu_isa();
   // 1. update (+ stats when no blur; + clamp when nothing is clipped)
   if (add || scale || (!blur && (clip || clamp))) {
     at::parallel_for(0, N * chunks, grain, [&](int64_t b, int64_t e) {
@@ -290,7 +282,7 @@ void regularize_run(A* x, const A* g, int64_t N, int64_t C, int64_t HW, const at
           p.sq = nclip ? norms.data() + n * HW + p0 : nullptr;
           p.ct = cclip ? contribs.data() + n * HW + p0 : nullptr;
         }
-        run_update_stats(p);
+        run_on_isa<UpdateStatsPass>(isa, p);
       }
     });
   }
@@ -306,7 +298,7 @@ void regularize_run(A* x, const A* g, int64_t N, int64_t C, int64_t HW, const at
           p.clamp = !clip && clamp;
           p.sq = nclip ? norms.data() + n * HW + p0 : nullptr;
           p.ct = cclip ? contribs.data() + n * HW + p0 : nullptr;
-          run_update_stats(p);
+          run_on_isa<UpdateStatsPass>(isa, p);
         }
       });
     }
@@ -347,37 +339,29 @@ void regularize_run(A* x, const A* g, int64_t N, int64_t C, int64_t HW, const at
       p.cthr_vals = cclip ? contribs.data() + n * HW + p0 : nullptr;
       p.nthr = ncut[n];
       p.cthr = cthr[n];
-      run_finish(p);
+      run_on_isa<FinishPass>(isa, p);
     }
   });
 }
 
-void regularize_cpu(at::Tensor& x, const at::Tensor& grad, double lr, double decay,
-                    double blur_sigma, double norm_pct, double contrib_pct, double lo, double hi) {
-  check_regularize(x, grad, lr, decay, blur_sigma, norm_pct, contrib_pct, lo, hi);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "x: expected a CPU tensor, got ", x.device());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "x: dtype ",
-                   x.scalar_type(), " is not supported on CPU (float32, float64)");
-  if (x.numel() == 0) return;
-  at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  const bool need_grad = lr != 0 || contrib_pct > 0;
-  const at::Tensor gc = need_grad ? grad.contiguous() : grad;
-  at::Tensor blurred;
-  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "regularize_cpu", [&] {
-    regularize_run<scalar_t>(xc.mutable_data_ptr<scalar_t>(),
-                             need_grad ? gc.const_data_ptr<scalar_t>() : nullptr, x.size(0),
-                             x.size(1), x.size(2) * x.size(3), xc, lr, decay, blur_sigma,
-                             norm_pct, contrib_pct, lo, hi, &blurred);
-  });
-  if (blurred.defined()) {
-    x.copy_(blurred);
-  } else if (!xc.is_same(x)) {
-    x.copy_(xc);
+struct RegularizeCpu : CpuBackend {
+  static at::Tensor run(at::Tensor& x, const at::Tensor& grad, double lr, double decay,
+                        double blur_sigma, double norm_pct, double contrib_pct, double lo,
+                        double hi) {
+    const bool need_grad = lr != 0 || contrib_pct > 0;
+    at::Tensor blurred;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "regularize_cpu", [&] {
+      regularize_run<scalar_t>(x.mutable_data_ptr<scalar_t>(),
+                               need_grad ? grad.const_data_ptr<scalar_t>() : nullptr, x.size(0),
+                               x.size(1), x.size(2) * x.size(3), x, lr, decay, blur_sigma,
+                               norm_pct, contrib_pct, lo, hi, &blurred);
+    });
+    return blurred.defined() ? blurred : x;
   }
-}
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cnnvis, CPU, m) { m.impl("regularize_", &regularize_cpu); }
+TORCH_LIBRARY_IMPL(cnnvis, CPU, m) { register_regularize<RegularizeCpu>(m); }
 
 }  // namespace cnnvis

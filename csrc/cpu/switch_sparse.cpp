@@ -15,8 +15,9 @@
 #include <vector>
 
 #include "../macros.h"
+#include "../pool_window.h"
 #include "../unpool_conv_transpose_common.h"
-#include "cpu_features.h"
+#include "isa.h"
 
 namespace cnnvis {
 namespace switch_sparse {
@@ -167,7 +168,8 @@ constexpr int64_t kL1PanelBytes = 32 * 1024;  // a panel this size stays in L1 (
 constexpr int64_t kSplitChannels = 128;  // input channels per chunk, at least, in the channel split
 
 inline int64_t band_rows(const Geom& g) {
-  return std::max<int64_t>(1, (kBandPositions + g.PW - 1) / std::max<int64_t>(1, g.PW));
+  const int64_t pw = std::max<int64_t>(1, g.pool.out_w);
+  return std::max<int64_t>(1, (kBandPositions + g.pool.out_w - 1) / pw);
 }
 
 // The nonzeros of one pooled row (n, ph), grouped by (position, switch):
@@ -202,17 +204,10 @@ struct Scratch {
   explicit Scratch(const Geom& g)
       : c(g.c), key(g.c), cnt(buckets(g) + 1), start(buckets(g) + 1) {}
   static int64_t buckets(const Geom& g) {
-    const int64_t K = g.pool_kh * g.pool_kw;
+    const int64_t K = g.pool.area();
     return K <= kPairMaxSlots ? (K + 1) * (K + 1) : K;
   }
 };
-
-// The conv-output position named by switch k of pooled (ph, pw), through
-// the switch_position of the op bodies; false when outside the window or map.
-inline bool target(const Geom& g, int64_t ph, int64_t pw, int64_t k, int64_t* y, int64_t* x) {
-  return switch_position(ph, pw, k, g.pool_sh, g.pool_sw, g.pool_ph, g.pool_pw, g.pool_kh,
-                         g.pool_kw, g.CH, g.CW, y, x);
-}
 
 // Pair partners are pair_distance(g) positions apart in a pooled row: the
 // least distance at which the output runs of the two targets cannot
@@ -220,10 +215,10 @@ inline bool target(const Geom& g, int64_t ph, int64_t pw, int64_t k, int64_t* y,
 // runs in registers at once). 0: no pairs (more than kPairMaxSlots slots,
 // or no such distance nearby).
 inline int64_t pair_distance(const Geom& g) {
-  if (g.pool_kh * g.pool_kw > kPairMaxSlots) return 0;
+  if (g.pool.area() > kPairMaxSlots) return 0;
   const int64_t span = (g.kw - 1) * g.dw + 1;  // output columns of one run
   for (int64_t d = 1; d <= 8; ++d)
-    if ((d * g.pool_sw - g.pool_kw + 1) * g.sw >= span) return d;
+    if ((d * g.pool.sw - g.pool.kw + 1) * g.sw >= span) return d;
   return 0;
 }
 
@@ -231,9 +226,9 @@ inline int64_t pair_distance(const Geom& g) {
 // as a pair (see kPairEntries).
 inline bool pairs_at(const Geom& g, const int32_t* count, int64_t n, int64_t ph, int64_t pw,
                      int64_t d) {
-  const int64_t K = g.pool_kh * g.pool_kw;
-  if (d == 0 || pw + d >= g.PW) return false;
-  const int64_t q = (n * g.PH + ph) * g.PW + pw, need = kPairEntries * K * K;
+  const int64_t K = g.pool.area();
+  if (d == 0 || pw + d >= g.pool.out_w) return false;
+  const int64_t q = (n * g.pool.out_h + ph) * g.pool.out_w + pw, need = kPairEntries * K * K;
   return count[q] >= need && count[q + d] >= need;
 }
 
@@ -246,7 +241,7 @@ template <typename Val>
 CNNVIS_TARGET_AVX512 __attribute__((noinline)) bool add_position_avx512(
     const Geom& g, const Val& val, const uint8_t* sw, const float* const* wrows, int64_t ph,
     int64_t pw, int64_t base, Scratch& sc, std::vector<float>& v, RowGroups<float>& rg) {
-  const int64_t C = g.c, K = g.pool_kh * g.pool_kw, stride = C + 16;
+  const int64_t C = g.c, K = g.pool.area(), stride = C + 16;
   if (static_cast<int64_t>(sc.slot_c.size()) < K * stride) {
     sc.slot_c.resize(K * stride);
     sc.slot_v.resize(K * stride);
@@ -287,7 +282,7 @@ CNNVIS_TARGET_AVX512 __attribute__((noinline)) bool add_position_avx512(
   for (int64_t k = 0; k < K; ++k) {
     if (cnt[k] == 0) continue;
     int64_t y, x;
-    if (!target(g, ph, pw, k, &y, &x)) return false;
+    if (!g.pool.switch_position(ph, pw, k, &y, &x)) return false;
     const int64_t e0 = static_cast<int64_t>(rg.rows.size());
     rg.gy.push_back(static_cast<int32_t>(y));
     rg.gx.push_back(static_cast<int32_t>(x));
@@ -317,8 +312,8 @@ CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint
                                        const A* const* wrows, const int32_t* count, int64_t n,
                                        int64_t ph, int64_t pw, int64_t d, Scratch& sc,
                                        std::vector<A>& v, std::vector<A>& v2, RowGroups<A>& rg) {
-  const int64_t C = g.c, K = g.pool_kh * g.pool_kw;
-  const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C, base2 = base + d * C;
+  const int64_t C = g.c, K = g.pool.area();
+  const int64_t q = (n * g.pool.out_h + ph) * g.pool.out_w + pw, base = q * C, base2 = base + d * C;
   const int np = d > 0 ? 2 : 1;
   if (np == 1 && count[q] == 0) return true;
 #if CNNVIS_X86_DISPATCH
@@ -372,8 +367,8 @@ CNNVIS_ALWAYS_INLINE bool add_position(const Geom& g, const Val& val, const uint
       // Slot k at (ph, pw) (K: none), slot k2 at (ph, pw + d) (K: none).
       const int64_t k = np == 2 ? b / (K + 1) : b, k2 = np == 2 ? b % (K + 1) : K;
       int64_t y = -1, x = -1, y2 = -1, x2 = -1;
-      if (k < K && !target(g, ph, pw, k, &y, &x)) return false;
-      if (k2 < K && !target(g, ph, pw + d, k2, &y2, &x2)) return false;
+      if (k < K && !g.pool.switch_position(ph, pw, k, &y, &x)) return false;
+      if (k2 < K && !g.pool.switch_position(ph, pw + d, k2, &y2, &x2)) return false;
       if (k == K) std::swap(y, y2), std::swap(x, x2);  // a single group of the second position
       rg.gy.push_back(static_cast<int32_t>(y));
       rg.gx.push_back(static_cast<int32_t>(x));
@@ -422,19 +417,19 @@ struct Grouper {
   std::vector<uint8_t> taken;
   int64_t K, dist;
   explicit Grouper(const Geom& g)
-      : scratch(g), v(g.c), v2(g.c), partner(g.PW), taken(g.PW), K(g.pool_kh * g.pool_kw),
+      : scratch(g), v(g.c), v2(g.c), partner(g.pool.out_w), taken(g.pool.out_w), K(g.pool.area()),
         dist(pair_distance(g)) {}
 
   template <typename Val>
   bool row(const Geom& g, const Val& val, const uint8_t* sw, const A* const* wrows,
            const int32_t* count, bool avx512, int64_t n, int64_t ph, RowGroups<A>& rr) {
-    const int32_t* cnt = count + (n * g.PH + ph) * g.PW;
+    const int32_t* cnt = count + (n * g.pool.out_h + ph) * g.pool.out_w;
     // Reservations: entries (at most the nonzeros) and groups (at most
     // min(nonzeros, buckets) per position or pair).
     std::fill(partner.begin(), partner.end(), int64_t{0});
     std::fill(taken.begin(), taken.end(), uint8_t{0});
     int64_t m = 0, k = 0;
-    for (int64_t pw = 0; pw < g.PW; ++pw) {
+    for (int64_t pw = 0; pw < g.pool.out_w; ++pw) {
       if (taken[pw]) continue;
       if (pairs_at(g, count, n, ph, pw, dist)) {
         partner[pw] = dist;
@@ -450,7 +445,7 @@ struct Grouper {
     rr.rows.reserve(m);
     rr.vals.reserve(m);
     for (auto* x : {&rr.gy, &rr.gx, &rr.gy2, &rr.gx2, &rr.gj, &rr.gm}) x->reserve(k);
-    for (int64_t pw = 0; pw < g.PW; ++pw) {
+    for (int64_t pw = 0; pw < g.pool.out_w; ++pw) {
       if (taken[pw]) continue;
       if (partner[pw] > 0 && rr.vals2.capacity() < static_cast<size_t>(m)) rr.vals2.reserve(m);
       const bool ok =
@@ -493,10 +488,10 @@ inline bool pooled_rows_for(const Geom& g, int64_t r0, int64_t r1, int64_t* plo,
   const int64_t span = (g.kh - 1) * g.dh;
   const int64_t ylo =
       std::max<int64_t>(0, floor_div(r0 + g.pad_h - span + g.sh - 1, g.sh));
-  const int64_t yhi = std::min<int64_t>(g.CH - 1, floor_div(r1 - 1 + g.pad_h, g.sh));
+  const int64_t yhi = std::min<int64_t>(g.pool.in_h - 1, floor_div(r1 - 1 + g.pad_h, g.sh));
   if (ylo > yhi) return false;
-  *plo = std::max<int64_t>(0, floor_div(ylo + g.pool_ph - g.pool_kh + g.pool_sh, g.pool_sh));
-  *phi = std::min<int64_t>(g.PH - 1, floor_div(yhi + g.pool_ph, g.pool_sh));
+  *plo = std::max<int64_t>(0, floor_div(ylo + g.pool.ph - g.pool.kh + g.pool.sh, g.pool.sh));
+  *phi = std::min<int64_t>(g.pool.out_h - 1, floor_div(yhi + g.pool.ph, g.pool.sh));
   return *plo <= *phi;
 }
 
@@ -600,6 +595,23 @@ CNNVIS_ALWAYS_INLINE void add_column(const Geom& g, const A* CNNVIS_RESTRICT col
   }
 }
 
+// Calls pos(ph, pw, base) for every pooled position (ph, pw) of image n that
+// holds a nonzero and whose nonzeros can reach output rows [r0, r1), base
+// the offset of its channel 0 in the pooled maps (NHWC); false as soon as
+// pos returns false (a bad switch).
+template <typename F>
+CNNVIS_ALWAYS_INLINE bool for_each_column_position(const Geom& g, const int32_t* count, int64_t n,
+                                                   int64_t r0, int64_t r1, F&& pos) {
+  int64_t plo, phi;
+  if (!pooled_rows_for(g, r0, r1, &plo, &phi)) return true;
+  for (int64_t ph = plo; ph <= phi; ++ph)
+    for (int64_t pw = 0; pw < g.pool.out_w; ++pw) {
+      const int64_t q = (n * g.pool.out_h + ph) * g.pool.out_w + pw;
+      if (count[q] != 0 && !pos(ph, pw, q * g.c)) return false;
+    }
+  return true;
+}
+
 // Column task (column mode: few input channels, so a filter is a few
 // vectors): the rows [r0, r1) of the output of image n, straight from the
 // pooled values. Per pooled position, every nonzero adds value * filter
@@ -614,39 +626,35 @@ CNNVIS_ALWAYS_INLINE bool column_task(const Geom& g, const Val& val, const uint8
                                       int64_t r1, A* cols, uint8_t* hit) {
   using V = typename VecU<A, VB>::type;
   constexpr int L = VecU<A, VB>::lanes;
-  int64_t plo, phi;
-  if (!pooled_rows_for(g, r0, r1, &plo, &phi)) return true;
-  const int64_t C = g.c, K = g.pool_kh * g.pool_kw, ci = g.ci, lenp = pn.chunk;
-  for (int64_t ph = plo; ph <= phi; ++ph)
-    for (int64_t pw = 0; pw < g.PW; ++pw) {
-      const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C;
-      if (count[q] == 0) continue;
-      std::fill(cols, cols + K * lenp, A(0));
-      std::fill(hit, hit + K, uint8_t(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const A v = val(base + c);
-        if (v == A(0)) continue;
-        const int64_t k = sw ? sw[base + c] : 0;
-        if (k >= K) return false;
-        hit[k] = 1;
-        A* o = cols + k * lenp;
-        const A* w = wrows[c];
-        for (int64_t t = 0; t < lenp; t += L) {  // lenp: whole vectors (padded panels)
-          V a, b;
-          std::memcpy(&a, o + t, sizeof(V));
-          std::memcpy(&b, w + t, sizeof(V));
-          a += v * b;
-          std::memcpy(o + t, &a, sizeof(V));
+  const int64_t C = g.c, K = g.pool.area(), lenp = pn.chunk;
+  return for_each_column_position(
+      g, count, n, r0, r1, [&](int64_t ph, int64_t pw, int64_t base) CNNVIS_INLINE_LAMBDA {
+        std::fill(cols, cols + K * lenp, A(0));
+        std::fill(hit, hit + K, uint8_t(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const A v = val(base + c);
+          if (v == A(0)) continue;
+          const int64_t k = sw ? sw[base + c] : 0;
+          if (k >= K) return false;
+          hit[k] = 1;
+          A* o = cols + k * lenp;
+          const A* w = wrows[c];
+          for (int64_t t = 0; t < lenp; t += L) {  // lenp: whole vectors (padded panels)
+            V a, b;
+            std::memcpy(&a, o + t, sizeof(V));
+            std::memcpy(&b, w + t, sizeof(V));
+            a += v * b;
+            std::memcpy(o + t, &a, sizeof(V));
+          }
         }
-      }
-      for (int64_t k = 0; k < K; ++k) {
-        if (!hit[k]) continue;
-        int64_t y, x;
-        if (!target(g, ph, pw, k, &y, &x)) return false;
-        add_column(g, cols + k * lenp, y, x, n, r0, r1, outp);
-      }
-    }
-  return true;
+        for (int64_t k = 0; k < K; ++k) {
+          if (!hit[k]) continue;
+          int64_t y, x;
+          if (!g.pool.switch_position(ph, pw, k, &y, &x)) return false;
+          add_column(g, cols + k * lenp, y, x, n, r0, r1, outp);
+        }
+        return true;
+      });
 }
 
 // Column task with K (1 or 4) switch slots and columns of NV vectors, for
@@ -663,64 +671,60 @@ CNNVIS_ALWAYS_INLINE bool column_dense_task(const Geom& g, const Val& val, const
                                             int64_t r1, A* cols, A* vk) {
   using V = typename VecU<A, VB>::type;
   constexpr int L = VecU<A, VB>::lanes;
-  int64_t plo, phi;
-  if (!pooled_rows_for(g, r0, r1, &plo, &phi)) return true;
-  const int64_t C = g.c, ci = g.ci, lenp = pn.chunk;
-  for (int64_t ph = plo; ph <= phi; ++ph)
-    for (int64_t pw = 0; pw < g.PW; ++pw) {
-      const int64_t q = (n * g.PH + ph) * g.PW + pw, base = q * C;
-      if (count[q] == 0) continue;
-      // Branch-free loops over the channels (they vectorize): the values,
-      // the switches (as int32: one lane width), then one masked copy per slot.
-      A* CNNVIS_RESTRICT xv = vk + K * C;
-      int32_t* CNNVIS_RESTRICT sv = reinterpret_cast<int32_t*>(xv + C);
-      int32_t bad = 0;
-      CNNVIS_IVDEP
-      for (int64_t c = 0; c < C; ++c) xv[c] = val(base + c);
-      if (sw) {
+  const int64_t C = g.c, lenp = pn.chunk;
+  return for_each_column_position(
+      g, count, n, r0, r1, [&](int64_t ph, int64_t pw, int64_t base) CNNVIS_INLINE_LAMBDA {
+        // Branch-free loops over the channels (they vectorize): the values,
+        // the switches (as int32: one lane width), then one masked copy per slot.
+        A* CNNVIS_RESTRICT xv = vk + K * C;
+        int32_t* CNNVIS_RESTRICT sv = reinterpret_cast<int32_t*>(xv + C);
+        int32_t bad = 0;
         CNNVIS_IVDEP
-        for (int64_t c = 0; c < C; ++c) {
-          sv[c] = sw[base + c];
-          bad |= sv[c] >= K;
+        for (int64_t c = 0; c < C; ++c) xv[c] = val(base + c);
+        if (sw) {
+          CNNVIS_IVDEP
+          for (int64_t c = 0; c < C; ++c) {
+            sv[c] = sw[base + c];
+            bad |= sv[c] >= K;
+          }
+          if (bad) return false;
+        } else {
+          std::fill(sv, sv + C, 0);
         }
-        if (bad) return false;
-      } else {
-        std::fill(sv, sv + C, 0);
-      }
-      int32_t hit[K];
-      for (int k = 0; k < K; ++k) {
-        A* CNNVIS_RESTRICT dst = vk + k * C;
-        int32_t h = 0;
-        CNNVIS_IVDEP
-        for (int64_t c = 0; c < C; ++c) {
-          const bool mine = sv[c] == k;
-          dst[c] = mine ? xv[c] : A(0);
-          h += static_cast<int32_t>(mine & (xv[c] != A(0)));
-        }
-        hit[k] = h;
-      }
-      V acc[K][NV];
-      for (int k = 0; k < K; ++k)
-        for (int i = 0; i < NV; ++i) acc[k][i] = V{};
-      for (int64_t c = 0; c < C; ++c) {
-        const A* w = wrows[c];
-        V wv[NV];
-        for (int i = 0; i < NV; ++i) std::memcpy(&wv[i], w + i * L, sizeof(V));
+        int32_t hit[K];
         for (int k = 0; k < K; ++k) {
-          const A b = vk[k * C + c];
-          for (int i = 0; i < NV; ++i) acc[k][i] += b * wv[i];
+          A* CNNVIS_RESTRICT dst = vk + k * C;
+          int32_t h = 0;
+          CNNVIS_IVDEP
+          for (int64_t c = 0; c < C; ++c) {
+            const bool mine = sv[c] == k;
+            dst[c] = mine ? xv[c] : A(0);
+            h += static_cast<int32_t>(mine & (xv[c] != A(0)));
+          }
+          hit[k] = h;
         }
-      }
-      for (int k = 0; k < K; ++k) {
-        if (hit[k] == 0) continue;
-        int64_t y, x;
-        if (!target(g, ph, pw, k, &y, &x)) return false;
-        A* col = cols + k * lenp;
-        for (int i = 0; i < NV; ++i) std::memcpy(col + i * L, &acc[k][i], sizeof(V));
-        add_column(g, col, y, x, n, r0, r1, outp);
-      }
-    }
-  return true;
+        V acc[K][NV];
+        for (int k = 0; k < K; ++k)
+          for (int i = 0; i < NV; ++i) acc[k][i] = V{};
+        for (int64_t c = 0; c < C; ++c) {
+          const A* w = wrows[c];
+          V wv[NV];
+          for (int i = 0; i < NV; ++i) std::memcpy(&wv[i], w + i * L, sizeof(V));
+          for (int k = 0; k < K; ++k) {
+            const A b = vk[k * C + c];
+            for (int i = 0; i < NV; ++i) acc[k][i] += b * wv[i];
+          }
+        }
+        for (int k = 0; k < K; ++k) {
+          if (hit[k] == 0) continue;
+          int64_t y, x;
+          if (!g.pool.switch_position(ph, pw, k, &y, &x)) return false;
+          A* col = cols + k * lenp;
+          for (int i = 0; i < NV; ++i) std::memcpy(col + i * L, &acc[k][i], sizeof(V));
+          add_column(g, col, y, x, n, r0, r1, outp);
+        }
+        return true;
+      });
 }
 
 // The column task for this geometry: column_dense_task where its K and NV
@@ -733,7 +737,7 @@ CNNVIS_ALWAYS_INLINE bool column_any(const Geom& g, const Val& val, const uint8_
                                      A* outp, int64_t n, int64_t r0, int64_t r1, A* cols,
                                      uint8_t* hit, A* vk, bool dense) {
   constexpr int L = VecU<A, VB>::lanes;
-  const int64_t K = g.pool_kh * g.pool_kw, nv = pn.chunk / L;
+  const int64_t K = g.pool.area(), nv = pn.chunk / L;
   if (dense && pn.chunk % L == 0) {
 #define CNNVIS_COLUMN_DENSE(KK, NN) \
   if (K == KK && nv == NN)          \
@@ -763,13 +767,13 @@ CNNVIS_ALWAYS_INLINE void correlate_task(const Geom& g, const Val& val, const ui
   std::vector<std::vector<const A*>> rows(nb);
   std::vector<std::vector<A>> vals(nb);
   for (int64_t n = 0; n < g.n; ++n) {
-    for (int64_t b0 = 0; b0 < g.PH; b0 += pb) {
-      const int64_t b1 = std::min(g.PH, b0 + pb);
+    for (int64_t b0 = 0; b0 < g.pool.out_h; b0 += pb) {
+      const int64_t b1 = std::min(g.pool.out_h, b0 + pb);
       for (auto& r : rows) r.clear();
       for (auto& v : vals) v.clear();
       for (int64_t ph = b0; ph < b1; ++ph) {
-        for (int64_t pw = 0; pw < g.PW; ++pw) {
-          const int64_t base = ((n * g.PH + ph) * g.PW + pw) * C;
+        for (int64_t pw = 0; pw < g.pool.out_w; ++pw) {
+          const int64_t base = ((n * g.pool.out_h + ph) * g.pool.out_w + pw) * C;
           bool any = false;
           for (int64_t c = c0; c < c1; ++c) any |= val(base + c) != A(0);
           if (!any) continue;
@@ -777,7 +781,7 @@ CNNVIS_ALWAYS_INLINE void correlate_task(const Geom& g, const Val& val, const ui
             const A v = val(base + c);
             if (v == A(0)) continue;
             int64_t y, x;
-            if (!target(g, ph, pw, sw ? sw[base + c] : 0, &y, &x)) {
+            if (!g.pool.switch_position(ph, pw, sw ? sw[base + c] : 0, &y, &x)) {
               bad = true;
               return;
             }
@@ -805,65 +809,39 @@ CNNVIS_ALWAYS_INLINE void correlate_task(const Geom& g, const Val& val, const ui
 
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
-// One copy of each task per instruction set: generic (32-byte vector types,
-// lowered to what the build targets), AVX2 + FMA, and AVX-512 (64-byte
-// vectors: twice the multiply-adds per instruction where the core has full
-// 512-bit units).
-enum class Isa { kGeneric, kAvx2, kAvx512 };
-
-inline Isa best_isa() {
-#if CNNVIS_X86_DISPATCH
-  if (cpu_has_avx512f()) return Isa::kAvx512;
-  if (cpu_has_avx2_fma()) return Isa::kAvx2;
-#endif
-  return Isa::kGeneric;
-}
-
-// The copies of the three tasks for one instruction set (SUFFIX), compiled
-// with TARGET's attribute and VB-byte vectors.
-#define CNNVIS_SWITCH_SPARSE_TASKS(SUFFIX, TARGET, VB)                                       \
-  template <typename A>                                                                      \
-  TARGET void scatter_##SUFFIX(const Geom& g, const RowGroups<A>* rows, const Panels& pn,    \
-                               A* outp, int64_t n, int64_t r0, int64_t r1, int64_t tc0,      \
-                               int64_t tc1) {                                                \
-    scatter_task<A, VB>(g, rows, pn, outp, n, r0, r1, tc0, tc1);                             \
-  }                                                                                          \
-  template <typename A, typename Val>                                                        \
-  TARGET bool column_##SUFFIX(const Geom& g, const Val& val, const uint8_t* sw,              \
-                              const A* const* wr, const Panels& pn, const int32_t* count,    \
-                              A* outp, int64_t n, int64_t r0, int64_t r1, A* cols,           \
-                              uint8_t* hit, A* vk, bool dense) {                             \
-    return column_any<A, Val, VB>(g, val, sw, wr, pn, count, outp, n, r0, r1, cols, hit, vk, \
-                                  dense);                                                    \
-  }                                                                                          \
-  template <typename A, typename Val>                                                        \
-  TARGET void correlate_##SUFFIX(const Geom& g, const Val& val, const uint8_t* sw,           \
-                                 const A* xp, A* gw, int64_t c0, int64_t c1,                 \
-                                 std::atomic<bool>& bad) {                                   \
-    correlate_task<A, Val, VB>(g, val, sw, xp, gw, c0, c1, bad);                             \
+// The tasks, each with a copy per instruction set (isa.h): generic
+// (32-byte vector types, lowered to what the build targets), AVX2 + FMA, and
+// AVX-512 (64-byte vectors: twice the multiply-adds per instruction where the
+// core has full 512-bit units).
+struct ScatterTask {
+  static constexpr CpuIsa kMaxIsa = CpuIsa::kAvx512;
+  template <CpuIsa I, typename A>
+  static CNNVIS_ALWAYS_INLINE void run(const Geom& g, const RowGroups<A>* rows, const Panels& pn,
+                                       A* outp, int64_t n, int64_t r0, int64_t r1, int64_t tc0,
+                                       int64_t tc1) {
+    scatter_task<A, vector_bytes(I)>(g, rows, pn, outp, n, r0, r1, tc0, tc1);
   }
-
-CNNVIS_SWITCH_SPARSE_TASKS(generic, , 32)
-#if CNNVIS_X86_DISPATCH
-CNNVIS_SWITCH_SPARSE_TASKS(avx2, CNNVIS_TARGET_AVX2, 32)
-CNNVIS_SWITCH_SPARSE_TASKS(avx512, CNNVIS_TARGET_AVX512, 64)
-#endif
-#undef CNNVIS_SWITCH_SPARSE_TASKS
-
-// The copy of `isa` (the one switch over the instruction sets).
-#if CNNVIS_X86_DISPATCH
-#define CNNVIS_ON_ISA(isa, NAME, ...)                                   \
-  ((isa) == Isa::kAvx512 ? NAME##_avx512(__VA_ARGS__)                   \
-   : (isa) == Isa::kAvx2 ? NAME##_avx2(__VA_ARGS__) : NAME##_generic(__VA_ARGS__))
-#else
-#define CNNVIS_ON_ISA(isa, NAME, ...) NAME##_generic(__VA_ARGS__)
-#endif
-
-[[noreturn]] void bad_switch() {
-  TORCH_CHECK_VALUE(false, "switches: some switch points outside its pooling window or outside "
-                    "the conv output map; check the pooling arguments and output_size");
-  abort();
-}
+};
+struct ColumnTask {
+  static constexpr CpuIsa kMaxIsa = CpuIsa::kAvx512;
+  template <CpuIsa I, typename A, typename Val>
+  static CNNVIS_ALWAYS_INLINE bool run(const Geom& g, const Val& val, const uint8_t* sw,
+                                       const A* const* wr, const Panels& pn, const int32_t* count,
+                                       A* outp, int64_t n, int64_t r0, int64_t r1, A* cols,
+                                       uint8_t* hit, A* vk, bool dense) {
+    return column_any<A, Val, vector_bytes(I)>(g, val, sw, wr, pn, count, outp, n, r0, r1, cols,
+                                               hit, vk, dense);
+  }
+};
+struct CorrelateTask {
+  static constexpr CpuIsa kMaxIsa = CpuIsa::kAvx512;
+  template <CpuIsa I, typename A, typename Val>
+  static CNNVIS_ALWAYS_INLINE void run(const Geom& g, const Val& val, const uint8_t* sw,
+                                       const A* xp, A* gw, int64_t c0, int64_t c1,
+                                       std::atomic<bool>& bad) {
+    correlate_task<A, Val, vector_bytes(I)>(g, val, sw, xp, gw, c0, c1, bad);
+  }
+};
 
 // Calls f(val) with the value functor of `mode` over the NHWC pooled tensors.
 template <typename A, typename F>
@@ -982,7 +960,7 @@ CNNVIS_ALWAYS_INLINE int32_t survey_position(const Val& val, int64_t base, int64
 Survey survey(const Geom& g, Values mode, const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor ac = a.contiguous(kCL);
   const at::Tensor bc = b.defined() ? b.contiguous(kCL) : at::Tensor();
-  const int64_t positions = g.n * g.PH * g.PW, C = g.c;
+  const int64_t positions = g.n * g.pool.out_h * g.pool.out_w, C = g.c;
   Survey sv;
   sv.count.assign(positions, 0);
   sv.used.assign(C, 0);
@@ -1025,7 +1003,7 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
   std::atomic<bool> bad{false};
   const int64_t threads = at::get_num_threads();
   const at::Tensor wc = weight.contiguous();
-  const Isa isa = best_isa();
+  const CpuIsa isa = cpu_isa();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "switch_sparse::scatter", [&] {
     using A = scalar_t;
     const uint8_t* sp = sc.defined() ? sc.const_data_ptr<uint8_t>() : nullptr;
@@ -1038,7 +1016,7 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
       if (col || svr.used[c]) sel.push_back(c);
     // Little work (a one-hot map, a few nonzeros): one thread, no wake-ups.
     const double work = static_cast<double>(svr.nnz) * static_cast<double>(g.kh * g.kw * g.ci) +
-                        static_cast<double>(g.n * g.PH * g.PW * g.c);
+                        static_cast<double>(g.n * g.pool.out_h * g.pool.out_w * g.c);
     const bool serial = work < 4e5;
     // Tasks: (image, band of output rows), each owning its rows (no atomics),
     // handed out dynamically since the bands at the map's edges have less
@@ -1061,9 +1039,10 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     // Masked-dense columns when at least 1 in 2 of the slots a position
     // could fill holds a nonzero on average (K masked multiply-adds per
     // channel against one per nonzero plus a dependency through memory).
-    const int64_t positions = std::max<int64_t>(1, g.n * g.PH * g.PW);
+    const int64_t positions = std::max<int64_t>(1, g.n * g.pool.out_h * g.pool.out_w);
     const bool dense = static_cast<double>(svr.nnz) >=
-                       0.5 * static_cast<double>(positions * g.c) / static_cast<double>(g.pool_kh * g.pool_kw);
+                       0.5 * static_cast<double>(positions * g.c) /
+                           static_cast<double>(g.pool.area());
     const at::Tensor wpack = pack_panels<A>(g, pn, wc, sel);
     const A* wp = wpack.const_data_ptr<A>();
     std::vector<const A*> wrows(g.c, nullptr);
@@ -1076,49 +1055,52 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     if (pn.col) {
       with_values<A>(mode, ac, bc, [&](const auto& val) {
         at::parallel_for(0, serial ? 1 : std::min(threads, items), 1, [&](int64_t, int64_t) {
-          const int64_t K = g.pool_kh * g.pool_kw;
+          const int64_t K = g.pool.area();
           std::vector<A> cols(K * pn.chunk), vk(dense ? (K + 2) * g.c : 0);
           std::vector<uint8_t> hit(K);
           for (int64_t item = next++; item < items && !bad; item = next++) {
             const int64_t n = item / bands, r0 = (item % bands) * band_h;
             const int64_t r1 = std::min(g.H, r0 + band_h);
-            if (r0 < r1 && !CNNVIS_ON_ISA(isa, column, g, val, sp, wrows.data(), pn, nzp, op, n,
-                                          r0, r1, cols.data(), hit.data(), vk.data(), dense))
+            if (r0 < r1 && !run_on_isa<ColumnTask>(isa, g, val, sp, wrows.data(), pn, nzp, op, n,
+                                                   r0, r1, cols.data(), hit.data(), vk.data(),
+                                                   dense))
               bad = true;
           }
         });
       });
       return;
     }
-    const bool avx512 = isa == Isa::kAvx512;
+    const bool avx512 = isa == CpuIsa::kAvx512;
     if (fused) {
       // One task per image: its groups (in this thread's reused buffers, so
       // they stay in its cache), then its products.
       with_values<A>(mode, ac, bc, [&](const auto& val) {
         at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
           Grouper<A> gr(g);
-          std::vector<RowGroups<A>> local(g.PH);
+          std::vector<RowGroups<A>> local(g.pool.out_h);
           for (int64_t n = next++; n < items && !bad; n = next++) {
-            for (int64_t ph = 0; ph < g.PH; ++ph) {
+            for (int64_t ph = 0; ph < g.pool.out_h; ++ph) {
               local[ph].clear();
               if (!gr.row(g, val, sp, wrows.data(), nzp, avx512, n, ph, local[ph])) {
                 bad = true;
                 break;
               }
             }
-            if (!bad) CNNVIS_ON_ISA(isa, scatter, g, local.data(), pn, op, n, 0, g.H, 0, pn.nch);
+            if (!bad) run_on_isa<ScatterTask>(isa, g, local.data(), pn, op, n, 0, g.H, 0, pn.nch);
           }
         });
       });
       return;
     }
     // Phase 1: the groups of every pooled row, once (parallel over rows).
-    std::vector<RowGroups<A>> rg(g.n * g.PH);
+    std::vector<RowGroups<A>> rg(g.n * g.pool.out_h);
     with_values<A>(mode, ac, bc, [&](const auto& val) {
-      at::parallel_for(0, g.n * g.PH, serial ? g.n * g.PH : 1, [&](int64_t begin, int64_t end) {
+      const int64_t rows = g.n * g.pool.out_h;
+      at::parallel_for(0, rows, serial ? rows : 1, [&](int64_t begin, int64_t end) {
         Grouper<A> gr(g);
         for (int64_t row = begin; row < end && !bad; ++row)
-          if (!gr.row(g, val, sp, wrows.data(), nzp, avx512, row / g.PH, row % g.PH, rg[row]))
+          if (!gr.row(g, val, sp, wrows.data(), nzp, avx512, row / g.pool.out_h,
+                      row % g.pool.out_h, rg[row]))
             bad = true;
       });
     });
@@ -1128,13 +1110,15 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
       for (int64_t item = next++; item < items; item = next++) {
         if (split) {
           const int64_t n = item / pn.nch, tc = item % pn.nch;
-          CNNVIS_ON_ISA(isa, scatter, g, rg.data() + n * g.PH, pn, op, n, 0, g.H, tc, tc + 1);
+          run_on_isa<ScatterTask>(isa, g, rg.data() + n * g.pool.out_h, pn, op, n, 0, g.H, tc,
+                                  tc + 1);
           continue;
         }
         const int64_t n = item / bands, r0 = (item % bands) * band_h;
         const int64_t r1 = std::min(g.H, r0 + band_h);
         if (r0 < r1)
-          CNNVIS_ON_ISA(isa, scatter, g, rg.data() + n * g.PH, pn, op, n, r0, r1, 0, pn.nch);
+          run_on_isa<ScatterTask>(isa, g, rg.data() + n * g.pool.out_h, pn, op, n, r0, r1, 0,
+                                  pn.nch);
       }
     });
   });
@@ -1153,19 +1137,18 @@ at::Tensor correlate(const Geom& g, Values mode, const at::Tensor& a, const at::
   const int64_t threads = at::get_num_threads();
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(g.c, 2 * threads));
   const int64_t per = (g.c + blocks - 1) / blocks;
-  const Isa isa = best_isa();
+  const CpuIsa isa = cpu_isa();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "switch_sparse::correlate", [&] {
     using A = scalar_t;
     const uint8_t* sp = sc.defined() ? sc.const_data_ptr<uint8_t>() : nullptr;
     const A* xpp = xp.const_data_ptr<A>();
     A* gp = gw.mutable_data_ptr<A>();
     with_values<A>(mode, ac, bc, [&](const auto& val) {
-      using Val = std::decay_t<decltype(val)>;
       at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t blk = begin; blk < end && !bad; ++blk) {
           const int64_t c0 = blk * per, c1 = std::min(g.c, c0 + per);
           if (c0 >= c1) continue;
-          CNNVIS_ON_ISA(isa, correlate, g, val, sp, xpp, gp, c0, c1, bad);
+          run_on_isa<CorrelateTask>(isa, g, val, sp, xpp, gp, c0, c1, bad);
         }
       });
     });

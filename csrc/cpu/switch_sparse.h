@@ -41,7 +41,7 @@
 // by switch, when the map is dense and the pooling 2x2 or none) and then
 // added into the output's kH x kW neighbourhood.
 //
-// Each task has AVX-512, AVX2 + FMA and generic copies (cpu_features.h).
+// Each task has AVX-512, AVX2 + FMA and generic copies (isa.h).
 //
 // Parallelism: scatter over (image, band of output rows), handed out
 // dynamically — each task owns its rows, no atomics (for few images of few
@@ -57,15 +57,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "../pool_window.h"
+
 namespace cnnvis {
 namespace switch_sparse {
 
 // Geometry of one switch-sparse product.
 struct Geom {
-  int64_t n, c;              // pooled map (N, C, PH, PW)
-  int64_t PH, PW;
-  int64_t CH, CW;            // conv output (the unpooled map)
-  int64_t pool_kh, pool_kw, pool_sh, pool_sw, pool_ph, pool_pw;
+  int64_t n, c;              // pooled map (N, C, pool.out_h, pool.out_w)
+  PoolWindow pool;           // the conv output (pool.in_h, pool.in_w) -> the pooled map
   int64_t ci;                // conv input channels (groups must be 1)
   int64_t kh, kw, sh, sw, dh, dw;
   int64_t pad_h, pad_w;      // conv padding

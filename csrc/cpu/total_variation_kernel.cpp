@@ -19,7 +19,8 @@
 
 #include "../total_variation.h"
 #include "../total_variation_common.h"
-#include "cpu_features.h"
+#include "cpu_helpers.h"
+#include "isa.h"
 
 namespace cnnvis {
 namespace {
@@ -42,10 +43,10 @@ CNNVIS_TARGET_AVX2 void sqrt_row_avx2(const double* CNNVIS_RESTRICT t, double* C
 }
 #endif
 
-template <typename A, bool Avx2>
+template <CpuIsa I, typename A>
 CNNVIS_ALWAYS_INLINE void sqrt_row(const A* CNNVIS_RESTRICT t, A* CNNVIS_RESTRICT r, int64_t n) {
 #if CNNVIS_X86_DISPATCH
-  if constexpr (Avx2) {
+  if constexpr (I >= CpuIsa::kAvx2) {
     sqrt_row_avx2(t, r, n);
     return;
   }
@@ -75,7 +76,7 @@ struct TVParams {
 // xn is row i+1, or nullptr for the last row (dy = 0). Differences, t and the
 // term are computed in one loop over the row (two around the vectorized sqrt
 // for beta = 1); the last column (dx = 0) is peeled.
-template <typename A, int K, bool V, bool G, bool Avx2>
+template <CpuIsa I, typename A, TVKind K, bool V, bool G>
 CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_RESTRICT xn,
                                    int64_t W, const TVParams& p, A* CNNVIS_RESTRICT dx,
                                    A* CNNVIS_RESTRICT dy, A* CNNVIS_RESTRICT t,
@@ -84,7 +85,7 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
   const A hb = static_cast<A>(p.half_beta), beta = static_cast<A>(p.beta),
           eps = static_cast<A>(p.eps);
   const A* CNNVIS_RESTRICT xd = xn != nullptr ? xn : xi;  // dy = 0 on the last row
-  if (K == kTVBeta1) {
+  if (K == TVKind::kBeta1) {
     for (int64_t j = 0; j + 1 < W; ++j) {
       dx[j] = xi[j + 1] - xi[j];
       dy[j] = xd[j] - xi[j];
@@ -93,7 +94,7 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
     dx[W - 1] = A(0);
     dy[W - 1] = xd[W - 1] - xi[W - 1];
     t[W - 1] = tv_t(A(0), dy[W - 1], eps);
-    sqrt_row<A, Avx2>(t, root, W);
+    sqrt_row<I>(t, root, W);
     for (int64_t j = 0; j < W; ++j) {
       A aj = A(0), bj = A(0);
       const A vj = tv_term<K, G>(dx[j], dy[j], t[j], root[j], hb, beta, &aj, &bj);
@@ -108,7 +109,7 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
       const A dxj = xi[j + 1] - xi[j];
       const A dyj = xd[j] - xi[j];
       A aj = A(0), bj = A(0);
-      const A vj = tv_term<K, G>(dxj, dyj, K == kTVAniso ? A(0) : tv_t(dxj, dyj, eps), A(0), hb,
+      const A vj = tv_term<K, G>(dxj, dyj, K == TVKind::kAniso ? A(0) : tv_t(dxj, dyj, eps), A(0), hb,
                                  beta, &aj, &bj);
       if (V) v[j] = vj;
       if (G) {
@@ -120,7 +121,7 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
       const int64_t j = W - 1;
       const A dyj = xd[j] - xi[j];
       A aj = A(0), bj = A(0);
-      const A vj = tv_term<K, G>(A(0), dyj, K == kTVAniso ? A(0) : tv_t(A(0), dyj, eps), A(0), hb,
+      const A vj = tv_term<K, G>(A(0), dyj, K == TVKind::kAniso ? A(0) : tv_t(A(0), dyj, eps), A(0), hb,
                                  beta, &aj, &bj);
       if (V) v[j] = vj;
       if (G) {
@@ -133,7 +134,7 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
 }
 
 // Rows [r0, r1) of one plane. buf holds 9 rows of W scratch values.
-template <typename A, int K, bool V, bool G, bool Avx2>
+template <CpuIsa I, typename A, TVKind K, bool V, bool G>
 CNNVIS_ALWAYS_INLINE double tv_band_impl(const A* x, A* grad, int64_t H, int64_t W, int64_t r0,
                                          int64_t r1, const TVParams& p, A scale, A* buf) {
   A* dx = buf;
@@ -147,7 +148,7 @@ CNNVIS_ALWAYS_INLINE double tv_band_impl(const A* x, A* grad, int64_t H, int64_t
   double s = 0;
   if (G) {
     if (r0 > 0) {
-      tv_row<A, K, false, true, Avx2>(x + (r0 - 1) * W, x + r0 * W, W, p, dx, dy, t, root, v, a,
+      tv_row<I, A, K, false, true>(x + (r0 - 1) * W, x + r0 * W, W, p, dx, dy, t, root, v, a,
                                       bprev);
     } else {
       for (int64_t j = 0; j < W; ++j) bprev[j] = A(0);
@@ -156,7 +157,7 @@ CNNVIS_ALWAYS_INLINE double tv_band_impl(const A* x, A* grad, int64_t H, int64_t
   for (int64_t i = r0; i < r1; ++i) {
     const A* xi = x + i * W;
     const A* xn = i + 1 < H ? xi + W : nullptr;
-    s += tv_row<A, K, V, G, Avx2>(xi, xn, W, p, dx, dy, t, root, v, a, b);
+    s += tv_row<I, A, K, V, G>(xi, xn, W, p, dx, dy, t, root, v, a, b);
     if (G) {
       A* gi = grad + i * W;
       gi[0] = tv_grad_at(A(0), bprev[0], a[0], b[0], scale);
@@ -167,56 +168,37 @@ CNNVIS_ALWAYS_INLINE double tv_band_impl(const A* x, A* grad, int64_t H, int64_t
   return s;
 }
 
-template <typename A, int K, bool V, bool G>
-double tv_band_default(const A* x, A* grad, int64_t H, int64_t W, int64_t r0, int64_t r1,
-                       const TVParams& p, A scale, A* buf) {
-  return tv_band_impl<A, K, V, G, false>(x, grad, H, W, r0, r1, p, scale, buf);
-}
-
-#if CNNVIS_X86_DISPATCH
-template <typename A, int K, bool V, bool G>
-CNNVIS_TARGET_AVX2 double tv_band_avx2(const A* x, A* grad, int64_t H, int64_t W, int64_t r0,
-                                       int64_t r1, const TVParams& p, A scale, A* buf) {
-  return tv_band_impl<A, K, V, G, true>(x, grad, H, W, r0, r1, p, scale, buf);
-}
-#endif
-
-template <typename A, int K, bool V, bool G>
-using BandFn = double (*)(const A*, A*, int64_t, int64_t, int64_t, int64_t, const TVParams&, A,
-                          A*);
-
-template <typename A, int K, bool V, bool G>
-BandFn<A, K, V, G> pick_band() {
-#if CNNVIS_X86_DISPATCH
-  if (cpu_has_avx2_fma()) return &tv_band_avx2<A, K, V, G>;
-#endif
-  return &tv_band_default<A, K, V, G>;
-}
+// The band kernel, with a generic and an AVX2 + FMA copy (isa.h).
+template <TVKind K, bool V, bool G>
+struct TVBand {
+  static constexpr CpuIsa kMaxIsa = CpuIsa::kAvx2;
+  template <CpuIsa I, typename A>
+  static CNNVIS_ALWAYS_INLINE double run(const A* x, A* grad, int64_t H, int64_t W, int64_t r0,
+                                         int64_t r1, const TVParams& p, A scale, A* buf) {
+    return tv_band_impl<I, A, K, V, G>(x, grad, H, W, r0, r1, p, scale, buf);
+  }
+};
 
 // Runs the band kernel over every plane of x (contiguous NCHW). Returns the
 // per-image sums (double, (N,)) when V; writes grad (contiguous) when G, with
 // scales[n] the upstream factor of image n.
-template <typename A, int K, bool V, bool G>
+template <typename A, TVKind K, bool V, bool G>
 std::vector<double> tv_run(const A* x, A* grad, int64_t N, int64_t C, int64_t H, int64_t W,
                            const TVParams& p, const std::vector<double>& scales) {
   const int64_t planes = N * C;
-  const int64_t threads = at::get_num_threads();
-  // Enough bands for every thread to get several, but bands of >= 16 rows.
-  int64_t bands = 1;
-  if (planes < 4 * threads) bands = std::max<int64_t>(1, std::min<int64_t>((4 * threads + planes - 1) / planes, H / 16));
-  const int64_t bh = (H + bands - 1) / bands;
-  bands = (H + bh - 1) / bh;
+  const RowBands rb = row_bands(planes, H, 16);
+  const int64_t bands = rb.count, bh = rb.rows;
   std::vector<double> partial(planes * bands, 0.0);
-  const auto fn = pick_band<A, K, V, G>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, bh * W));
-  at::parallel_for(0, planes * bands, grain, [&](int64_t begin, int64_t end) {
+  const CpuIsa isa = cpu_isa();
+  at::parallel_for(0, planes * bands, grain_for(bh * W, 16384), [&](int64_t begin, int64_t end) {
     std::vector<A> buf(9 * W);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t plane = item / bands, band = item % bands;
       const int64_t r0 = band * bh, r1 = std::min(H, r0 + bh);
       const int64_t off = plane * H * W;
       const A scale = G ? static_cast<A>(scales[plane / C]) : A(0);
-      partial[item] = fn(x + off, G ? grad + off : nullptr, H, W, r0, r1, p, scale, buf.data());
+      partial[item] = run_on_isa<TVBand<K, V, G>>(isa, x + off, G ? grad + off : nullptr, H, W, r0,
+                                                   r1, p, scale, buf.data());
     }
   });
   std::vector<double> per_image;
@@ -228,114 +210,64 @@ std::vector<double> tv_run(const A* x, A* grad, int64_t N, int64_t C, int64_t H,
   return per_image;
 }
 
-template <typename A, bool V, bool G>
-std::vector<double> tv_dispatch_kind(int kind, const A* x, A* grad, int64_t N, int64_t C,
-                                     int64_t H, int64_t W, const TVParams& p,
-                                     const std::vector<double>& scales) {
-  switch (kind) {
-    case kTVBeta2: return tv_run<A, kTVBeta2, V, G>(x, grad, N, C, H, W, p, scales);
-    case kTVBeta1: return tv_run<A, kTVBeta1, V, G>(x, grad, N, C, H, W, p, scales);
-    case kTVGeneral: return tv_run<A, kTVGeneral, V, G>(x, grad, N, C, H, W, p, scales);
-    default: return tv_run<A, kTVAniso, V, G>(x, grad, N, C, H, W, p, scales);
-  }
-}
-
-void check_cpu(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "x: expected a CPU tensor, got ", x.device());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "x: dtype ",
-                   x.scalar_type(), " is not supported on CPU (float32, float64)");
-}
-
-// The reduced value from per-image sums.
-at::Tensor finish_value(const std::vector<double>& per_image, const at::Tensor& x, int reduction) {
-  const int64_t N = x.size(0);
-  if (reduction == kTVNone) {
-    at::Tensor out = at::empty({N}, x.options().dtype(at::kDouble));
-    std::copy(per_image.begin(), per_image.end(), out.mutable_data_ptr<double>());
-    return out.to(x.scalar_type());
-  }
-  double s = 0;
-  for (double v : per_image) s += v;
-  if (reduction == kTVMean) s = x.numel() > 0 ? s / static_cast<double>(x.numel()) : NAN;
-  return at::scalar_tensor(s, x.options().dtype(at::kDouble)).to(x.scalar_type());
-}
-
 TVParams params_of(const TVOptions& o) { return TVParams{o.beta / 2, o.beta, o.eps}; }
 
-at::Tensor total_variation_cpu(const at::Tensor& x, double beta, double eps,
-                               c10::string_view reduction, c10::string_view mode) {
-  const TVOptions o = check_total_variation(x, beta, eps, reduction, mode);
-  check_cpu(x);
-  const at::Tensor xc = x.contiguous();
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  std::vector<double> per_image(N, 0.0);
-  if (xc.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "total_variation_cpu", [&] {
-      per_image = tv_dispatch_kind<scalar_t, true, false>(o.kind, xc.const_data_ptr<scalar_t>(),
-                                                          nullptr, N, C, H, W, params_of(o), {});
+struct TotalVariationCpu : CpuBackend {
+  using Scales = std::vector<double>;
+
+  // Upstream factor per image for the gradient.
+  static Scales scales(const at::Tensor* grad_out, const at::Tensor& x, TVReduction reduction) {
+    const int64_t N = x.size(0);
+    Scales s(N, 1.0);
+    if (grad_out != nullptr) {
+      const at::Tensor g = grad_out->to(at::kDouble).contiguous().reshape({-1});
+      const double* gp = g.const_data_ptr<double>();
+      for (int64_t n = 0; n < N; ++n) s[n] = reduction == TVReduction::kNone ? gp[n] : gp[0];
+    }
+    if (reduction == TVReduction::kMean && x.numel() > 0)
+      for (auto& v : s) v /= static_cast<double>(x.numel());
+    return s;
+  }
+
+  // Per-image sums in double, added up per image in a fixed order.
+  template <bool V, bool G>
+  static std::vector<double> run(const at::Tensor& x, const TVOptions& o, at::Tensor* grad,
+                                 const Scales* scales) {
+    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    if (x.numel() == 0) return std::vector<double>(N, 0.0);
+    std::vector<double> per_image;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "total_variation_cpu", [&] {
+      using A = scalar_t;
+      const A* xp = x.const_data_ptr<A>();
+      A* gp = G ? grad->mutable_data_ptr<A>() : nullptr;
+      const Scales none;
+      const Scales& sc = scales != nullptr ? *scales : none;
+      per_image = with_tv_kind(o.kind, [&](auto kind) {
+        return tv_run<A, decltype(kind)::value, V, G>(xp, gp, N, C, H, W, params_of(o), sc);
+      });
     });
+    return per_image;
   }
-  return finish_value(per_image, x, o.reduction);
-}
 
-// Upstream factor per image for the gradient.
-std::vector<double> scales_of(const at::Tensor* grad_out, const at::Tensor& x, int reduction) {
-  const int64_t N = x.size(0);
-  std::vector<double> s(N, 1.0);
-  if (grad_out != nullptr) {
-    const at::Tensor g = grad_out->to(at::kDouble).contiguous().reshape({-1});
-    const double* gp = g.const_data_ptr<double>();
-    for (int64_t n = 0; n < N; ++n) s[n] = reduction == kTVNone ? gp[n] : gp[0];
+  // The reduced value from per-image sums.
+  static at::Tensor finish(const std::vector<double>& per_image, const at::Tensor& x,
+                           TVReduction reduction) {
+    const int64_t N = x.size(0);
+    if (reduction == TVReduction::kNone) {
+      at::Tensor out = at::empty({N}, x.options().dtype(at::kDouble));
+      std::copy(per_image.begin(), per_image.end(), out.mutable_data_ptr<double>());
+      return out.to(x.scalar_type());
+    }
+    double s = 0;
+    for (double v : per_image) s += v;
+    if (reduction == TVReduction::kMean)
+      s = x.numel() > 0 ? s / static_cast<double>(x.numel()) : NAN;
+    return at::scalar_tensor(s, x.options().dtype(at::kDouble)).to(x.scalar_type());
   }
-  if (reduction == kTVMean && x.numel() > 0)
-    for (auto& v : s) v /= static_cast<double>(x.numel());
-  return s;
-}
-
-at::Tensor total_variation_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                        double beta, double eps, c10::string_view reduction,
-                                        c10::string_view mode) {
-  const TVOptions o = check_total_variation(x, beta, eps, reduction, mode);
-  check_cpu(x);
-  check_total_variation_grad_out(grad_out, x, o);
-  const at::Tensor xc = x.contiguous();
-  at::Tensor grad = at::empty(x.sizes(), xc.options());
-  if (xc.numel() == 0) return grad;
-  const auto scales = scales_of(&grad_out, x, o.reduction);
-  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "total_variation_backward_cpu", [&] {
-    tv_dispatch_kind<scalar_t, false, true>(o.kind, xc.const_data_ptr<scalar_t>(),
-                                            grad.mutable_data_ptr<scalar_t>(), x.size(0),
-                                            x.size(1), x.size(2), x.size(3), params_of(o), scales);
-  });
-  return grad;
-}
-
-std::tuple<at::Tensor, at::Tensor> total_variation_and_grad_cpu(const at::Tensor& x, double beta,
-                                                                double eps,
-                                                                c10::string_view reduction,
-                                                                c10::string_view mode) {
-  const TVOptions o = check_total_variation(x, beta, eps, reduction, mode);
-  check_cpu(x);
-  const at::Tensor xc = x.contiguous();
-  at::Tensor grad = at::empty(x.sizes(), xc.options());
-  std::vector<double> per_image(x.size(0), 0.0);
-  if (xc.numel() > 0) {
-    const auto scales = scales_of(nullptr, x, o.reduction);
-    AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "total_variation_and_grad_cpu", [&] {
-      per_image = tv_dispatch_kind<scalar_t, true, true>(
-          o.kind, xc.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), x.size(0),
-          x.size(1), x.size(2), x.size(3), params_of(o), scales);
-    });
-  }
-  return {finish_value(per_image, x, o.reduction), grad};
-}
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cnnvis, CPU, m) {
-  m.impl("total_variation", &total_variation_cpu);
-  m.impl("_total_variation_backward", &total_variation_backward_cpu);
-  m.impl("total_variation_and_grad", &total_variation_and_grad_cpu);
-}
+TORCH_LIBRARY_IMPL(cnnvis, CPU, m) { register_total_variation<TotalVariationCpu>(m); }
 
 }  // namespace cnnvis

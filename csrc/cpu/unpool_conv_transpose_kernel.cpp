@@ -32,9 +32,10 @@
 #include <atomic>
 #include <vector>
 
-#include "../conv_relu_pool_common.h"
+#include "../pool_window.h"
 #include "../unpool_conv_transpose.h"
 #include "../unpool_conv_transpose_common.h"
+#include "cpu_helpers.h"
 #include "switch_sparse.h"
 
 namespace cnnvis {
@@ -49,37 +50,18 @@ struct NonZero {
   T v;
 };
 
-void check_cpu(const at::Tensor& p) {
-  TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble, "p: dtype ",
-                   p.scalar_type(), " is not supported on CPU (float32, float64)");
-  TORCH_CHECK_VALUE(p.device().is_cpu(), "p: expected a CPU tensor, got ", p.device());
-}
-
-// Whether two pooling windows can share a position.
-bool overlapping(const UnpoolConvTGeometry& g) {
-  return !g.identity_pool && (g.pool_kh > g.pool_sh || g.pool_kw > g.pool_sw);
-}
-
-[[noreturn]] void bad_switch() {
-  TORCH_CHECK_VALUE(false, "switches: some switch points outside its pooling window or outside "
-                    "the output_size map; check output_size and the pooling arguments");
-  abort();
-}
-
 // Raises if a switch points outside its window or outside the conv map (the
 // gather below would silently drop that value). When every window lies
 // inside the map (no pool padding, no ceil-mode overhang) only the window
 // bound needs checking: one vectorizable max over the uint8 switches.
 void check_switches(const uint8_t* sp, const UnpoolConvTGeometry& g) {
   if (sp == nullptr) return;
+  const PoolWindow pool = g.pool();
   const int64_t PH = g.pooled_h, PW = g.pooled_w, C = g.c_out;
-  const int64_t area = g.pool_kh * g.pool_kw;
-  const bool inside = g.pool_ph == 0 && g.pool_pw == 0 &&
-                      (PH - 1) * g.pool_sh + g.pool_kh <= g.conv_h &&
-                      (PW - 1) * g.pool_sw + g.pool_kw <= g.conv_w;
+  const int64_t area = pool.area();
+  const bool inside = pool.windows_inside();
   std::atomic<bool> bad{false};
-  at::parallel_for(0, g.n * PH, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, PW * C)),
-                   [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.n * PH, grain_for(PW * C, 65536), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end && !bad; ++row) {
       const uint8_t* s = sp + row * PW * C;
       if (inside) {
@@ -92,9 +74,7 @@ void check_switches(const uint8_t* sp, const UnpoolConvTGeometry& g) {
       for (int64_t ow = 0; ow < PW; ++ow)
         for (int64_t c = 0; c < C; ++c) {
           int64_t y, x;
-          if (!switch_position(oh, ow, s[ow * C + c], g.pool_sh, g.pool_sw, g.pool_ph, g.pool_pw,
-                               g.pool_kh, g.pool_kw, g.conv_h, g.conv_w, &y, &x))
-            bad = true;
+          if (!pool.switch_position(oh, ow, s[ow * C + c], &y, &x)) bad = true;
         }
     }
   });
@@ -111,23 +91,20 @@ void check_switches(const uint8_t* sp, const UnpoolConvTGeometry& g) {
 template <typename scalar_t>
 void unpool_dense(const scalar_t* pp, const uint8_t* sp, scalar_t* up,
                   const UnpoolConvTGeometry& g, bool pre, bool post) {
+  const PoolWindow pool = g.pool();
   const int64_t C = g.c_out, PH = g.pooled_h, PW = g.pooled_w, CH = g.conv_h, CW = g.conv_w;
-  at::parallel_for(0, g.n * CH, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, CW * C)),
-                   [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.n * CH, grain_for(CW * C), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / CH, y = row % CH;
       const scalar_t* pn = pp + n * PH * PW * C;
       const uint8_t* sn = sp ? sp + n * PH * PW * C : nullptr;
-      int64_t ph_lo, ph_hi;
-      windows_containing(y, g.pool_sh, g.pool_ph, g.pool_kh, PH, &ph_lo, &ph_hi);
+      WindowRange win;
+      pool.rows_containing(y, &win.ph_lo, &win.ph_hi);
       scalar_t* ur = up + row * CW * C;
       for (int64_t x = 0; x < CW; ++x) {
-        int64_t pw_lo, pw_hi;
-        windows_containing(x, g.pool_sw, g.pool_pw, g.pool_kw, PW, &pw_lo, &pw_hi);
+        pool.cols_containing(x, &win.pw_lo, &win.pw_hi);
         scalar_t* acc = ur + x * C;
-        gather_unpool<scalar_t, scalar_t>(pn, sn, PW * C, C, y, x, ph_lo, ph_hi, pw_lo, pw_hi,
-                                          g.pool_sh, g.pool_sw, g.pool_ph, g.pool_pw, g.pool_kw,
-                                          C, pre, acc);
+        gather_unpool<scalar_t, scalar_t>(pn, sn, PW * C, C, pool, y, x, win, C, pre, acc);
         if (post) {
           CNNVIS_IVDEP
           for (int64_t c = 0; c < C; ++c) acc[c] = rectify_value(acc[c], true);
@@ -137,225 +114,200 @@ void unpool_dense(const scalar_t* pp, const uint8_t* sp, scalar_t* up,
   });
 }
 
-at::Tensor unpool_conv_transpose_cpu(const at::Tensor& p, const c10::optional<at::Tensor>& switches,
-                                     const at::Tensor& weight, at::IntArrayRef stride,
-                                     at::IntArrayRef padding, at::IntArrayRef dilation,
-                                     int64_t groups, at::IntArrayRef pool_kernel,
-                                     at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
-                                     at::IntArrayRef output_size, at::IntArrayRef input_size,
-                                     bool rectify, c10::string_view algorithm) {
-  const auto g = check_unpool_conv_transpose(p, switches, weight, stride, padding, dilation,
-                                             groups, pool_kernel, pool_stride, pool_padding,
-                                             output_size, input_size, algorithm);
-  check_cpu(p);
-  const int64_t N = g.n, C = g.c_out, PH = g.pooled_h, PW = g.pooled_w;
-  const int64_t CH = g.conv_h, CW = g.conv_w, CI = g.c_in, H = g.h, W = g.w;
-  if (N == 0 || C == 0) {
-    return at::empty({N, CI, H, W}, p.options().memory_format(kCL)).zero_();
-  }
-  const at::Tensor pc = p.contiguous(kCL);
-  const bool has_sw = switches.has_value() && switches->defined();
-  const at::Tensor sc = has_sw ? switches->contiguous(kCL) : at::Tensor();
-  // Rectify after unpooling. Without overlapping windows no two pooled values
-  // share a position, so rectifying p first is the same and cheaper.
-  const bool post = rectify && overlapping(g);
-  const bool pre = rectify && !post;
-  at::Tensor out;
-
-  AT_DISPATCH_FLOATING_TYPES(pc.scalar_type(), "unpool_conv_transpose_cpu", [&] {
-    const scalar_t* pp = pc.const_data_ptr<scalar_t>();
-    const uint8_t* sp = has_sw ? sc.const_data_ptr<uint8_t>() : nullptr;
-    bool sparse = g.algorithm == 1;
-    if (!post && g.groups == 1 && g.algorithm != 2) {
-      // Switch-sparse scatter (switch_sparse.h): register-blocked, the
-      // nonzeros of one pooled position that share a switch added into
-      // their common target together; its survey of p also decides "auto".
-      const switch_sparse::Geom sg{N, C, PH, PW, CH, CW, g.pool_kh, g.pool_kw, g.pool_sh,
-                                   g.pool_sw, g.pool_ph, g.pool_pw, CI, g.kh, g.kw, g.sh, g.sw,
-                                   g.dh, g.dw, g.ph, g.pw, H, W};
-      const auto mode = pre ? switch_sparse::Values::kRectified : switch_sparse::Values::kPlain;
-      const at::Tensor swt = has_sw ? sc : at::Tensor();
-      const auto sv = switch_sparse::survey(sg, mode, pc, at::Tensor());
-      const double threshold = g.identity_pool ? kSwitchSparseDensityThresholdCPU
-                                               : kSwitchSparsePooledDensityThresholdCPU;
-      if (sparse || static_cast<double>(sv.nnz) < threshold * static_cast<double>(N * C * CH * CW)) {
-        out = switch_sparse::scatter(sg, mode, pc, at::Tensor(), swt, weight, &sv);
-        return;
+// The number of nonzeros of the (rectified) pooled map, counted in
+// parallel per image, branch-free (vectorizes; NaN counts).
+template <typename scalar_t>
+int64_t count_nonzeros(const scalar_t* pp, const UnpoolConvTGeometry& g, bool rectify) {
+  const int64_t per_image = g.pooled_h * g.pooled_w * g.c_out;
+  std::vector<int64_t> counts(g.n, 0);
+  at::parallel_for(0, g.n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* pn = pp + n * per_image;
+      int64_t cnt = 0;
+      if (rectify) {
+        for (int64_t i = 0; i < per_image; ++i)
+          cnt += static_cast<int64_t>((pn[i] > scalar_t(0)) | (pn[i] != pn[i]));
+      } else {
+        for (int64_t i = 0; i < per_image; ++i) cnt += static_cast<int64_t>(pn[i] != scalar_t(0));
       }
-      sparse = false;
-    } else if (g.algorithm == 0) {
-      std::vector<int64_t> counts(N, 0);
-      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) {
-          const scalar_t* pn = pp + n * PH * PW * C;
-          int64_t cnt = 0;
-          // Branch-free (vectorizes): nonzero after the rectification, NaN included.
-          if (rectify) {
-            for (int64_t i = 0; i < PH * PW * C; ++i)
-              cnt += static_cast<int64_t>((pn[i] > scalar_t(0)) | (pn[i] != pn[i]));
-          } else {
-            for (int64_t i = 0; i < PH * PW * C; ++i) cnt += static_cast<int64_t>(pn[i] != scalar_t(0));
+      counts[n] = cnt;
+    }
+  });
+  int64_t nnz = 0;
+  for (auto c : counts) nnz += c;
+  return nnz;
+}
+
+// The sparse forward for any groups and rectification: the nonzeros of
+// every image are listed (summed per position and rectified where `post`),
+// then scattered through the filter taps (scatter_taps), parallel over
+// (image, group, block of input channels, band of output rows).
+template <typename scalar_t>
+at::Tensor scatter_listed(const UnpoolConvTGeometry& g, const UnpoolInputs& in,
+                          const at::Tensor& weight) {
+  const PoolWindow pool = g.pool();
+  const int64_t N = g.n, C = g.c_out, PH = g.pooled_h, PW = g.pooled_w;
+  const int64_t CI = g.c_in, H = g.h, W = g.w;
+  const scalar_t* pp = in.p.const_data_ptr<scalar_t>();
+  const uint8_t* sp = in.switches.defined() ? in.switches.const_data_ptr<uint8_t>() : nullptr;
+  // List the nonzeros of every image ...
+  std::vector<std::vector<NonZero<scalar_t>>> nz(N);
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* pn = pp + n * PH * PW * C;
+      const uint8_t* sn = sp ? sp + n * PH * PW * C : nullptr;
+      auto& list = nz[n];
+      for (int64_t oh = 0; oh < PH; ++oh) {
+        for (int64_t ow = 0; ow < PW; ++ow) {
+          const int64_t off = (oh * PW + ow) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t v = rectify_value(pn[off + c], in.pre);
+            if (v == scalar_t(0)) continue;
+            int64_t y, x;
+            if (!pool.switch_position(oh, ow, sn ? sn[off + c] : 0, &y, &x)) {
+              bad = true;
+              continue;
+            }
+            list.push_back({static_cast<int32_t>(c), static_cast<int32_t>(y),
+                            static_cast<int32_t>(x), v});
           }
-          counts[n] = cnt;
         }
-      });
-      int64_t nnz = 0;
-      for (auto c : counts) nnz += c;
-      sparse = static_cast<double>(nnz) <
-               kSparseDensityThresholdCPU * static_cast<double>(N * C * CH * CW);
+      }
     }
-    if (!sparse) {
-      check_switches(sp, g);
-      at::Tensor u = at::empty({N, C, CH, CW}, pc.options().memory_format(kCL));
-      unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, pre, post);
-      out = at::convolution(u, weight, c10::nullopt, stride, padding, dilation,
-                            /*transposed=*/true, {g.oph, g.opw}, groups)
-                .contiguous(kCL);
-      return;
-    }
-    // Sparse: list the nonzeros of every image ...
-    std::vector<std::vector<NonZero<scalar_t>>> nz(N);
-    std::atomic<bool> bad{false};
+  });
+  if (bad) bad_switch();
+  if (in.post) {
+    // Overlapping windows: sum the values that land on one position, then
+    // rectify the sums.
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
-        const scalar_t* pn = pp + n * PH * PW * C;
-        const uint8_t* sn = sp ? sp + n * PH * PW * C : nullptr;
         auto& list = nz[n];
-        for (int64_t oh = 0; oh < PH; ++oh) {
-          for (int64_t ow = 0; ow < PW; ++ow) {
-            const int64_t off = (oh * PW + ow) * C;
-            for (int64_t c = 0; c < C; ++c) {
-              const scalar_t v = rectify_value(pn[off + c], pre);
-              if (v == scalar_t(0)) continue;
-              int64_t y, x;
-              if (!switch_position(oh, ow, sn ? sn[off + c] : 0, g.pool_sh, g.pool_sw, g.pool_ph,
-                                   g.pool_pw, g.pool_kh, g.pool_kw, CH, CW, &y, &x)) {
-                bad = true;
-                continue;
-              }
-              list.push_back({static_cast<int32_t>(c), static_cast<int32_t>(y),
-                              static_cast<int32_t>(x), v});
-            }
-          }
+        std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) {
+          return a.c != b.c ? a.c < b.c : (a.y != b.y ? a.y < b.y : a.x < b.x);
+        });
+        size_t k = 0;
+        for (size_t i = 0; i < list.size();) {
+          auto e = list[i++];
+          while (i < list.size() && list[i].c == e.c && list[i].y == e.y && list[i].x == e.x)
+            e.v += list[i++].v;
+          e.v = rectify_value(e.v, true);
+          if (e.v != scalar_t(0)) list[k++] = e;
         }
+        list.resize(k);
       }
     });
-    if (bad) bad_switch();
-    if (post) {
-      // Overlapping windows: sum the values that land on one position, then
-      // rectify the sums.
-      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) {
-          auto& list = nz[n];
-          std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) {
-            return a.c != b.c ? a.c < b.c : (a.y != b.y ? a.y < b.y : a.x < b.x);
-          });
-          size_t k = 0;
-          for (size_t i = 0; i < list.size();) {
-            auto e = list[i++];
-            while (i < list.size() && list[i].c == e.c && list[i].y == e.y && list[i].x == e.x)
-              e.v += list[i++].v;
-            e.v = rectify_value(e.v, true);
-            if (e.v != scalar_t(0)) list[k++] = e;
-          }
-          list.resize(k);
-        }
-      });
+  }
+  // ... then scatter them through the filter taps. The taps are read from
+  // a (C_used, kH, kW, cig) copy of the filters that occur, so that a
+  // one-hot input does not pay for re-laying out the whole weight.
+  std::vector<int64_t> slot(C, -1);
+  std::vector<int64_t> used;
+  for (const auto& list : nz)
+    for (const auto& e : list)
+      if (slot[e.c] < 0) {
+        slot[e.c] = static_cast<int64_t>(used.size());
+        used.push_back(e.c);
+      }
+  at::Tensor wsel = static_cast<int64_t>(used.size()) == C
+                        ? weight
+                        : weight.index_select(
+                              0, at::tensor(used, at::TensorOptions().dtype(at::kLong)));
+  if (static_cast<int64_t>(used.size()) == C)
+    for (int64_t c = 0; c < C; ++c) slot[c] = c;
+  const at::Tensor wt = wsel.permute({0, 2, 3, 1}).contiguous();  // (C_used, kH, kW, cig)
+  const scalar_t* wp = wt.const_data_ptr<scalar_t>();
+  at::Tensor out = at::empty({N, CI, H, W}, in.p.options().memory_format(kCL)).zero_();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const int64_t cig = g.cig, cog = C / g.groups, taps = g.kh * g.kw;
+  const int64_t nb = (cig + kScatterBlock - 1) / kScatterBlock;
+  const int64_t items0 = N * g.groups * nb;
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(H, (want + items0 - 1) / items0));
+  const int64_t band_h = (H + bands - 1) / bands;
+  at::parallel_for(0, items0 * bands, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t band = item % bands;
+      int64_t r = item / bands;
+      const int64_t blk = r % nb;
+      r /= nb;
+      const int64_t grp = r % g.groups;
+      const int64_t n = r / g.groups;
+      const int64_t ci_lo = blk * kScatterBlock, ci_hi = std::min(cig, ci_lo + kScatterBlock);
+      const int64_t row_lo = band * band_h, row_hi = std::min(H, row_lo + band_h);
+      scalar_t* on = op + n * H * W * CI + grp * cig;
+      for (const auto& e : nz[n]) {
+        if (e.c / cog != grp) continue;
+        scatter_taps<scalar_t, scalar_t>(e.v, wp + slot[e.c] * taps * cig, e.y, e.x, g.kh, g.kw,
+                                         cig, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, row_lo, row_hi,
+                                         W, CI, ci_lo, ci_hi, on);
+      }
     }
-    // ... then scatter them through the filter taps. The taps are read from
-    // a (C_used, kH, kW, cig) copy of the filters that occur, so that a
-    // one-hot input does not pay for re-laying out the whole weight.
-    std::vector<int64_t> slot(C, -1);
-    std::vector<int64_t> used;
-    for (const auto& list : nz)
-      for (const auto& e : list)
-        if (slot[e.c] < 0) {
-          slot[e.c] = static_cast<int64_t>(used.size());
-          used.push_back(e.c);
-        }
-    at::Tensor wsel = static_cast<int64_t>(used.size()) == C
-                          ? weight
-                          : weight.index_select(
-                                0, at::tensor(used, at::TensorOptions().dtype(at::kLong)));
-    if (static_cast<int64_t>(used.size()) == C)
-      for (int64_t c = 0; c < C; ++c) slot[c] = c;
-    const at::Tensor wt = wsel.permute({0, 2, 3, 1}).contiguous();  // (C_used, kH, kW, cig)
-    const scalar_t* wp = wt.const_data_ptr<scalar_t>();
-    out = at::empty({N, CI, H, W}, pc.options().memory_format(kCL)).zero_();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const int64_t cig = g.cig, cog = C / g.groups, taps = g.kh * g.kw;
-    const int64_t nb = (cig + kScatterBlock - 1) / kScatterBlock;
-    const int64_t items0 = N * g.groups * nb;
-    const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
-    const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(H, (want + items0 - 1) / items0));
-    const int64_t band_h = (H + bands - 1) / bands;
-    at::parallel_for(0, items0 * bands, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t band = item % bands;
-        int64_t r = item / bands;
-        const int64_t blk = r % nb;
-        r /= nb;
-        const int64_t grp = r % g.groups;
-        const int64_t n = r / g.groups;
-        const int64_t ci_lo = blk * kScatterBlock, ci_hi = std::min(cig, ci_lo + kScatterBlock);
-        const int64_t row_lo = band * band_h, row_hi = std::min(H, row_lo + band_h);
-        scalar_t* on = op + n * H * W * CI + grp * cig;
-        for (const auto& e : nz[n]) {
-          if (e.c / cog != grp) continue;
-          scatter_taps<scalar_t, scalar_t>(e.v, wp + slot[e.c] * taps * cig, e.y, e.x, g.kh, g.kw, cig,
-                                           g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, row_lo, row_hi, W,
-                                           CI, ci_lo, ci_hi, on);
-        }
-      }
-    });
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> unpool_conv_transpose_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& p, const c10::optional<at::Tensor>& switches,
-    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, at::IntArrayRef pool_kernel,
-    at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef output_size,
-    at::IntArrayRef input_size, bool rectify, std::array<bool, 2> output_mask) {
-  const auto g = check_unpool_conv_transpose(p, switches, weight, stride, padding, dilation,
-                                             groups, pool_kernel, pool_stride, pool_padding,
-                                             output_size, input_size, "auto");
-  check_cpu(p);
-  check_unpool_conv_transpose_backward(g, grad_out, p);
-  at::Tensor grad_p = at::empty({0}, p.options());
-  at::Tensor grad_w = at::empty({0}, p.options());
-  if (g.n == 0) {
-    if (output_mask[0]) grad_p = at::empty(p.sizes(), p.options().memory_format(kCL)).zero_();
-    if (output_mask[1]) grad_w = at::zeros(weight.sizes(), weight.options());
-    return {grad_p, grad_w};
+struct UnpoolConvTransposeCpu : CpuBackend {
+  static at::Tensor unpool(const UnpoolConvTGeometry& g, const UnpoolInputs& in, bool post) {
+    at::Tensor u = at::empty({g.n, g.c_out, g.conv_h, g.conv_w}, in.p.options().memory_format(kCL));
+    AT_DISPATCH_FLOATING_TYPES(in.p.scalar_type(), "unpool_conv_transpose_unpool_cpu", [&] {
+      const uint8_t* sp = in.switches.defined() ? in.switches.const_data_ptr<uint8_t>() : nullptr;
+      check_switches(sp, g);
+      unpool_dense<scalar_t>(in.p.const_data_ptr<scalar_t>(), sp, u.mutable_data_ptr<scalar_t>(),
+                             g, in.pre, post);
+    });
+    return u;
   }
-  const int64_t C = g.c_out, PH = g.pooled_h, PW = g.pooled_w, CH = g.conv_h, CW = g.conv_w;
-  const at::Tensor go = grad_out.contiguous(kCL);
-  const at::Tensor pc = p.contiguous(kCL);
-  const bool has_sw = switches.has_value() && switches->defined();
-  const at::Tensor sc = has_sw ? switches->contiguous(kCL) : at::Tensor();
 
-  const bool post = rectify && overlapping(g);
-  const bool pre = rectify && !post;
-  AT_DISPATCH_FLOATING_TYPES(pc.scalar_type(), "unpool_conv_transpose_backward_cpu", [&] {
-    const scalar_t* pp = pc.const_data_ptr<scalar_t>();
-    const uint8_t* sp = has_sw ? sc.const_data_ptr<uint8_t>() : nullptr;
-    // The unpooled map (rectified unless rectification follows the sums).
-    check_switches(sp, g);
-    at::Tensor u = at::empty({g.n, C, CH, CW}, pc.options().memory_format(kCL));
-    unpool_dense<scalar_t>(pp, sp, u.mutable_data_ptr<scalar_t>(), g, pre, /*post=*/false);
-    const scalar_t* upt = u.const_data_ptr<scalar_t>();
-    if (output_mask[0]) {
-      // The adjoint of the transposed convolution is the convolution.
-      const at::Tensor gconv = at::convolution(go, weight, c10::nullopt, stride, padding, dilation,
-                                               /*transposed=*/false, {0, 0}, groups)
-                                   .contiguous(kCL);
-      grad_p = at::empty(pc.sizes(), pc.options().memory_format(kCL));
+  // Two formulations chosen by the density of the (rectified) input, see
+  // the top of this file.
+  static at::Tensor forward(const UnpoolConvTGeometry& g, const UnpoolInputs& in,
+                            const at::Tensor& weight) {
+    const int64_t dense_size = g.n * g.c_out * g.conv_h * g.conv_w;
+    if (!in.post && g.groups == 1 && g.algorithm != UnpoolAlgorithm::kDense) {
+      // Switch-sparse scatter (switch_sparse.h): register-blocked, the
+      // nonzeros of one pooled position that share a switch added into
+      // their common target together; its survey of p also decides "auto".
+      const switch_sparse::Geom sg{g.n,  g.c_out, g.pool(), g.c_in, g.kh, g.kw, g.sh,
+                                   g.sw, g.dh,    g.dw,     g.ph,   g.pw, g.h,  g.w};
+      const auto mode = in.pre ? switch_sparse::Values::kRectified : switch_sparse::Values::kPlain;
+      const auto sv = switch_sparse::survey(sg, mode, in.p, at::Tensor());
+      const double threshold = g.identity_pool ? kSwitchSparseDensityThresholdCPU
+                                               : kSwitchSparsePooledDensityThresholdCPU;
+      if (g.algorithm == UnpoolAlgorithm::kSparse ||
+          static_cast<double>(sv.nnz) < threshold * static_cast<double>(dense_size))
+        return switch_sparse::scatter(sg, mode, in.p, at::Tensor(), in.switches, weight, &sv);
+      return conv_transpose_unpooled(g, unpool(g, in, in.post), weight);
+    }
+    bool sparse = g.algorithm == UnpoolAlgorithm::kSparse;
+    AT_DISPATCH_FLOATING_TYPES(in.p.scalar_type(), "unpool_conv_transpose_count_cpu", [&] {
+      if (g.algorithm == UnpoolAlgorithm::kAuto) {
+        const int64_t nnz = count_nonzeros(in.p.const_data_ptr<scalar_t>(), g, in.pre || in.post);
+        sparse = static_cast<double>(nnz) <
+                 kSparseDensityThresholdCPU * static_cast<double>(dense_size);
+      }
+    });
+    if (!sparse) return conv_transpose_unpooled(g, unpool(g, in, in.post), weight);
+    at::Tensor out;
+    AT_DISPATCH_FLOATING_TYPES(in.p.scalar_type(), "unpool_conv_transpose_cpu", [&] {
+      out = scatter_listed<scalar_t>(g, in, weight);
+    });
+    return out;
+  }
+
+  static at::Tensor grad_p(const UnpoolConvTGeometry& g, const UnpoolInputs& in,
+                           const at::Tensor& gconv, const at::Tensor& u) {
+    const PoolWindow pool = g.pool();
+    const int64_t C = g.c_out, PH = g.pooled_h, PW = g.pooled_w, CH = g.conv_h, CW = g.conv_w;
+    const bool rectify = in.pre || in.post;
+    at::Tensor grad_p = at::empty(in.p.sizes(), in.p.options().memory_format(kCL));
+    AT_DISPATCH_FLOATING_TYPES(in.p.scalar_type(), "unpool_conv_transpose_backward_cpu", [&] {
+      const scalar_t* pp = in.p.const_data_ptr<scalar_t>();
+      const uint8_t* sp = in.switches.defined() ? in.switches.const_data_ptr<uint8_t>() : nullptr;
+      const scalar_t* upt = u.defined() ? u.const_data_ptr<scalar_t>() : nullptr;
       const scalar_t* gc = gconv.const_data_ptr<scalar_t>();
       scalar_t* gp = grad_p.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, g.n * PH, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, PW * C)),
-                       [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, g.n * PH, grain_for(PW * C, 4096), [&](int64_t begin, int64_t end) {
         for (int64_t row = begin; row < end; ++row) {
           const int64_t n = row / PH, oh = row % PH;
           const scalar_t* gcn = gc + n * CH * CW * C;
@@ -363,37 +315,25 @@ std::tuple<at::Tensor, at::Tensor> unpool_conv_transpose_backward_cpu(
             const int64_t off = ((n * PH + oh) * PW + ow) * C;
             for (int64_t c = 0; c < C; ++c) {
               int64_t y = 0, x = 0;
-              const bool inside =
-                  switch_position(oh, ow, sp ? sp[off + c] : 0, g.pool_sh, g.pool_sw, g.pool_ph,
-                                  g.pool_pw, g.pool_kh, g.pool_kw, CH, CW, &y, &x);
-              // ReLU mask: p itself, or the sum at its position when rectifying after
-              // unpooling.
+              const bool inside = pool.switch_position(oh, ow, sp ? sp[off + c] : 0, &y, &x);
+              // ReLU mask: p itself, or the sum at its position when
+              // rectifying after unpooling.
               const scalar_t pv =
-                  post ? (inside ? upt[((n * CH + y) * CW + x) * C + c] : scalar_t(0))
-                       : pp[off + c];
+                  upt ? (inside ? upt[((n * CH + y) * CW + x) * C + c] : scalar_t(0))
+                      : pp[off + c];
               gp[off + c] = gather_switch_grad<scalar_t, scalar_t>(gcn, y, x, inside, CW, C, c,
                                                                    pv, rectify);
             }
           }
         }
       });
-    }
-    if (output_mask[1]) {
-      if (post) u.relu_();
-      auto grads = at::convolution_backward(go, u, weight, c10::nullopt, stride, padding, dilation,
-                                            /*transposed=*/true, {g.oph, g.opw}, groups,
-                                            {false, true, false});
-      grad_w = std::get<1>(grads).contiguous();
-    }
-  });
-  return {grad_p, grad_w};
-}
+    });
+    return grad_p;
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cnnvis, CPU, m) {
-  m.impl("unpool_conv_transpose", &unpool_conv_transpose_cpu);
-  m.impl("_unpool_conv_transpose_backward", &unpool_conv_transpose_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(cnnvis, CPU, m) { register_unpool_conv_transpose<UnpoolConvTransposeCpu>(m); }
 
 }  // namespace cnnvis

@@ -11,30 +11,26 @@
 //    with the shared blur_tap_sum / blur_adjoint_at bodies.
 // half and bfloat16 accumulate in float.
 #include <ATen/ATen.h>
-#include <ATen/AccumulateType.h>
-#include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
 #include "../gaussian_blur.h"
 #include "../gaussian_blur_common.h"
+#include "cuda_helpers.h"
 
 namespace cnnvis {
 namespace {
 
 constexpr int kTile = 32, kRowsPerThread = 4;  // block 32 x 8, each thread 4 rows
 constexpr int64_t kFusedMaxRadius = 16;
-constexpr int kThreads = 256;
 
 template <typename A>
 __global__ void blur_taps_kernel(const double* __restrict__ sigma, A* __restrict__ taps,
                                  int64_t planes, int64_t radius) {
-  const int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (p < planes) gaussian_weights(sigma[p], radius, taps + p * (2 * radius + 1));
+  CNNVIS_CUDA_KERNEL_LOOP(p, planes) {
+    gaussian_weights(sigma[p], radius, taps + p * (2 * radius + 1));
+  }
 }
 
 template <typename scalar_t, typename A>
@@ -87,8 +83,7 @@ __global__ void blur_pass_kernel(const TIn* __restrict__ in, TOut* __restrict__ 
                                  const A* __restrict__ taps, int64_t total, int64_t H, int64_t W,
                                  int64_t R) {
   const int64_t K = 2 * R + 1;
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total;
-       e += (int64_t)gridDim.x * blockDim.x) {
+  CNNVIS_CUDA_KERNEL_LOOP(e, total) {
     const int64_t plane = e / (H * W), rem = e % (H * W);
     const int64_t i = rem / W, j = rem % W;
     const A* w = taps + plane * K;
@@ -104,75 +99,52 @@ __global__ void blur_pass_kernel(const TIn* __restrict__ in, TOut* __restrict__ 
   }
 }
 
-unsigned blocks_for(int64_t total) {
-  return static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8));
-}
+struct GaussianBlurCuda : CudaBackend {
+  static void check(const at::Tensor& x, const char* name) {
+    check_cuda_tensor(x, name);
+    check_plane_fits_int32(x, name);
+  }
 
-template <bool Adjoint>
-at::Tensor blur_cuda_common(const at::Tensor& x, const at::Tensor& sigma, int64_t kernel_size,
-                            const char* name) {
-  const BlurArgs a = check_gaussian_blur(x, sigma, kernel_size, name);
-  TORCH_CHECK_VALUE(x.is_cuda(), name, ": expected a CUDA tensor, got ", x.device());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble ||
-                       x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-                   name, ": dtype ", x.scalar_type(),
-                   " is not supported on CUDA (float32, float64, float16, bfloat16)");
-  TORCH_CHECK_VALUE(a.h <= INT32_MAX && a.w <= INT32_MAX, name, ": H and W must fit in int32");
-  c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), xc.options());
-  if (xc.numel() == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t planes = a.n * a.c, R = a.radius, K = 2 * R + 1, total = xc.numel();
-  const at::Tensor sig = a.sigma.to(x.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "gaussian_blur_cuda", [&] {
-    using A = at::acc_type<scalar_t, true>;
-    at::Tensor taps = at::empty({planes * K}, xc.options().dtype(c10::CppTypeToScalarType<A>::value));
-    blur_taps_kernel<A><<<static_cast<unsigned>((planes + 127) / 128), 128, 0, stream>>>(
-        sig.const_data_ptr<double>(), taps.mutable_data_ptr<A>(), planes, R);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const A* tp = taps.const_data_ptr<A>();
-    const scalar_t* in = xc.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    if (!Adjoint && R <= kFusedMaxRadius) {
-      const int span = kTile + 2 * static_cast<int>(R);
-      const size_t smem = sizeof(A) * (static_cast<size_t>(span) * span + static_cast<size_t>(span) * kTile);
-      const dim3 block(kTile, kTile / kRowsPerThread);
-      const dim3 grid(static_cast<unsigned>((a.w + kTile - 1) / kTile),
-                      static_cast<unsigned>((a.h + kTile - 1) / kTile),
-                      static_cast<unsigned>(std::min<int64_t>(planes, 65535)));
-      TORCH_CHECK_VALUE(grid.y <= 65535, name, ": height ", a.h, " is too large for the CUDA kernel");
-      blur_fused_kernel<scalar_t, A><<<grid, block, smem, stream>>>(in, op, tp, planes, (int)a.h,
-                                                                   (int)a.w, (int)R);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      at::Tensor tmp = at::empty({total}, taps.options());
-      A* mp = tmp.mutable_data_ptr<A>();
-      blur_pass_kernel<scalar_t, A, A, false, Adjoint><<<blocks_for(total), kThreads, 0, stream>>>(
-          in, mp, tp, total, a.h, a.w, R);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      blur_pass_kernel<A, scalar_t, A, true, Adjoint><<<blocks_for(total), kThreads, 0, stream>>>(
-          mp, op, tp, total, a.h, a.w, R);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
-  return out;
-}
-
-at::Tensor gaussian_blur_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_t kernel_size) {
-  return blur_cuda_common<false>(x, sigma, kernel_size, "x");
-}
-
-at::Tensor gaussian_blur_backward_cuda(const at::Tensor& grad_out, const at::Tensor& sigma,
-                                       int64_t kernel_size) {
-  return blur_cuda_common<true>(grad_out, sigma, kernel_size, "grad_out");
-}
+  template <bool Adjoint>
+  static void run(const at::Tensor& xc, at::Tensor& out, const BlurArgs& a) {
+    auto stream = at::cuda::getCurrentCUDAStream();
+    const int64_t planes = a.n * a.c, R = a.radius, K = 2 * R + 1, total = xc.numel();
+    const at::Tensor sig = a.sigma.to(xc.device());
+    CNNVIS_DISPATCH_CUDA_FLOATING(xc.scalar_type(), "gaussian_blur_cuda", [&] {
+      using A = cuda_acc_t<scalar_t>;
+      at::Tensor taps =
+          at::empty({planes * K}, xc.options().dtype(c10::CppTypeToScalarType<A>::value));
+      launch_1d(blur_taps_kernel<A>, planes, sig.const_data_ptr<double>(),
+                taps.mutable_data_ptr<A>(), planes, R);
+      const A* tp = taps.const_data_ptr<A>();
+      const scalar_t* in = xc.const_data_ptr<scalar_t>();
+      scalar_t* op = out.mutable_data_ptr<scalar_t>();
+      if (!Adjoint && R <= kFusedMaxRadius) {
+        const int span = kTile + 2 * static_cast<int>(R);
+        const size_t smem =
+            sizeof(A) * (static_cast<size_t>(span) * span + static_cast<size_t>(span) * kTile);
+        const dim3 block(kTile, kTile / kRowsPerThread);
+        const dim3 grid(static_cast<unsigned>((a.w + kTile - 1) / kTile),
+                        static_cast<unsigned>((a.h + kTile - 1) / kTile),
+                        static_cast<unsigned>(std::min<int64_t>(planes, 65535)));
+        TORCH_CHECK_VALUE(grid.y <= 65535, "x: height ", a.h, " is too large for the CUDA kernel");
+        blur_fused_kernel<scalar_t, A><<<grid, block, smem, stream>>>(
+            in, op, tp, planes, static_cast<int>(a.h), static_cast<int>(a.w), static_cast<int>(R));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else {
+        at::Tensor tmp = at::empty({total}, taps.options());
+        A* mp = tmp.mutable_data_ptr<A>();
+        launch_1d(blur_pass_kernel<scalar_t, A, A, false, Adjoint>, total, in, mp, tp, total, a.h,
+                  a.w, R);
+        launch_1d(blur_pass_kernel<A, scalar_t, A, true, Adjoint>, total, mp, op, tp, total, a.h,
+                  a.w, R);
+      }
+    });
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cnnvis, CUDA, m) {
-  m.impl("gaussian_blur", &gaussian_blur_cuda);
-  m.impl("_gaussian_blur_backward", &gaussian_blur_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(cnnvis, CUDA, m) { register_gaussian_blur<GaussianBlurCuda>(m); }
 
 }  // namespace cnnvis

@@ -7,29 +7,26 @@
 // per-block partial sums are added per image by ATen, in a fixed order
 // (deterministic, no atomics). half and bfloat16 accumulate in float.
 #include <ATen/ATen.h>
-#include <ATen/AccumulateType.h>
-#include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
 #include "../total_variation.h"
 #include "../total_variation_common.h"
+#include "cuda_helpers.h"
 
 namespace cnnvis {
 namespace {
 
 constexpr int kTW = 32, kTH = 8;
 
-template <typename scalar_t, int K, bool V, bool G>
+template <typename scalar_t, TVKind K, bool V, bool G>
 __global__ void tv_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ grad,
-                          at::acc_type<scalar_t, true>* __restrict__ partial,
+                          cuda_acc_t<scalar_t>* __restrict__ partial,
                           const float* __restrict__ scales, int64_t planes, int64_t C, int H,
                           int W, float half_beta, float beta, float eps) {
-  using A = at::acc_type<scalar_t, true>;
+  using A = cuda_acc_t<scalar_t>;
   __shared__ A tile[kTH + 2][kTW + 2];
   __shared__ A red[kTH * kTW];
   const int tx = threadIdx.x, ty = threadIdx.y;
@@ -57,7 +54,7 @@ __global__ void tv_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__
         const A dx = right ? tile[li][lj + 1] - xc : A(0);
         const A dy = down ? tile[li + 1][lj] - xc : A(0);
         const A t = tv_t(dx, dy, ep);
-        v = tv_term<K, G>(dx, dy, t, K == kTVBeta1 ? sqrt(t) : A(0), hb, bt, &a, &b);
+        v = tv_term<K, G>(dx, dy, t, K == TVKind::kBeta1 ? sqrt(t) : A(0), hb, bt, &a, &b);
       }
       if (G) {
         A a_left = A(0), b_up = A(0), unused = A(0);
@@ -66,14 +63,14 @@ __global__ void tv_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__
           const A dx = xc - xl;
           const A dy = down ? tile[li + 1][lj - 1] - xl : A(0);
           const A t = tv_t(dx, dy, ep);
-          tv_term<K, true>(dx, dy, t, K == kTVBeta1 ? sqrt(t) : A(0), hb, bt, &a_left, &unused);
+          tv_term<K, true>(dx, dy, t, K == TVKind::kBeta1 ? sqrt(t) : A(0), hb, bt, &a_left, &unused);
         }
         if (i > 0) {
           const A xu = tile[li - 1][lj];
           const A dx = right ? tile[li - 1][lj + 1] - xu : A(0);
           const A dy = xc - xu;
           const A t = tv_t(dx, dy, ep);
-          tv_term<K, true>(dx, dy, t, K == kTVBeta1 ? sqrt(t) : A(0), hb, bt, &unused, &b_up);
+          tv_term<K, true>(dx, dy, t, K == TVKind::kBeta1 ? sqrt(t) : A(0), hb, bt, &unused, &b_up);
         }
         const A scale = static_cast<A>(scales[plane / C]);
         grad[plane * H * W + (int64_t)i * W + j] =
@@ -93,39 +90,9 @@ __global__ void tv_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__
   }
 }
 
-// The kernel instance for the formula kind (a runtime value).
-template <typename scalar_t, bool V, bool G>
-void launch_tv_kind(int kind, dim3 grid, dim3 block, cudaStream_t stream, const scalar_t* xp,
-                    scalar_t* gp, at::acc_type<scalar_t, true>* pp, const float* sp,
-                    int64_t planes, int64_t C, int H, int W, float hb, float bt, float ep) {
-  switch (kind) {
-    case kTVBeta2:
-      tv_kernel<scalar_t, kTVBeta2, V, G><<<grid, block, 0, stream>>>(xp, gp, pp, sp, planes, C, H, W, hb, bt, ep);
-      break;
-    case kTVBeta1:
-      tv_kernel<scalar_t, kTVBeta1, V, G><<<grid, block, 0, stream>>>(xp, gp, pp, sp, planes, C, H, W, hb, bt, ep);
-      break;
-    case kTVGeneral:
-      tv_kernel<scalar_t, kTVGeneral, V, G><<<grid, block, 0, stream>>>(xp, gp, pp, sp, planes, C, H, W, hb, bt, ep);
-      break;
-    default:
-      tv_kernel<scalar_t, kTVAniso, V, G><<<grid, block, 0, stream>>>(xp, gp, pp, sp, planes, C, H, W, hb, bt, ep);
-      break;
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void check_cuda(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.is_cuda(), "x: expected a CUDA tensor, got ", x.device());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble ||
-                       x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-                   "x: dtype ", x.scalar_type(),
-                   " is not supported on CUDA (float32, float64, float16, bfloat16)");
-  TORCH_CHECK_VALUE(x.size(2) <= INT32_MAX && x.size(3) <= INT32_MAX,
-                    "x: H and W must fit in int32, got ", x.sizes());
-}
-
-// Runs the kernel. Returns the per-image sums (acc dtype, (N,)) when V.
+// Runs the kernel over x (contiguous). Returns the per-image sums (acc
+// dtype, (N,)) when V; writes grad when G, with scales[n] (float32) the
+// upstream factor of image n.
 template <bool V, bool G>
 at::Tensor tv_launch(const at::Tensor& xc, at::Tensor* grad, const at::Tensor* scales,
                      const TVOptions& o) {
@@ -133,90 +100,70 @@ at::Tensor tv_launch(const at::Tensor& xc, at::Tensor* grad, const at::Tensor* s
   const int64_t planes = N * C;
   const int64_t tiles_w = (W + kTW - 1) / kTW, tiles_h = (H + kTH - 1) / kTH;
   TORCH_CHECK_VALUE(tiles_h <= 65535, "x: height ", H, " is too large for the CUDA kernel");
-  const auto acc_dtype = xc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor partial = at::empty({V ? planes * tiles_h * tiles_w : 0}, xc.options().dtype(acc_dtype));
+  const auto acc_dtype = at::toOpMathType(xc.scalar_type());
+  at::Tensor partial =
+      at::empty({V ? planes * tiles_h * tiles_w : 0}, xc.options().dtype(acc_dtype));
   if (xc.numel() == 0) return at::zeros({N}, xc.options().dtype(acc_dtype));
   const dim3 block(kTW, kTH);
   const dim3 grid(static_cast<unsigned>(tiles_w), static_cast<unsigned>(tiles_h),
                   static_cast<unsigned>(std::min<int64_t>(planes, 65535)));
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "total_variation_cuda", [&] {
-    using A = at::acc_type<scalar_t, true>;
+  CNNVIS_DISPATCH_CUDA_FLOATING(xc.scalar_type(), "total_variation_cuda", [&] {
+    using A = cuda_acc_t<scalar_t>;
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     scalar_t* gp = G ? grad->mutable_data_ptr<scalar_t>() : nullptr;
     A* pp = V ? partial.mutable_data_ptr<A>() : nullptr;
     const float* sp = G ? scales->const_data_ptr<float>() : nullptr;
     const float hb = static_cast<float>(o.beta / 2), bt = static_cast<float>(o.beta),
                 ep = static_cast<float>(o.eps);
-    launch_tv_kind<scalar_t, V, G>(o.kind, grid, block, stream, xp, gp, pp, sp, planes, C,
-                                   static_cast<int>(H), static_cast<int>(W), hb, bt, ep);
+    with_tv_kind(o.kind, [&](auto kind) {
+      tv_kernel<scalar_t, decltype(kind)::value, V, G><<<grid, block, 0, stream>>>(
+          xp, gp, pp, sp, planes, C, static_cast<int>(H), static_cast<int>(W), hb, bt, ep);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (!V) return at::Tensor();
   return partial.view({N, C * tiles_h * tiles_w}).sum(1);
 }
 
-at::Tensor finish_value(const at::Tensor& per_image, const at::Tensor& x, int reduction) {
-  if (reduction == kTVNone) return per_image.to(x.scalar_type());
-  at::Tensor s = per_image.sum();
-  if (reduction == kTVMean) s = s / static_cast<double>(x.numel());
-  return s.to(x.scalar_type());
-}
+struct TotalVariationCuda : CudaBackend {
+  static void check(const at::Tensor& x, const char* name) {
+    check_cuda_tensor(x, name);
+    check_plane_fits_int32(x, name);
+  }
 
-at::Tensor scales_of(const at::Tensor* grad_out, const at::Tensor& x, int reduction) {
-  const int64_t N = x.size(0);
-  at::Tensor s = grad_out == nullptr
-                     ? at::ones({N}, x.options().dtype(at::kFloat))
-                     : (reduction == kTVNone ? grad_out->to(at::kFloat).reshape({N})
-                                             : grad_out->to(at::kFloat).reshape({1}).expand({N}))
-                           .contiguous();
-  if (reduction == kTVMean && x.numel() > 0) s = s / static_cast<double>(x.numel());
-  return s.contiguous();
-}
+  // Upstream factor per image for the gradient (float32, (N,)).
+  static at::Tensor scales(const at::Tensor* grad_out, const at::Tensor& x,
+                           TVReduction reduction) {
+    const int64_t N = x.size(0);
+    at::Tensor s = grad_out == nullptr
+                       ? at::ones({N}, x.options().dtype(at::kFloat))
+                       : (reduction == TVReduction::kNone
+                              ? grad_out->to(at::kFloat).reshape({N})
+                              : grad_out->to(at::kFloat).reshape({1}).expand({N}))
+                             .contiguous();
+    if (reduction == TVReduction::kMean && x.numel() > 0) s = s / static_cast<double>(x.numel());
+    return s.contiguous();
+  }
 
-at::Tensor total_variation_cuda(const at::Tensor& x, double beta, double eps,
-                                c10::string_view reduction, c10::string_view mode) {
-  const TVOptions o = check_total_variation(x, beta, eps, reduction, mode);
-  check_cuda(x);
-  c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous();
-  return finish_value(tv_launch<true, false>(xc, nullptr, nullptr, o), x, o.reduction);
-}
+  template <bool V, bool G>
+  static at::Tensor run(const at::Tensor& xc, const TVOptions& o, at::Tensor* grad,
+                        const at::Tensor* scales) {
+    return tv_launch<V, G>(xc, grad, scales, o);
+  }
 
-at::Tensor total_variation_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                         double beta, double eps, c10::string_view reduction,
-                                         c10::string_view mode) {
-  const TVOptions o = check_total_variation(x, beta, eps, reduction, mode);
-  check_cuda(x);
-  check_total_variation_grad_out(grad_out, x, o);
-  c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous();
-  at::Tensor grad = at::empty(x.sizes(), xc.options());
-  if (x.numel() == 0) return grad;
-  const at::Tensor scales = scales_of(&grad_out, x, o.reduction);
-  tv_launch<false, true>(xc, &grad, &scales, o);
-  return grad;
-}
-
-std::tuple<at::Tensor, at::Tensor> total_variation_and_grad_cuda(const at::Tensor& x, double beta,
-                                                                 double eps,
-                                                                 c10::string_view reduction,
-                                                                 c10::string_view mode) {
-  const TVOptions o = check_total_variation(x, beta, eps, reduction, mode);
-  check_cuda(x);
-  c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous();
-  at::Tensor grad = at::empty(x.sizes(), xc.options());
-  const at::Tensor scales = scales_of(nullptr, x, o.reduction);
-  at::Tensor per_image = tv_launch<true, true>(xc, &grad, &scales, o);
-  return {finish_value(per_image, x, o.reduction), grad};
-}
+  // The reduced value from the per-image sums.
+  static at::Tensor finish(const at::Tensor& per_image, const at::Tensor& x,
+                           TVReduction reduction) {
+    if (reduction == TVReduction::kNone) return per_image.to(x.scalar_type());
+    at::Tensor s = per_image.sum();
+    if (reduction == TVReduction::kMean) s = s / static_cast<double>(x.numel());
+    return s.to(x.scalar_type());
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cnnvis, CUDA, m) {
-  m.impl("total_variation", &total_variation_cuda);
-  m.impl("_total_variation_backward", &total_variation_backward_cuda);
-  m.impl("total_variation_and_grad", &total_variation_and_grad_cuda);
-}
+TORCH_LIBRARY_IMPL(cnnvis, CUDA, m) { register_total_variation<TotalVariationCuda>(m); }
 
 }  // namespace cnnvis
