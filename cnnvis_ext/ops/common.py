@@ -1,11 +1,12 @@
 """Argument helpers shared by the op wrappers and their fake kernels.
 
-The wrappers convert Python arguments (an int or a pair, a default pooling
-stride) and reject what is not a tensor; every other check of an op's
-arguments, with its message, is the C++ one in ``csrc/<op>.cpp``. The fake
-kernels run those C++ checks through ``_C`` on :func:`meta` of their tensors,
-so bad input raises the same error eagerly, under ``FakeTensorMode`` and
-under ``torch.compile``.
+The wrappers only convert Python arguments (an int or a pair, a default
+pooling stride) and reject arguments of the wrong Python type (a list for a
+tensor) with :func:`check_type`; every other check of an op's arguments, with
+its message, is the C++ one in ``csrc/<op>.cpp``. The fake kernels run those
+C++ checks through ``_C`` on :func:`meta` of their tensors, so bad input
+raises the same error eagerly, under ``FakeTensorMode`` and under
+``torch.compile``.
 """
 from __future__ import annotations
 

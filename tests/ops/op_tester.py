@@ -195,10 +195,6 @@ class OpTester:
 
     # ------------------------------------------------------------- hooks
 
-    def call(self, sample: Sample):
-        """The op on a copy of the sample's arguments."""
-        return type(self).op(*_clone(sample.args), **sample.kwargs)
-
     def expected(self, sample: Sample):
         """The reference on a copy of the sample's arguments."""
         return type(self).reference(*_clone(sample.args), **sample.kwargs)
