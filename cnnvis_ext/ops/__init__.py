@@ -20,9 +20,6 @@ from .regularize import regularize_
 from .total_variation import total_variation, total_variation_and_grad
 from .unpool_conv_transpose import unpool_conv_transpose
 
-# The name the helper had when the ops were one module; common.pair is the one to import.
-_pair = pair
-
 __all__ = [
     "conv_relu_pool",
     "switches_to_indices",
