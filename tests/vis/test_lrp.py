@@ -414,3 +414,29 @@ def test_presets_are_the_rule_tables():
     x = torch.rand(2, 3, 6, 6, dtype=D)
     torch.testing.assert_close(vis.lrp(m, x, 1, rules="epsilon_plus").relevance,
                                vis.lrp(m, x, 1, rules=vis.lrp_preset("epsilon_plus")).relevance)
+
+
+def test_lrp0_through_a_channel_shuffle_is_gradient_times_input():
+    """ShuffleNet's channel shuffle (view, transpose, view) moves relevance with the values."""
+    class Shuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+            self.b = nn.Conv2d(6, 6, 1, groups=2, bias=False)
+            self.fc = nn.Linear(6, 3, bias=False)
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            n, c, hh, ww = h.size()
+            h = h.view(n, 2, c // 2, hh, ww).transpose(1, 2).contiguous().view(n, c, hh, ww)
+            h = F.relu(self.b(h))
+            return self.fc(h.mean((2, 3)))
+
+    torch.manual_seed(7)
+    m = Shuffle().to(D).eval()
+    x = torch.rand(2, 3, 6, 6, dtype=D)
+    got = vis.lrp(m, x, [0, 2], rules="zero").relevance
+    xr = x.clone().requires_grad_(True)
+    out = m(xr)
+    (g,) = torch.autograd.grad(out[torch.arange(2), torch.tensor([0, 2])].sum(), xr)
+    torch.testing.assert_close(got, g * x)
