@@ -44,6 +44,8 @@ def _png(path):
 @pytest.mark.parametrize("size", [64, 224])
 def test_every_verb_on_a_torchvision_model(weights, size, tmp_path, capsys):
     name, path = weights
+    if size == 224 and name != "resnet18":
+        pytest.skip("224 px once, on resnet18 (the time CI has)")
     model = ["--model", name, "--weights", path, "--device", "cpu", "--quiet"]
     if size != 224:
         model += ["--input-size", size]
