@@ -24,7 +24,7 @@ def _torchvision():
 torchvision = _torchvision()
 
 
-@pytest.fixture(scope="module", params=["resnet18", "mobilenet_v2"])
+@pytest.fixture(scope="module")
 def weights(request, tmp_path_factory):
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -41,11 +41,10 @@ def _png(path):
     return im
 
 
-@pytest.mark.parametrize("size", [64, 224])
+@pytest.mark.parametrize("weights,size", [("resnet18", 64), ("mobilenet_v2", 64),
+                                          ("resnet18", 224)], indirect=["weights"])
 def test_every_verb_on_a_torchvision_model(weights, size, tmp_path, capsys):
     name, path = weights
-    if size == 224 and name != "resnet18":
-        pytest.skip("224 px once, on resnet18 (the time CI has)")
     model = ["--model", name, "--weights", path, "--device", "cpu", "--quiet"]
     if size != 224:
         model += ["--input-size", size]
