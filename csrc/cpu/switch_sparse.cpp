@@ -614,123 +614,114 @@ CNNVIS_ALWAYS_INLINE bool for_each_column_position(const Geom& g, const int32_t*
 
 // Column task (column mode: few input channels, so a filter is a few
 // vectors): the rows [r0, r1) of the output of image n, straight from the
-// pooled values. Per pooled position, every nonzero adds value * filter
-// into the column of its switch (cols: K columns of pn.chunk values, in L1),
-// without grouping; then each column is added into the output's kH x kW
-// neighbourhood of its target, the rows inside [r0, r1) only. False on a
-// bad switch.
-template <typename A, typename Val, int VB>
+// pooled values, position by position; then each column is added into the
+// output's kH x kW neighbourhood of its target, the rows inside [r0, r1)
+// only. False on a bad switch. Two formulations:
+//   K = 0: every nonzero adds value * filter into the column of its switch
+//     (cols: one column of pn.chunk values per switch slot, in L1), without
+//     grouping; hit marks the slots that got one.
+//   K (1 or 4) switch slots and columns of NV vectors, for dense positions:
+//     instead of adding each nonzero into the column of its switch (a
+//     dependency through memory per nonzero), every channel adds into all K
+//     columns, masked (vk: the channel's value where its switch is k, else
+//     0), so the K * NV accumulators stay in registers and the loop has no
+//     data-dependent branch: K times the multiply-adds of the nonzeros, at
+//     the FMA units' rate. vk: (K + 2) * C scratch; wrows: every channel's
+//     row.
+template <typename A, typename Val, int VB, int K = 0, int NV = 0>
 CNNVIS_ALWAYS_INLINE bool column_task(const Geom& g, const Val& val, const uint8_t* sw,
                                       const A* const* wrows, const Panels& pn,
                                       const int32_t* count, A* outp, int64_t n, int64_t r0,
-                                      int64_t r1, A* cols, uint8_t* hit) {
+                                      int64_t r1, A* cols, uint8_t* hit, A* vk) {
   using V = typename VecU<A, VB>::type;
   constexpr int L = VecU<A, VB>::lanes;
-  const int64_t C = g.c, K = g.pool.area(), lenp = pn.chunk;
+  const int64_t C = g.c, area = g.pool.area(), lenp = pn.chunk;
   return for_each_column_position(
       g, count, n, r0, r1, [&](int64_t ph, int64_t pw, int64_t base) CNNVIS_INLINE_LAMBDA {
-        std::fill(cols, cols + K * lenp, A(0));
-        std::fill(hit, hit + K, uint8_t(0));
-        for (int64_t c = 0; c < C; ++c) {
-          const A v = val(base + c);
-          if (v == A(0)) continue;
-          const int64_t k = sw ? sw[base + c] : 0;
-          if (k >= K) return false;
-          hit[k] = 1;
-          A* o = cols + k * lenp;
-          const A* w = wrows[c];
-          for (int64_t t = 0; t < lenp; t += L) {  // lenp: whole vectors (padded panels)
-            V a, b;
-            std::memcpy(&a, o + t, sizeof(V));
-            std::memcpy(&b, w + t, sizeof(V));
-            a += v * b;
-            std::memcpy(o + t, &a, sizeof(V));
-          }
-        }
-        for (int64_t k = 0; k < K; ++k) {
-          if (!hit[k]) continue;
-          int64_t y, x;
-          if (!g.pool.switch_position(ph, pw, k, &y, &x)) return false;
-          add_column(g, cols + k * lenp, y, x, n, r0, r1, outp);
-        }
-        return true;
-      });
-}
-
-// Column task with K (1 or 4) switch slots and columns of NV vectors, for
-// dense positions: instead of adding each nonzero into the column of its
-// switch (a dependency through memory per nonzero), every channel adds
-// into all K columns, masked (vk: the channel's value where its switch is
-// k, else 0), so the K * NV accumulators stay in registers and the loop has
-// no data-dependent branch: K times the multiply-adds of the nonzeros, at
-// the FMA units' rate. vk: (K + 2) * C scratch; wrows: every channel's row.
-template <typename A, typename Val, int VB, int K, int NV>
-CNNVIS_ALWAYS_INLINE bool column_dense_task(const Geom& g, const Val& val, const uint8_t* sw,
-                                            const A* const* wrows, const Panels& pn,
-                                            const int32_t* count, A* outp, int64_t n, int64_t r0,
-                                            int64_t r1, A* cols, A* vk) {
-  using V = typename VecU<A, VB>::type;
-  constexpr int L = VecU<A, VB>::lanes;
-  const int64_t C = g.c, lenp = pn.chunk;
-  return for_each_column_position(
-      g, count, n, r0, r1, [&](int64_t ph, int64_t pw, int64_t base) CNNVIS_INLINE_LAMBDA {
-        // Branch-free loops over the channels (they vectorize): the values,
-        // the switches (as int32: one lane width), then one masked copy per slot.
-        A* CNNVIS_RESTRICT xv = vk + K * C;
-        int32_t* CNNVIS_RESTRICT sv = reinterpret_cast<int32_t*>(xv + C);
-        int32_t bad = 0;
-        CNNVIS_IVDEP
-        for (int64_t c = 0; c < C; ++c) xv[c] = val(base + c);
-        if (sw) {
-          CNNVIS_IVDEP
+        if constexpr (K == 0) {
+          std::fill(cols, cols + area * lenp, A(0));
+          std::fill(hit, hit + area, uint8_t(0));
           for (int64_t c = 0; c < C; ++c) {
-            sv[c] = sw[base + c];
-            bad |= sv[c] >= K;
+            const A v = val(base + c);
+            if (v == A(0)) continue;
+            const int64_t k = sw ? sw[base + c] : 0;
+            if (k >= area) return false;
+            hit[k] = 1;
+            A* o = cols + k * lenp;
+            const A* w = wrows[c];
+            for (int64_t t = 0; t < lenp; t += L) {  // lenp: whole vectors (padded panels)
+              V a, b;
+              std::memcpy(&a, o + t, sizeof(V));
+              std::memcpy(&b, w + t, sizeof(V));
+              a += v * b;
+              std::memcpy(o + t, &a, sizeof(V));
+            }
           }
-          if (bad) return false;
+          for (int64_t k = 0; k < area; ++k) {
+            if (!hit[k]) continue;
+            int64_t y, x;
+            if (!g.pool.switch_position(ph, pw, k, &y, &x)) return false;
+            add_column(g, cols + k * lenp, y, x, n, r0, r1, outp);
+          }
         } else {
-          std::fill(sv, sv + C, 0);
-        }
-        int32_t hit[K];
-        for (int k = 0; k < K; ++k) {
-          A* CNNVIS_RESTRICT dst = vk + k * C;
-          int32_t h = 0;
+          // Branch-free loops over the channels (they vectorize): the values,
+          // the switches (as int32: one lane width), then one masked copy per slot.
+          A* CNNVIS_RESTRICT xv = vk + K * C;
+          int32_t* CNNVIS_RESTRICT sv = reinterpret_cast<int32_t*>(xv + C);
+          int32_t bad = 0;
           CNNVIS_IVDEP
-          for (int64_t c = 0; c < C; ++c) {
-            const bool mine = sv[c] == k;
-            dst[c] = mine ? xv[c] : A(0);
-            h += static_cast<int32_t>(mine & (xv[c] != A(0)));
+          for (int64_t c = 0; c < C; ++c) xv[c] = val(base + c);
+          if (sw) {
+            CNNVIS_IVDEP
+            for (int64_t c = 0; c < C; ++c) {
+              sv[c] = sw[base + c];
+              bad |= sv[c] >= K;
+            }
+            if (bad) return false;
+          } else {
+            std::fill(sv, sv + C, 0);
           }
-          hit[k] = h;
-        }
-        V acc[K][NV];
-        for (int k = 0; k < K; ++k)
-          for (int i = 0; i < NV; ++i) acc[k][i] = V{};
-        for (int64_t c = 0; c < C; ++c) {
-          const A* w = wrows[c];
-          V wv[NV];
-          for (int i = 0; i < NV; ++i) std::memcpy(&wv[i], w + i * L, sizeof(V));
+          int32_t hits[K];
           for (int k = 0; k < K; ++k) {
-            const A b = vk[k * C + c];
-            for (int i = 0; i < NV; ++i) acc[k][i] += b * wv[i];
+            A* CNNVIS_RESTRICT dst = vk + k * C;
+            int32_t h = 0;
+            CNNVIS_IVDEP
+            for (int64_t c = 0; c < C; ++c) {
+              const bool mine = sv[c] == k;
+              dst[c] = mine ? xv[c] : A(0);
+              h += static_cast<int32_t>(mine & (xv[c] != A(0)));
+            }
+            hits[k] = h;
           }
-        }
-        for (int k = 0; k < K; ++k) {
-          if (hit[k] == 0) continue;
-          int64_t y, x;
-          if (!g.pool.switch_position(ph, pw, k, &y, &x)) return false;
-          A* col = cols + k * lenp;
-          for (int i = 0; i < NV; ++i) std::memcpy(col + i * L, &acc[k][i], sizeof(V));
-          add_column(g, col, y, x, n, r0, r1, outp);
+          V acc[K][NV];
+          for (int k = 0; k < K; ++k)
+            for (int i = 0; i < NV; ++i) acc[k][i] = V{};
+          for (int64_t c = 0; c < C; ++c) {
+            const A* w = wrows[c];
+            V wv[NV];
+            for (int i = 0; i < NV; ++i) std::memcpy(&wv[i], w + i * L, sizeof(V));
+            for (int k = 0; k < K; ++k) {
+              const A b = vk[k * C + c];
+              for (int i = 0; i < NV; ++i) acc[k][i] += b * wv[i];
+            }
+          }
+          for (int k = 0; k < K; ++k) {
+            if (hits[k] == 0) continue;
+            int64_t y, x;
+            if (!g.pool.switch_position(ph, pw, k, &y, &x)) return false;
+            A* col = cols + k * lenp;
+            for (int i = 0; i < NV; ++i) std::memcpy(col + i * L, &acc[k][i], sizeof(V));
+            add_column(g, col, y, x, n, r0, r1, outp);
+          }
         }
         return true;
       });
 }
 
-// The column task for this geometry: column_dense_task where its K and NV
+// The column task for this geometry: its masked formulation where K and NV
 // are instantiated (2x2 or no pooling, columns of at most 4 vectors) and
 // the positions are dense enough that K masked multiply-adds per channel
-// beat one per nonzero; column_task otherwise.
+// beat one per nonzero; the K = 0 formulation otherwise.
 template <typename A, typename Val, int VB>
 CNNVIS_ALWAYS_INLINE bool column_any(const Geom& g, const Val& val, const uint8_t* sw,
                                      const A* const* wr, const Panels& pn, const int32_t* count,
@@ -741,7 +732,7 @@ CNNVIS_ALWAYS_INLINE bool column_any(const Geom& g, const Val& val, const uint8_
   if (dense && pn.chunk % L == 0) {
 #define CNNVIS_COLUMN_DENSE(KK, NN) \
   if (K == KK && nv == NN)          \
-    return column_dense_task<A, Val, VB, KK, NN>(g, val, sw, wr, pn, count, outp, n, r0, r1, cols, vk);
+    return column_task<A, Val, VB, KK, NN>(g, val, sw, wr, pn, count, outp, n, r0, r1, cols, hit, vk);
     CNNVIS_COLUMN_DENSE(4, 1)
     CNNVIS_COLUMN_DENSE(4, 2)
     CNNVIS_COLUMN_DENSE(4, 4)
@@ -750,7 +741,7 @@ CNNVIS_ALWAYS_INLINE bool column_any(const Geom& g, const Val& val, const uint8_
     CNNVIS_COLUMN_DENSE(1, 4)
 #undef CNNVIS_COLUMN_DENSE
   }
-  return column_task<A, Val, VB>(g, val, sw, wr, pn, count, outp, n, r0, r1, cols, hit);
+  return column_task<A, Val, VB>(g, val, sw, wr, pn, count, outp, n, r0, r1, cols, hit, vk);
 }
 
 // Correlate task: rows [c0, c1) of gw (C, kH, kW, C_in), from xp (N, Hp, Wp,
@@ -1008,7 +999,7 @@ at::Tensor scatter(const Geom& g, Values mode, const at::Tensor& a, const at::Te
     using A = scalar_t;
     const uint8_t* sp = sc.defined() ? sc.const_data_ptr<uint8_t>() : nullptr;
     A* op = outp.mutable_data_ptr<A>();
-    // Column mode packs every filter (they are short): column_dense_task
+    // Column mode packs every filter (they are short): column_task
     // reads every channel's row.
     const bool col = !worthwhile(g);
     std::vector<int64_t> sel;
