@@ -23,12 +23,12 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops.common import pair as _pair_of
+from .ops.common import pair
 
 
 __all__ = ["GraphTraceError", "trace", "is_fused", "layer_node", "module_path", "batchnorm_affine",
            "fold_batchnorm", "ReceptiveField", "receptive_field", "ConvActPattern",
-           "conv_act_patterns"]
+           "conv_act_patterns", "fusable_conv", "fusable_pool"]
 
 LeafSpec = Union[str, Type[nn.Module]]
 
@@ -226,26 +226,24 @@ _POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "clamp", "chunk", "split", "vi
                       "__getitem__", "flatten", "float", "to", "type_as"}
 
 
-def _hw(v) -> Tuple[int, int]:
-    return tuple(_pair_of(v, "size"))  # type: ignore[return-value]
-
-
 def _window_of_module(m: nn.Module):
     """``(kernel, stride, padding, dilation)`` of a module that slides a window, else None."""
     if isinstance(m, nn.Conv2d) or is_fused(m):
         pad = m.padding
         if isinstance(pad, str):  # 'same' keeps the size: centred window; 'valid': none
-            k, d = _hw(m.kernel_size), _hw(m.dilation)
+            k, d = pair(m.kernel_size, "size"), pair(m.dilation, "size")
             pad = (0, 0) if pad == "valid" else tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
-        conv = (_hw(m.kernel_size), _hw(m.stride), _hw(pad), _hw(m.dilation))
+        conv = (pair(m.kernel_size, "size"), pair(m.stride, "size"), pair(pad, "size"),
+                pair(m.dilation, "size"))
         if hasattr(m, "pool_kernel_size"):
-            return conv, (_hw(m.pool_kernel_size), _hw(m.pool_stride),
-                          _hw(m.pool_padding), (1, 1))
+            return conv, (pair(m.pool_kernel_size, "size"), pair(m.pool_stride, "size"),
+                          pair(m.pool_padding, "size"), (1, 1))
         return (conv,)
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
         s = m.stride if m.stride is not None else m.kernel_size
         d = getattr(m, "dilation", 1)
-        return ((_hw(m.kernel_size), _hw(s), _hw(m.padding), _hw(d)),)
+        return ((pair(m.kernel_size, "size"), pair(s, "size"), pair(m.padding, "size"),
+                 pair(d, "size")),)
     return None
 
 
@@ -259,7 +257,7 @@ def _window_of_function(node: fx.Node):
         p = kw.get("padding", args[3] if args[3] is not None else 0)
         d = kw.get("dilation", args[4] if f is not F.avg_pool2d and args[4] is not None else 1)
         if all(isinstance(v, (int, tuple, list)) for v in (k, s, p, d)):
-            return ((_hw(k), _hw(s), _hw(p), _hw(d)),)
+            return ((pair(k, "size"), pair(s, "size"), pair(p, "size"), pair(d, "size")),)
     if f in (F.conv2d, torch.conv2d):
         return None  # the weight's size is a runtime value: unknown geometry
     return None
@@ -380,37 +378,50 @@ def _activation_kind(node: fx.Node, modules) -> Optional[str]:
     return None
 
 
+def _pool_module_args(m: nn.Module):
+    """``(kernel, stride, padding, ceil_mode)`` of a fusable MaxPool2d module, else None."""
+    if type(m) is not nn.MaxPool2d or m.return_indices or pair(m.dilation, "size") != (1, 1):
+        return None
+    k = pair(m.kernel_size, "size")
+    args = (k, pair(m.stride if m.stride is not None else m.kernel_size, "size"),
+            pair(m.padding, "size"), bool(m.ceil_mode))
+    return args if k[0] * k[1] <= 255 else None
+
+
+def fusable_pool(m: nn.Module) -> bool:
+    """Whether the fused op can take max pooling module ``m`` (no indices, no dilation, at most
+    255 window positions)."""
+    return _pool_module_args(m) is not None
+
+
 def _pool_args(node: fx.Node, modules):
     """The fusable max-pooling of a node (no indices, no dilation, at most 255 positions)."""
     if node.op == "call_module":
-        m = modules[str(node.target)]
-        if type(m) is not nn.MaxPool2d or m.return_indices or _hw(m.dilation) != (1, 1):
-            return None
-        k = _hw(m.kernel_size)
-        s = _hw(m.stride if m.stride is not None else m.kernel_size)
-        args = (k, s, _hw(m.padding), bool(m.ceil_mode))
+        return _pool_module_args(modules[str(node.target)])
     elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
         names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
                  "return_indices"]
         given = dict(zip(names, node.args), **node.kwargs)
-        if given.get("return_indices") or _hw(given.get("dilation", 1) or 1) != (1, 1):
+        if given.get("return_indices") or pair(given.get("dilation", 1) or 1, "size") != (1, 1):
             return None
         vals = [given.get("kernel_size"), given.get("stride") or given.get("kernel_size"),
                 given.get("padding", 0), given.get("ceil_mode", False)]
         if not all(isinstance(v, (int, bool, tuple, list)) for v in vals):
             return None
-        args = (_hw(vals[0]), _hw(vals[1]), _hw(vals[2]), bool(vals[3]))
+        args = (pair(vals[0], "size"), pair(vals[1], "size"), pair(vals[2], "size"), bool(vals[3]))
     else:
         return None
     return args if args[0][0] * args[0][1] <= 255 else None
 
 
-def _fusable_conv(m: nn.Module) -> bool:
+def fusable_conv(m: nn.Module) -> bool:
+    """Whether the fused op can take convolution module ``m`` (zero padding; 'same' only with
+    stride 1 and an odd effective kernel)."""
     if type(m) is not nn.Conv2d or m.padding_mode != "zeros":
         return False
     if isinstance(m.padding, str) and m.padding == "same":
-        tot = [d * (k - 1) for d, k in zip(_hw(m.dilation), _hw(m.kernel_size))]
-        return _hw(m.stride) == (1, 1) and not any(t % 2 for t in tot)
+        tot = [d * (k - 1) for d, k in zip(pair(m.dilation, "size"), pair(m.kernel_size, "size"))]
+        return pair(m.stride, "size") == (1, 1) and not any(t % 2 for t in tot)
     return True
 
 
@@ -424,7 +435,7 @@ def conv_act_patterns(gm: fx.GraphModule):
         return users[0] if len(users) == 1 else None
 
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not _fusable_conv(modules[str(node.target)]):
+        if node.op != "call_module" or not fusable_conv(modules[str(node.target)]):
             continue
         nxt, bn = only_user(node), None
         if nxt is not None and nxt.op == "call_module" and \

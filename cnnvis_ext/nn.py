@@ -16,10 +16,6 @@ from .ops.common import pair
 __all__ = ["ConvReLUPool2d", "ConvReLU2d", "FoldedBatchNorm2d", "fuse"]
 
 
-def _as_pair(v, name):
-    return tuple(pair(v, name))
-
-
 class ConvReLUPool2d(nn.Module):
     r"""Drop-in for ``nn.Sequential(nn.Conv2d(...), nn.ReLU(), nn.MaxPool2d(...))``.
 
@@ -59,15 +55,15 @@ class ConvReLUPool2d(nn.Module):
                              f"must both be divisible by groups={groups}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _as_pair(kernel_size, "kernel_size")
-        self.stride = _as_pair(stride, "stride")
-        self.dilation = _as_pair(dilation, "dilation")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
         self.padding = self._resolve_padding(padding)
         self.groups = groups
-        self.pool_kernel_size = _as_pair(pool_kernel_size, "pool_kernel_size")
+        self.pool_kernel_size = pair(pool_kernel_size, "pool_kernel_size")
         self.pool_stride = (self.pool_kernel_size if pool_stride is None
-                            else _as_pair(pool_stride, "pool_stride"))
-        self.pool_padding = _as_pair(pool_padding, "pool_padding")
+                            else pair(pool_stride, "pool_stride"))
+        self.pool_padding = pair(pool_padding, "pool_padding")
         self.ceil_mode = bool(ceil_mode)
         self.return_switches = return_switches
         factory = {"device": device, "dtype": dtype}
@@ -91,7 +87,7 @@ class ConvReLUPool2d(nn.Module):
                                      "(symmetric padding)")
                 return (tot[0] // 2, tot[1] // 2)
             raise ValueError(f"padding: expected an int, a pair, 'valid' or 'same', got {padding!r}")
-        return _as_pair(padding, "padding")
+        return pair(padding, "padding")
 
     def reset_parameters(self) -> None:
         # The initialization of nn.Conv2d.
@@ -131,18 +127,18 @@ class ConvReLUPool2d(nn.Module):
         if pool is not None:
             if not isinstance(pool, nn.MaxPool2d):
                 raise TypeError(f"pool: expected nn.MaxPool2d, got {type(pool).__name__}")
-            if _as_pair(pool.dilation, "dilation") != (1, 1) or pool.return_indices:
+            if pair(pool.dilation, "dilation") != (1, 1) or pool.return_indices:
                 raise ValueError("pool: dilated pooling and return_indices are not supported")
-        pk = (1, 1) if pool is None else _as_pair(pool.kernel_size, "kernel_size")
-        ps = (1, 1) if pool is None else _as_pair(pool.stride if pool.stride is not None else pk,
+        pk = (1, 1) if pool is None else pair(pool.kernel_size, "kernel_size")
+        ps = (1, 1) if pool is None else pair(pool.stride if pool.stride is not None else pk,
                                                   "stride")
-        pp = (0, 0) if pool is None else _as_pair(pool.padding, "padding")
+        pp = (0, 0) if pool is None else pair(pool.padding, "padding")
         m = cls.__new__(cls)
         nn.Module.__init__(m)
         m.in_channels, m.out_channels = conv.in_channels, conv.out_channels
-        m.kernel_size = _as_pair(conv.kernel_size, "kernel_size")
-        m.stride = _as_pair(conv.stride, "stride")
-        m.dilation = _as_pair(conv.dilation, "dilation")
+        m.kernel_size = pair(conv.kernel_size, "kernel_size")
+        m.stride = pair(conv.stride, "stride")
+        m.dilation = pair(conv.dilation, "dilation")
         m.padding = m._resolve_padding(conv.padding)
         m.groups = conv.groups
         m.pool_kernel_size, m.pool_stride, m.pool_padding = pk, ps, pp
@@ -389,26 +385,6 @@ def _fuse_graph(model: nn.Module, gm: torch.fx.GraphModule, patterns) -> nn.Modu
     return fused
 
 
-def _fusable_conv(m: nn.Module) -> bool:
-    if type(m) is not nn.Conv2d or m.padding_mode != "zeros":
-        return False
-    if isinstance(m.padding, str):
-        if m.padding == "same":
-            tot = [d * (k - 1) for d, k in zip(_as_pair(m.dilation, "d"), _as_pair(m.kernel_size, "k"))]
-            return _as_pair(m.stride, "s") == (1, 1) and not any(t % 2 for t in tot)
-        return m.padding == "valid"
-    return True
-
-
-def _fusable_pool(m: nn.Module) -> bool:
-    if type(m) is not nn.MaxPool2d or m.return_indices:
-        return False
-    if _as_pair(m.dilation, "dilation") != (1, 1):
-        return False
-    k = _as_pair(m.kernel_size, "kernel_size")
-    return k[0] * k[1] <= 255
-
-
 def _fuse_sequential(model: nn.Module) -> nn.Module:
     """Replace every Conv2d→ReLU(→MaxPool2d) run inside ``nn.Sequential`` containers.
 
@@ -433,9 +409,9 @@ def _fuse_sequential(model: nn.Module) -> nn.Module:
         while i < len(names):
             conv = container._modules[names[i]]
             nxt = container._modules[names[i + 1]] if i + 1 < len(names) else None
-            if _fusable_conv(conv) and type(nxt) is nn.ReLU:
+            if graph.fusable_conv(conv) and type(nxt) is nn.ReLU:
                 pool = container._modules[names[i + 2]] if i + 2 < len(names) else None
-                if not _fusable_pool(pool):
+                if not graph.fusable_pool(pool):
                     pool = None
                 cls = ConvReLUPool2d if pool is not None else ConvReLU2d
                 fused = cls.from_modules(conv, pool)

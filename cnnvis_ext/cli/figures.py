@@ -137,11 +137,11 @@ def _lrp_rules(images: Tensor) -> dict:
     return {"default": "epsilon", nn.Conv2d: "gamma", FIRST_LAYER: ZBox(lo, hi)}
 
 
-def explainer(method: str, layer: Optional[str] = None):
-    """``explain(model, images, targets) -> maps`` for a ``--method`` name: the raw maps the
-    metrics read (signed attributions; Grad-CAM's ``(N, H, W)`` map upsampled to the image)."""
+def explainer(method: str, layer: Optional[str] = None, flag: str = "--method"):
+    """``explain(model, images, targets) -> maps`` for a method name: the raw maps (signed
+    attributions; Grad-CAM's ``(N, H, W)`` map upsampled to the image)."""
     if method not in ATTRIBUTION_METHODS:
-        raise CLIError(f"--methods: expected names from {', '.join(ATTRIBUTION_METHODS)}, "
+        raise CLIError(f"{flag}: expected one of {', '.join(ATTRIBUTION_METHODS)}, "
                        f"got {method!r}")
     if method == "gradcam":
         return lambda m, x, t: grad_cam(m, layer or default_conv_layer(m, last=True), x, t)
@@ -154,20 +154,12 @@ def explainer(method: str, layer: Optional[str] = None):
 def view_attribution(model: nn.Module, images: Tensor, targets: Tensor, method: str,
                      layer: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """Attribution heat maps ``(N, H, W)`` in [0, 1] and their overlays ``(N, 3, H, W)``."""
-    if method not in ATTRIBUTION_METHODS:
-        raise CLIError(f"--method: expected one of {', '.join(ATTRIBUTION_METHODS)}, "
-                       f"got {method!r}")
-    targets = targets.long()
+    attr = explainer(method, layer)(model, images, targets.long()).detach().float().cpu()
     if method == "gradcam":
-        layer = layer or default_conv_layer(model, last=True)
-        heat = grad_cam(model, layer, images, targets).detach().float().cpu()
+        heat = attr
     elif method == "lrp":
-        attr = lrp(model, images, targets, rules=_lrp_rules(images)).relevance
-        heat = attr.detach().float().cpu().sum(1).clamp(min=0)  # positive relevance
+        heat = attr.sum(1).clamp(min=0)  # positive relevance
     else:
-        fn = {"saliency": saliency, "guided": guided_backprop,
-              "deconvnet": deconvnet_attribution}[method]
-        attr = fn(model, images, targets).detach().float().cpu()
         # saliency: max |grad| over channels (Simonyan); guided/deconvnet: |signal| summed
         heat = attr.abs().amax(1) if method == "saliency" else attr.abs().sum(1)
     heat = _per_image_unit(heat)

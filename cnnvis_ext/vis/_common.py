@@ -72,13 +72,20 @@ def progress_bar(iterable, total: int, progress: Optional[bool], desc: str, long
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-def input_channels(model: nn.Module, default: int = 3) -> int:
+def _first_in_channels(model: nn.Module) -> Optional[int]:
+    """``in_channels`` of the first module that declares it (a convolution), or None when a
+    linear layer or nothing comes first."""
     for m in model.modules():
-        if hasattr(m, "in_channels") and isinstance(getattr(m, "in_channels"), int):
+        if isinstance(getattr(m, "in_channels", None), int):
             return m.in_channels
         if isinstance(m, nn.Linear):
-            return default
-    return default
+            return None
+    return None
+
+
+def input_channels(model: nn.Module, default: int = 3) -> int:
+    c = _first_in_channels(model)
+    return default if c is None else c
 
 
 def as_targets(target, n: int, device) -> Tensor:
@@ -174,12 +181,7 @@ def check_float_images(images: Tensor, name: str = "images") -> Tensor:
 
 def check_input_channels(model: nn.Module, images: Tensor, name: str = "images") -> None:
     """The channel count the model's first convolution takes against ``images``'s."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Conv3d)) or getattr(type(m), "fused_op", False):
-            c = m.in_channels
-            if images.dim() >= 2 and images.shape[1] != c:
-                raise ValueError(f"{name}: the model's first convolution takes {c} channels, got "
-                                 f"images of shape {tuple(images.shape)}")
-            return
-        if isinstance(m, nn.Linear):
-            return
+    c = _first_in_channels(model)
+    if c is not None and images.dim() >= 2 and images.shape[1] != c:
+        raise ValueError(f"{name}: the model's first convolution takes {c} channels, got "
+                         f"images of shape {tuple(images.shape)}")

@@ -77,20 +77,17 @@ class _Pool:
     in_size: Tuple[int, int]
 
 
-def _pair(v) -> Tuple[int, int]:
-    return pair(v, "value")
-
-
 def _conv_padding(conv: nn.Conv2d) -> Tuple[int, int]:
     if isinstance(conv.padding, str):
         if conv.padding == "valid":
             return (0, 0)
-        tot = [d * (k - 1) for d, k in zip(_pair(conv.dilation), _pair(conv.kernel_size))]
+        tot = [d * (k - 1) for d, k in zip(pair(conv.dilation, "dilation"),
+                                           pair(conv.kernel_size, "kernel_size"))]
         if any(t % 2 for t in tot):
             raise ValueError(f"deconvnet: {type(conv).__name__} with padding='same' and an even "
                              "effective kernel (asymmetric padding) is not supported")
         return (tot[0] // 2, tot[1] // 2)
-    return _pair(conv.padding)
+    return pair(conv.padding, "size")
 
 
 def _leaves(model: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -203,8 +200,8 @@ def _trace(model: nn.Module, layer: str, x: Tensor):
             if mod.padding_mode != "zeros":
                 raise ValueError(f"deconvnet: module {name!r} (Conv2d) has padding_mode="
                                  f"{mod.padding_mode!r}; only 'zeros' is supported")
-            steps.append(_Conv(name, mod.weight, _pair(mod.stride), _conv_padding(mod),
-                               _pair(mod.dilation), mod.groups, tuple(inp.shape[-2:]),
+            steps.append(_Conv(name, mod.weight, pair(mod.stride, "size"), _conv_padding(mod),
+                               pair(mod.dilation, "size"), mod.groups, tuple(inp.shape[-2:]),
                                tuple(out.shape[-2:])))
         elif isinstance(mod, nn.BatchNorm2d):
             if mod.training or not mod.track_running_stats:
@@ -219,10 +216,11 @@ def _trace(model: nn.Module, layer: str, x: Tensor):
         elif isinstance(mod, nn.ReLU):
             steps.append(_ReLU(name))
         elif type(mod) is nn.MaxPool2d:
-            if _pair(mod.dilation) != (1, 1):
+            if pair(mod.dilation, "size") != (1, 1):
                 raise ValueError(f"deconvnet: module {name!r} (MaxPool2d) is dilated; not supported")
-            k, s = _pair(mod.kernel_size), _pair(mod.stride if mod.stride is not None else mod.kernel_size)
-            p = _pair(mod.padding)
+            k = pair(mod.kernel_size, "kernel_size")
+            s = pair(mod.stride if mod.stride is not None else mod.kernel_size, "stride")
+            p = pair(mod.padding, "size")
             sw = ops.indices_to_switches(extra, tuple(inp.shape[-2:]), k, s, p)
             steps.append(_Pool(name, sw, k, s, p, tuple(inp.shape[-2:])))
         elif isinstance(mod, (nn.Identity, nn.Dropout, nn.Dropout2d, FoldedBatchNorm2d)):

@@ -66,7 +66,7 @@ def run(args) -> int:
     dele: Dict[str, List[float]] = {}
     ins: Dict[str, List[float]] = {}
     for method in args.methods:
-        explain = explainer(method, args.layer)
+        explain = explainer(method, args.layer, "--methods")
         maps = explain(model, x, t).detach()
         row: Dict[str, float] = {}
         if {"deletion", "insertion"} & set(args.metrics):
