@@ -10,12 +10,17 @@
   small uniform perturbations of the input.
 
 ``explain`` is any callable ``explain(model, images, target) -> maps``, such as
-``cnnvis_ext.vis.saliency`` or ``lambda m, x, t: vis.grad_cam(m, "layer4", x, t)``.
+``cnnvis_ext.vis.saliency`` or ``lambda m, x, t: vis.grad_cam(m, "layer4", x, t)``. It is called
+on at most ``batch_size`` images at a time (the memory budget, as in
+:mod:`cnnvis_ext.metrics.faithfulness`); results do not depend on it.
+
+Checked against Quantus 0.6.0 in ``tests/metrics/test_quantus.py`` (MPRT, RandomLogit,
+MaxSensitivity); the docstrings say where the defaults differ on purpose.
 """
 from __future__ import annotations
 
 import copy
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,21 +40,20 @@ def _flat(maps: Tensor, n: int) -> Tensor:
 
 
 def _ranks(v: Tensor) -> Tensor:
-    """Average ranks along the last dimension (ties share their mean rank)."""
+    """Average ranks along the last dimension (ties share their mean rank), every row at once."""
     order = v.argsort(-1)
-    sorted_v = v.gather(-1, order)
+    s = v.gather(-1, order)
+    m = v.shape[-1]
+    pos = torch.arange(m, device=v.device).expand_as(v)
+    # in sorted order, a run of equal values spans [first, last]; its members get the mean
+    starts = torch.ones_like(s, dtype=torch.bool)
+    starts[..., 1:] = s[..., 1:] != s[..., :-1]
+    ends = torch.ones_like(starts)
+    ends[..., :-1] = starts[..., 1:]
+    first = torch.where(starts, pos, 0).cummax(-1).values
+    last = torch.where(ends, pos, m).flip(-1).cummin(-1).values.flip(-1)
     ranks = torch.empty_like(v)
-    idx = torch.arange(v.shape[-1], dtype=v.dtype, device=v.device).expand_as(v)
-    ranks.scatter_(-1, order, idx)
-    # ties: every member of a run of equal values gets the run's mean rank
-    for row in range(v.shape[0]):
-        s = sorted_v[row]
-        uniq, inv, counts = torch.unique_consecutive(s, return_inverse=True, return_counts=True)
-        if len(uniq) == len(s):
-            continue
-        starts = torch.cumsum(counts, 0) - counts
-        mean_rank = (starts + (counts - 1) / 2.0).to(v.dtype)
-        ranks[row].scatter_(0, order[row], mean_rank[inv])
+    ranks.scatter_(-1, order, (first + last).to(v.dtype) / 2)
     return ranks
 
 
@@ -105,6 +109,32 @@ class Randomization(NamedTuple):
     maps: Tensor
 
 
+def _targets(target, n: int) -> Tensor:
+    t = torch.as_tensor(target).reshape(-1).long()
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"target: expected one class per image ({n}), got {t.numel()}")
+    return t
+
+
+def _explain(explain: Explain, model: nn.Module, x: Tensor, t: Tensor, batch_size: int) -> Tensor:
+    """``explain`` on ``batch_size`` images at a time, the maps concatenated."""
+    out = [explain(model, x[i:i + batch_size], t[i:i + batch_size]).detach()
+           for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def _normal_like_own_std(module: nn.Module, generator: torch.Generator) -> None:
+    """Every parameter of ``module`` itself re-drawn from N(0, its own std) (std 1 if 0 or a
+    single value)."""
+    with torch.no_grad():
+        for p in module.parameters(recurse=False):
+            std = float(p.detach().float().std()) if p.numel() > 1 else 1.0
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p)
+                    * (std or 1.0))
+
+
 def randomization_order(model: nn.Module) -> List[str]:
     """Modules with parameters of their own, in reverse registration order (the top first)."""
     names = [n for n, m in model.named_modules()
@@ -114,20 +144,40 @@ def randomization_order(model: nn.Module) -> List[str]:
 
 def model_randomization(model: nn.Module, images: Tensor, target, explain: Explain, *,
                         layers: Optional[List[str]] = None, seed: Optional[int] = 0,
-                        absolute: bool = True) -> Randomization:
+                        absolute: bool = True,
+                        randomize: Optional[Callable[[nn.Module, int], None]] = None,
+                        batch_size: int = 64) -> Randomization:
     """Cascading model-parameter randomization test (Adebayo et al. 2018).
 
     A copy of the model has the parameters of ``layers`` (default: every module with
-    parameters, from the output down) re-drawn one layer at a time and cumulatively: weights
-    from a normal distribution with the layer's own standard deviation (mean 0), biases from
-    the same for biases, BatchNorm scales and shifts alike. The model passed in is not changed.
+    parameters, from the output down) re-drawn one layer at a time and cumulatively. By default
+    each parameter is drawn from a normal distribution with mean 0 and its own standard
+    deviation (weights, biases, BatchNorm scales and shifts alike), from a generator seeded by
+    ``seed`` and the layer's place in ``layers``. The model passed in is not changed.
+
+    Args:
+        randomize: optional ``randomize(module, index)`` that re-draws, in place, the parameters
+            of the ``index``-th module of ``layers`` instead. Quantus's ``MPRT`` calls
+            ``torch.manual_seed(seed + 1); module.reset_parameters()`` (PyTorch's initializer,
+            the same seed for every layer), over the modules that have ``reset_parameters``,
+            output first; passing that as ``randomize`` (and those modules as ``layers``, the
+            default for most networks) gives Quantus 0.6.0's Spearman correlations per layer.
+            The default differs on purpose: a layer keeps its own scale, as Adebayo et al.
+            re-draw from the trained weights' distribution, and no global seed is touched.
+        absolute: compare absolute maps (as Quantus's default ``abs=True`` and the paper's
+            figures).
+        batch_size: images per ``explain`` call (the memory budget).
 
     Returns:
         :class:`Randomization`.
     """
     check_model(model)
     seed = resolve_seed(seed)
-    original = explain(model, images, target).detach()
+    batch_size = check_int("batch_size", batch_size, 1)
+    if randomize is not None and not callable(randomize):
+        raise TypeError(f"randomize: expected a callable (module, index), got {randomize!r}")
+    t = _targets(target, images.shape[0])
+    original = _explain(explain, model, images, t, batch_size)
     n = original.shape[0]
     layers = randomization_order(model) if layers is None else list(layers)
     rnd = copy.deepcopy(model)
@@ -135,12 +185,12 @@ def model_randomization(model: nn.Module, images: Tensor, target, explain: Expla
     ref = original.abs() if absolute else original
     for li, name in enumerate(layers):
         mod = rnd.get_submodule(name)
-        g = make_generator(seed, li, 6, "cpu")
-        with torch.no_grad():
-            for p in mod.parameters(recurse=False):
-                std = float(p.detach().float().std()) if p.numel() > 1 else 1.0
-                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p) * (std or 1.0))
-        m = explain(rnd, images, target).detach()
+        if randomize is None:
+            _normal_like_own_std(mod, make_generator(seed, li, 6, "cpu"))
+        else:
+            with torch.no_grad():
+                randomize(mod, li)
+        m = _explain(explain, rnd, images, t, batch_size)
         maps.append(m)
         cmp = m.abs() if absolute else m
         sp.append(spearman(ref, cmp))
@@ -152,45 +202,101 @@ def model_randomization(model: nn.Module, images: Tensor, target, explain: Expla
 
 
 def random_logit(model: nn.Module, images: Tensor, target, explain: Explain, num_classes: int, *,
-                 seed: Optional[int] = 0) -> Tensor:
-    """SSIM between the map of the target and the map of a random other class, per image
-    (drawn from each image's own generator). Low: the map depends on the class explained."""
+                 seed: Optional[int] = 0, other: Optional[Tensor] = None,
+                 similarity: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+                 batch_size: int = 64) -> Tensor:
+    """Similarity between the map of the target and the map of a random other class, per
+    image. Low: the map depends on the class explained.
+
+    Args:
+        other: optional ``(N,)`` other classes to use; by default one is drawn uniformly among
+            the ``num_classes - 1`` others of each image, from the image's own generator.
+        similarity: optional ``similarity(target_maps, other_maps) -> (N,)`` on the maps as
+            ``explain`` returns them (e.g. :func:`spearman`). Default: :func:`ssim` of the
+            absolute maps summed over channels, as 2-D images.
+        batch_size: images per ``explain`` call (the memory budget).
+
+    Against Quantus 0.6.0's ``RandomLogit``: it draws the other class with
+    ``np.random.seed(seed); np.random.randint(0, num_classes - 1, N)`` over the classes but the
+    target (pass those as ``other``), and its default similarity is skimage's SSIM of the
+    maps flattened to 1-D (uniform window of 7 values, the two maps' joint range); that SSIM
+    mixes rows of the image and depends on the maps' common scale, so the default here is the
+    2-D SSIM with a Gaussian window of Adebayo et al. With the same ``other`` and the same
+    similarity (``similarity=spearman`` and Quantus's ``correlation_spearman``) the results
+    are Quantus's.
+    """
     check_model(model)
     num_classes = check_int("num_classes", num_classes, 2)
+    batch_size = check_int("batch_size", batch_size, 1)
+    if similarity is not None and not callable(similarity):
+        raise TypeError(f"similarity: expected a callable (maps, maps) -> (N,), got {similarity!r}")
     seed = resolve_seed(seed)
-    t = torch.as_tensor(target).reshape(-1).long()
-    if t.numel() == 1:
-        t = t.expand(images.shape[0])
-    other = []
-    for i, ti in enumerate(t.tolist()):
-        g = make_generator(seed, i, 7, "cpu")
-        r = int(torch.randint(num_classes - 1, (1,), generator=g))
-        other.append(r if r < ti else r + 1)
-    a = explain(model, images, t).detach()
-    b = explain(model, images, torch.tensor(other)).detach()
+    t = _targets(target, images.shape[0])
+    if other is None:
+        draws = []
+        for i, ti in enumerate(t.tolist()):  # one draw per image: independent of the batch
+            g = make_generator(seed, i, 7, "cpu")
+            r = int(torch.randint(num_classes - 1, (1,), generator=g))
+            draws.append(r if r < ti else r + 1)
+        other = torch.tensor(draws)
+    else:
+        other = _targets(other, images.shape[0])
+        if bool(((other < 0) | (other >= num_classes)).any()) or bool((other == t).any()):
+            raise ValueError("other: expected classes in [0, num_classes) that differ from "
+                             "the target")
+    a = _explain(explain, model, images, t, batch_size)
+    b = _explain(explain, model, images, other, batch_size)
+    if similarity is not None:
+        return similarity(a, b)
     if a.dim() == 4:
         a, b = a.abs().sum(1), b.abs().sum(1)
     return ssim(a, b)
 
 
 def max_sensitivity(model: nn.Module, images: Tensor, target, explain: Explain, *,
-                    radius: float = 0.02, samples: int = 10, seed: Optional[int] = 0) -> Tensor:
+                    radius: float = 0.02, samples: int = 10, seed: Optional[int] = 0,
+                    perturbations: Optional[Tensor] = None, batch_size: int = 64) -> Tensor:
     """Max-sensitivity (Yeh et al. 2019), per image: ``max_j ||Φ(x + δ_j) - Φ(x)|| / ||Φ(x)||``
-    over ``samples`` perturbations ``δ_j`` uniform in ``[-radius, radius]`` (drawn from each
-    image's own generator), all explained in one batched call."""
+    (Frobenius norms) over ``samples`` perturbations ``δ_j`` uniform in ``[-radius, radius]``
+    (drawn from each image's own generator), explained ``batch_size`` perturbed images at a time.
+
+    Args:
+        perturbations: optional ``(samples, N, C, H, W)`` noise ``δ`` to use instead of drawing
+            it (``radius`` and ``samples`` are then unused).
+        batch_size: perturbed images per ``explain`` call (the memory budget; the noise itself
+            is held whole, one input's size per sample and image).
+
+    This is Quantus 0.6.0's ``MaxSensitivity`` (``lower_bound=radius``, its defaults
+    otherwise: uniform noise on every value, difference, Frobenius norms, no normalisation) when
+    given the same noise; Quantus draws it from the global ``np.random``, step by step.
+    """
     check_model(model)
-    radius = check_number("radius", radius, positive=True)
-    samples = check_int("samples", samples, 1)
-    seed = resolve_seed(seed)
+    batch_size = check_int("batch_size", batch_size, 1)
     n = images.shape[0]
-    t = torch.as_tensor(target).reshape(-1).long()
-    if t.numel() == 1:
-        t = t.expand(n)
-    base = explain(model, images, t).detach()
-    noise = torch.stack([(torch.rand((samples,) + tuple(images.shape[1:]),
-                                     generator=make_generator(seed, i, 8, "cpu")) * 2 - 1)
-                         for i in range(n)], 1).to(images) * radius          # (samples, N, ...)
-    x = (images[None] + noise).reshape(-1, *images.shape[1:])
-    perturbed = explain(model, x, t.repeat(samples)).detach().reshape(samples, *base.shape)
-    diff = (perturbed - base[None]).reshape(samples, n, -1).norm(dim=2)
+    t = _targets(target, n)
+    if perturbations is None:
+        radius = check_number("radius", radius, positive=True)
+        samples = check_int("samples", samples, 1)
+        seed = resolve_seed(seed)
+        noise = torch.stack([(torch.rand((samples,) + tuple(images.shape[1:]),
+                                         generator=make_generator(seed, i, 8, "cpu")) * 2 - 1)
+                             for i in range(n)], 1).to(images) * radius      # (samples, N, ...)
+    else:
+        if not isinstance(perturbations, Tensor) or not perturbations.is_floating_point():
+            raise TypeError("perturbations: expected a floating-point tensor")
+        if perturbations.dim() != images.dim() + 1 or perturbations.shape[1:] != images.shape                 or perturbations.shape[0] < 1:
+            raise ValueError(f"perturbations: expected shape (samples, {', '.join(map(str, images.shape))}), "
+                             f"got {tuple(perturbations.shape)}")
+        noise = perturbations.to(images)
+        samples = noise.shape[0]
+    base = _explain(explain, model, images, t, batch_size)
+    rows = samples * n
+    x = noise.reshape(rows, *images.shape[1:])
+    diffs = []
+    for lo in range(0, rows, batch_size):  # row r: sample r // N of image r % N
+        r = torch.arange(lo, min(rows, lo + batch_size))
+        i = r % n
+        m = explain(model, images[i] + x[r], t[i]).detach()
+        diffs.append((m - base[i]).reshape(len(r), -1).norm(dim=1))
+    diff = torch.cat(diffs).view(samples, n)
     return (diff / base.reshape(n, -1).norm(dim=1).clamp_min(1e-300)).amax(0)

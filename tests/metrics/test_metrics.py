@@ -138,27 +138,84 @@ def test_sanity_checks_show_what_the_paper_showed():
     assert res["saliency"].ssim[-1].mean() < res["saliency"].ssim[0].mean()
 
 
-def test_region_perturbation_equals_quantus(data):
-    """Quantus's RegionPerturbation with a black (per-image minimum) baseline and softmax
-    scores: the drops after each region equal ours."""
-    import os
-    try:
-        import quantus
-    except Exception as e:  # pragma: no cover - depends on the environment
-        if os.environ.get("CI"):
-            pytest.fail(f"quantus must be importable in CI: {e}", pytrace=False)
-        pytest.skip(f"quantus is not importable: {e}")
-    x, attr, t = (v.float() if v.is_floating_point() else v for v in data)  # Quantus: float32
-    m = net().float()
-    ours = M.region_perturbation(m, x, attr, t, patch_size=4, regions=3, baseline="black",
-                                 score="probability")
-    metric = quantus.RegionPerturbation(patch_size=4, regions_evaluation=3, order="morf",
-                                        perturb_baseline="black", normalise=False, abs=False,
-                                        disable_warnings=True, display_progressbar=False)
-    theirs = metric(model=m, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=attr.numpy(),
-                    device="cpu", softmax=True)
-    drops = (ours.curve[:, :1] - ours.curve[:, 1:]).numpy()
-    np.testing.assert_allclose(np.array(theirs, dtype=float), drops, rtol=1e-4, atol=1e-6)
+def test_results_do_not_depend_on_the_budget(data):
+    """``batch_size`` is the memory budget of every metric: one image per forward, a few, or
+    all at once give the same numbers."""
+    x, attr, t = data
+    m = net()
+    runs = {
+        "deletion_insertion": lambda b: M.deletion_insertion(m, x, attr, t, steps=5,
+                                                             batch_size=b),
+        "region_perturbation": lambda b: M.region_perturbation(m, x, attr, t, patch_size=2,
+                                                               regions=6, batch_size=b),
+        "faithfulness_correlation": lambda b: M.faithfulness_correlation(
+            m, x, attr, t, subset_size=9, runs=5, batch_size=b),
+        "faithfulness_values": lambda b: M.faithfulness_correlation(
+            m, x, attr, t, subset_size=9, runs=5, features="values", baseline="black",
+            batch_size=b),
+        "max_sensitivity": lambda b: M.max_sensitivity(m, x, t, vis.saliency, samples=4,
+                                                       batch_size=b),
+        "model_randomization": lambda b: M.model_randomization(m, x, t, vis.saliency,
+                                                               batch_size=b)[1:3],
+        "random_logit": lambda b: M.random_logit(m, x, t, vis.saliency, 5, batch_size=b),
+    }
+    for name, run in runs.items():
+        ref = run(1000)
+        for b in (1, 5) if name in ("model_randomization", "random_logit") else (5, 8):
+            got = run(b)
+            for r, g in zip(ref if isinstance(ref, tuple) else [ref],
+                            got if isinstance(got, tuple) else [got]):
+                torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12, msg=f"{name}, {b}")
+
+
+def test_explicit_draws_and_bad_arguments(data):
+    x, attr, t = data
+    m = net()
+    # explicit subsets of pixels are the subsets drawn
+    idx = torch.stack([torch.randperm(64, generator=torch.Generator().manual_seed(i))[:10]
+                       for i in range(15)]).view(3, 5, 10)
+    got = M.faithfulness_correlation(m, x, attr, t, subsets=idx)
+    lin_drops = []
+    with torch.no_grad():
+        full = m(x)[torch.arange(3), t]
+        for i in range(3):
+            row = []
+            for r in range(5):
+                xx = x[i].clone().view(3, 64)
+                xx[:, idx[i, r]] = 0
+                row.append(full[i] - m(xx.view(1, 3, 8, 8))[0, t[i]])
+            lin_drops.append(torch.stack(row))
+    sums = attr.sum(1).view(3, 64).gather(1, idx.view(3, -1)).view(3, 5, 10).sum(2)
+    ref = torch.stack([torch.corrcoef(torch.stack([sums[i], lin_drops[i]]))[0, 1] for i in range(3)])
+    torch.testing.assert_close(got, ref)
+    # explicit noise is the noise used
+    delta = torch.full((2,) + tuple(x.shape), 0.01, dtype=D)
+    base = vis.saliency(m, x, t)
+    moved = vis.saliency(m, x + 0.01, t)
+    ref = ((moved - base).flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1))
+    torch.testing.assert_close(M.max_sensitivity(m, x, t, vis.saliency, perturbations=delta), ref)
+    for bad, exc, kwargs in [
+        ("subsets", TypeError, dict(subsets=idx.float())),
+        ("subsets", ValueError, dict(subsets=idx[:2])),
+        ("subsets", ValueError, dict(subsets=idx + 64)),
+        ("features", ValueError, dict(features="channels")),
+        ("batch_size", ValueError, dict(batch_size=0)),
+        ("baseline", ValueError, dict(baseline="white", subsets=idx)),
+    ]:
+        with pytest.raises(exc, match=bad):
+            M.faithfulness_correlation(m, x, attr, t, **kwargs)
+    with pytest.raises(ValueError, match="perturbations"):
+        M.max_sensitivity(m, x, t, vis.saliency, perturbations=delta[:, :2])
+    with pytest.raises(TypeError, match="perturbations"):
+        M.max_sensitivity(m, x, t, vis.saliency, perturbations=delta.long())
+    with pytest.raises(TypeError, match="randomize"):
+        M.model_randomization(m, x, t, vis.saliency, randomize="reset")
+    with pytest.raises(ValueError, match="other"):
+        M.random_logit(m, x, t, vis.saliency, 5, other=t)
+    with pytest.raises(TypeError, match="similarity"):
+        M.random_logit(m, x, t, vis.saliency, 5, similarity="ssim")
+    with pytest.raises(TypeError, match="batch_size"):
+        M.region_perturbation(m, x, attr, t, batch_size=2.0)
 
 
 def test_transferability_and_plausibility():
