@@ -12,17 +12,26 @@ from torch import Tensor, nn
 
 from .._modules import get_layer
 from ..vis import (FIRST_LAYER, ZBox, activation_maximization, deconvnet_attribution,
-                   feature_maps, grad_cam, guided_backprop, invert, kernels, lrp, make_grid,
-                   overlay, saliency, top_activations)
+                   feature_maps, guided_backprop, guided_grad_cam, integrated_gradients, invert,
+                   kernels, lrp, make_grid, occlusion, overlay, saliency, top_activations)
+from ..vis.cam import CAM_METHODS
 from ..vis.transforms import Jitter, Pad
 from .errors import CLIError
 from .loading import default_conv_layer, model_device
 
-__all__ = ["ATTRIBUTION_METHODS", "NEEDS_PRIOR", "tile", "upscale_for", "out_dir", "fname",
+__all__ = ["ATTRIBUTION_METHODS", "MORE_ATTRIBUTION_METHODS", "ALL_ATTRIBUTION_METHODS",
+           "NEEDS_PRIOR", "tile", "upscale_for", "out_dir", "fname",
            "view_kernels", "view_feature_maps", "view_actmax", "view_invert", "view_attribution",
            "view_deconv_top"]
 
+#: The first five (the demo's report and `cnnvis evaluate`'s default).
 ATTRIBUTION_METHODS = ("saliency", "guided", "deconvnet", "lrp", "gradcam")
+#: The CAM family beyond Grad-CAM, Guided Grad-CAM, integrated gradients and occlusion.
+MORE_ATTRIBUTION_METHODS = ("gradcampp", "xgradcam", "layercam", "hirescam", "scorecam",
+                            "ablationcam", "eigencam", "guidedgradcam", "ig", "occlusion")
+ALL_ATTRIBUTION_METHODS = ATTRIBUTION_METHODS + MORE_ATTRIBUTION_METHODS
+#: Methods whose maps are (N, H, W) heat maps already (the rest give (N, C, H, W)).
+_CAM_NAMES = tuple(CAM_METHODS)
 NEEDS_PRIOR = "--param generator needs --prior INVERTER.pt (from `cnnvis train-inverter`)"
 
 
@@ -139,31 +148,51 @@ def _lrp_rules(images: Tensor) -> dict:
 
 def explainer(method: str, layer: Optional[str] = None, flag: str = "--method"):
     """``explain(model, images, targets) -> maps`` for a method name: the raw maps (signed
-    attributions; Grad-CAM's ``(N, H, W)`` map upsampled to the image)."""
-    if method not in ATTRIBUTION_METHODS:
-        raise CLIError(f"{flag}: expected one of {', '.join(ATTRIBUTION_METHODS)}, "
+    attributions; the CAM family's ``(N, H, W)`` maps upsampled to the image; ``(N, T, ...)``
+    for ``(N, T)`` targets)."""
+    if method not in ALL_ATTRIBUTION_METHODS:
+        raise CLIError(f"{flag}: expected one of {', '.join(ALL_ATTRIBUTION_METHODS)}, "
                        f"got {method!r}")
-    if method == "gradcam":
-        return lambda m, x, t: grad_cam(m, layer or default_conv_layer(m, last=True), x, t)
+    if method in CAM_METHODS:
+        fn = CAM_METHODS[method]
+        return lambda m, x, t: fn(m, layer or default_conv_layer(m, last=True), x, t)
+    if method == "guidedgradcam":
+        return lambda m, x, t: guided_grad_cam(m, layer or default_conv_layer(m, last=True), x, t)
     if method == "lrp":
         return lambda m, x, t: lrp(m, x, t, rules=_lrp_rules(x)).relevance
+    if method == "ig":
+        return lambda m, x, t: integrated_gradients(m, x, t, steps=32).attributions
+    if method == "occlusion":
+        # a patch of an eighth of the image, half-overlapping
+        return lambda m, x, t: occlusion(m, x, t, window=max(1, x.shape[-1] // 8),
+                                         stride=max(1, x.shape[-1] // 16))
     return {"saliency": saliency, "guided": guided_backprop,
             "deconvnet": deconvnet_attribution}[method]
 
 
 def view_attribution(model: nn.Module, images: Tensor, targets: Tensor, method: str,
                      layer: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-    """Attribution heat maps ``(N, H, W)`` in [0, 1] and their overlays ``(N, 3, H, W)``."""
+    """Attribution heat maps ``(N, H, W)`` in [0, 1] and their overlays ``(N, 3, H, W)``;
+    ``(N, T)`` targets give ``(N, T, H, W)`` and ``(N, T, 3, H, W)``."""
     attr = explainer(method, layer)(model, images, targets.long()).detach().float().cpu()
-    if method == "gradcam":
+    multi = targets.dim() == 2
+    n, T = images.shape[0], (targets.shape[1] if multi else 1)
+    attr = attr.reshape(n * T, *attr.shape[(2 if multi else 1):])
+    if method in _CAM_NAMES:
         heat = attr
     elif method == "lrp":
         heat = attr.sum(1).clamp(min=0)  # positive relevance
+    elif method == "occlusion":
+        heat = attr[:, 0].clamp(min=0)  # where occluding lowers the score
     else:
-        # saliency: max |grad| over channels (Simonyan); guided/deconvnet: |signal| summed
+        # saliency: max |grad| over channels (Simonyan); the others: |signal| summed
         heat = attr.abs().amax(1) if method == "saliency" else attr.abs().sum(1)
     heat = _per_image_unit(heat)
-    return heat, overlay(images.detach().float().cpu(), heat, alpha=0.55).float().cpu()
+    imgs = images.detach().float().cpu().repeat_interleave(T, 0)
+    over = overlay(imgs, heat, alpha=0.55).float().cpu()
+    if multi:
+        return heat.reshape(n, T, *heat.shape[1:]), over.reshape(n, T, *over.shape[1:])
+    return heat, over
 
 
 def view_deconv_top(model: nn.Module, layer: str, images: Tensor, *, k: int, units: List[int],

@@ -10,7 +10,7 @@ from .. import __version__
 from .commands import actmax, attribute, bench, deconv, demo, invert, kernels, maps, train
 from .commands import evaluate, train_inverter
 from .errors import PROG
-from .figures import ATTRIBUTION_METHODS
+from .figures import ALL_ATTRIBUTION_METHODS, ATTRIBUTION_METHODS
 from .jobs import JOB_CHUNK
 
 __all__ = ["build_parser"]
@@ -229,12 +229,23 @@ def add_deconv(subparsers) -> None:
     p.add_argument("--top", type=positive_int, default=9, help="images per unit")
 
 
+def _target_or_all(text: str):
+    """``--target``: a class index >= 0 or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return nonneg_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0 or 'all', got {text!r}") from None
+
+
 def add_attribute(subparsers) -> None:
     p = _add(subparsers, "attribute", attribute, _common, _model, _images, _out)
-    p.add_argument("--method", choices=ATTRIBUTION_METHODS, default="saliency")
-    p.add_argument("--target", type=nonneg_int,
-                   help="class to explain (default: each image's predicted class)")
-    p.add_argument("--layer", help="Grad-CAM layer (default: the last convolution)")
+    p.add_argument("--method", choices=ALL_ATTRIBUTION_METHODS, default="saliency")
+    p.add_argument("--target", type=_target_or_all, metavar="CLASS|all",
+                   help="class to explain, or 'all' (every class, one row of maps per image; "
+                        "default: each image's predicted class)")
+    p.add_argument("--layer", help="layer of the CAM methods (default: the last convolution)")
 
 
 def add_evaluate(subparsers) -> None:

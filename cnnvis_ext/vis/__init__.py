@@ -1,6 +1,6 @@
 """Visualization loops: activation maximization, feature inversion, deconvnet
 projections and top-k grids, attribution (saliency, guided backprop, deconvnet,
-Grad-CAM, LRP), feature-map and kernel views, and image export.
+the CAM family, integrated gradients, occlusion, LRP), feature-map and kernel views, and image export.
 
 Everything takes any ``nn.Module`` and names layers as ``model.named_modules()``
 does; results are tensors on the model's device.
@@ -11,7 +11,10 @@ from .objectives import (OUTPUT, Objective, channel, class_logit, class_probabil
 from .param import FourierParam, GeneratorParam, ImageParam, PixelParam
 from .actmax import (ActMaxResult, Regularizers, YOSINSKI_PRESETS, YosinskiPreset,
                      activation_maximization, yosinski_preset)
-from .attribution import deconvnet_attribution, grad_cam, guided_backprop, saliency
+from .attribution import deconvnet_attribution, guided_backprop, saliency
+from .cam import (ablation_cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_cam,
+                  layer_cam, score_cam, xgrad_cam)
+from .perturbation import IntegratedGradientsResult, integrated_gradients, occlusion
 from .lrp import (FIRST_LAYER, PRESETS, AlphaBeta, Epsilon, Flat, Gamma, LRPResult, Rule, WSquare, ZBox,
                   lrp, preset as lrp_preset)
 from .views import feature_maps, kernels, make_grid
@@ -29,6 +32,8 @@ __all__ = [
     "Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset", "ActMaxResult",
     "activation_maximization",
     "saliency", "guided_backprop", "deconvnet_attribution", "grad_cam",
+    "grad_cam_pp", "xgrad_cam", "layer_cam", "hires_cam", "score_cam", "ablation_cam", "eigen_cam",
+    "guided_grad_cam", "integrated_gradients", "IntegratedGradientsResult", "occlusion",
     "lrp", "LRPResult", "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZBox", "Flat", "WSquare",
     "FIRST_LAYER", "PRESETS", "lrp_preset",
     "invert", "InversionResult",

@@ -123,17 +123,37 @@ def check_images(images) -> Tensor:
     return check_float_images(images)
 
 
-def prepare_inputs(model: nn.Module, images: Tensor, target):
+def prepare_inputs(model: nn.Module, images: Tensor, target, repeat: bool = True):
     """``(x, t, multi)`` for the attribution methods: the images on the model's device and
-    dtype, the targets as (N,) or (N, T), and for (N, T) targets the images repeated T times
-    (row ``n * T + j`` is image ``n`` with target ``t[n, j]``)."""
+    dtype, the targets as (N,) or (N, T), and for (N, T) targets with ``repeat`` the images
+    repeated T times (row ``n * T + j`` is image ``n`` with target ``t[n, j]``).
+
+    ``target="all"`` means every class of the model's output, as an (N, K) tensor: one
+    forward pass of the first image (in eval mode, without gradients) finds K. The
+    gradient methods pass ``repeat=False`` and compute the T maps of an image with one
+    forward pass and one batched backward pass instead of T copies of the image.
+    """
     images = check_images(images)
     check_input_channels(model, images)
     device, dtype = model_device_dtype(model)
     x = images.to(device=device, dtype=dtype)
+    if isinstance(target, str):
+        if target != "all":
+            raise ValueError(f"target: expected class indices or 'all', got {target!r}")
+        flags = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x[:1])
+        finally:
+            for m, was in flags:
+                m.training = was
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        k = out.reshape(out.shape[0], -1).shape[1]
+        target = torch.arange(k, device=device).expand(x.shape[0], k)
     t = as_targets(target, x.shape[0], device)
     multi = t.dim() == 2
-    if multi:
+    if multi and repeat:
         x = x.repeat_interleave(t.shape[1], dim=0)
     return x, t, multi
 

@@ -1,10 +1,13 @@
-"""Gradient-family attribution: saliency (with SmoothGrad), guided backprop, the
-gradient form of the deconvnet, and Grad-CAM.
+"""Gradient-family attribution: saliency (with SmoothGrad), guided backprop and the
+gradient form of the deconvnet (Grad-CAM and the CAM family: :mod:`.cam`; integrated
+gradients and occlusion: :mod:`.perturbation`).
 
 All functions take a batch of images and targets: ``target`` is an int (the
 same class for every image), a ``(N,)`` tensor/sequence (one class per
-image) or a ``(N, T)`` one (``T`` classes per image, computed in one batch;
-results gain a ``T`` dimension after ``N``).
+image), a ``(N, T)`` one (``T`` classes per image; results gain a ``T`` dimension
+after ``N``) or ``"all"`` (every class of the output). Saliency computes the ``T`` maps of
+an image with one forward pass and one batched backward pass (:func:`target_grads`);
+guided backprop and the deconvnet run the image once per target.
 
 Guided backprop and the deconvnet change the backward pass of every
 ReLU-family activation the forward pass runs: ``nn.ReLU`` and ``nn.ReLU6``
@@ -29,10 +32,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..nn import ConvReLUPool2d
-from .._modules import get_layer
 from ..seeding import make_generator, resolve_seed
 from ._common import check_int, check_model, check_number, eval_mode, prepare_inputs
-__all__ = ["saliency", "guided_backprop", "deconvnet_attribution", "grad_cam"]
+__all__ = ["saliency", "guided_backprop", "deconvnet_attribution"]
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -185,19 +187,72 @@ def _input_grad(model, x, t_flat) -> Tensor:
     return g
 
 
+@contextmanager
+def grad_mode(model: nn.Module, create_graph: bool):
+    """Eval mode with gradients on for the block. Without ``create_graph`` the parameters are
+    frozen too (:func:`eval_mode`: nobody reads their gradients); with it they keep
+    ``requires_grad`` so that the maps stay differentiable with respect to them."""
+    if not create_graph:
+        with eval_mode(model), torch.enable_grad():
+            yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, was in flags:
+            m.training = was
+
+
+def logits_2d(out) -> Tensor:
+    """The model output as ``(N, K)`` (the first element of a tuple output)."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.reshape(out.shape[0], -1)
+
+
+def target_grads(out, inputs, t: Tensor, create_graph: bool = False):
+    """Gradients of the target logits with respect to each tensor of ``inputs``.
+
+    ``t`` is ``(N,)``: one gradient per input, shaped like it. ``t`` is ``(N, T)``: the
+    ``T`` gradients of every row in one batched backward pass
+    (``autograd.grad(..., is_grads_batched=True)`` with ``(T, N, K)`` one-hot output
+    gradients), returned as ``(N, T, ...)``; the forward pass that made ``out`` is shared.
+    """
+    out = logits_2d(out)
+    if t.numel() and int(t.max()) >= out.shape[1]:
+        raise ValueError(f"target: class {int(t.max())} is out of range for a model with "
+                         f"{out.shape[1]} outputs")
+    if t.dim() == 1:
+        return torch.autograd.grad(out.gather(1, t[:, None]).sum(), inputs,
+                                   create_graph=create_graph)
+    T = t.shape[1]
+    if T == 1:
+        gs = torch.autograd.grad(out.gather(1, t).sum(), inputs, create_graph=create_graph)
+        return tuple(g.unsqueeze(1) for g in gs)
+    onehot = torch.zeros((T, *out.shape), dtype=out.dtype, device=out.device)
+    onehot.scatter_(2, t.t().unsqueeze(2), 1.0)
+    gs = torch.autograd.grad(out, inputs, grad_outputs=onehot, is_grads_batched=True,
+                             create_graph=create_graph)
+    return tuple(g.transpose(0, 1) for g in gs)
+
+
 def _unflatten(g: Tensor, t: Tensor, multi: bool) -> Tensor:
     return g.reshape(t.shape[0], t.shape[1], *g.shape[1:]) if multi else g
 
 
 def saliency(model: nn.Module, images: Tensor, target, *, absolute: bool = True,
              smoothgrad_samples: int = 0, noise_level: float = 0.15, seed: Optional[int] = 0,
-             batch_size: Optional[int] = None) -> Tensor:
+             batch_size: Optional[int] = None, create_graph: bool = False) -> Tensor:
     r"""Gradient of the target logits with respect to the input (Simonyan et al. 2014).
 
     Args:
         model: any classifier ``nn.Module`` (run in eval mode; flags restored).
         images: ``(N, C, H, W)`` input batch, as the model expects it.
-        target: class per image: int, ``(N,)`` or ``(N, T)``.
+        target: class per image: int, ``(N,)``, ``(N, T)`` or ``"all"``; the ``T`` maps of
+            an image come from one forward and one batched backward pass.
         absolute: return ``|grad|`` (the saliency map before the channel max).
         smoothgrad_samples: if > 0, SmoothGrad (Smilkov et al. 2017): the mean
             over this many noisy copies of each image (``|grad|`` per sample
@@ -208,38 +263,43 @@ def saliency(model: nn.Module, images: Tensor, target, *, absolute: bool = True,
             ``randn((samples, C, H, W))`` from its own generator, so it does not
             depend on the batch.
         batch_size: images per forward/backward pass (default: all).
+        create_graph: keep the graph of the backward pass, so that the maps can be
+            differentiated (with respect to the model's parameters, e.g. for a training
+            loss on explanations); the parameters are then not frozen.
 
     Returns:
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.
     """
     check_model(model)
-    x, t, multi = prepare_inputs(model, images, target)
-    t_flat = t.reshape(-1)
+    x, t, multi = prepare_inputs(model, images, target, repeat=False)
     s = check_int("smoothgrad_samples", smoothgrad_samples, 0)
     noise_level = check_number("noise_level", noise_level, minimum=0.0)
     bs = x.shape[0] if batch_size is None else check_int("batch_size", batch_size, 1)
     seed = resolve_seed(seed)
     outs = []
-    with eval_mode(model), torch.enable_grad():
+    with grad_mode(model, create_graph):
         for start in range(0, x.shape[0], max(bs, 1)):
-            xb, tb = x[start:start + bs], t_flat[start:start + bs]
+            xb, tb = x[start:start + bs], t[start:start + bs]
             if s == 0:
-                g = _input_grad(model, xb, tb)
+                xb = xb.detach().requires_grad_(True)
+                (g,) = target_grads(model(xb), (xb,), tb, create_graph)
                 outs.append(g.abs() if absolute else g)
                 continue
-            T = t.shape[1] if multi else 1
             noises = []
             for j in range(xb.shape[0]):
-                gen = make_generator(seed, (start + j) // T, 2, x.device)
+                gen = make_generator(seed, start + j, 2, x.device)
                 noises.append(torch.randn((s, *xb.shape[1:]), generator=gen, device=x.device,
                                           dtype=torch.float32).to(x.dtype))
             noise = torch.stack(noises, 1)  # (s, n, C, H, W)
             span = (xb.flatten(1).amax(1) - xb.flatten(1).amin(1)).reshape(1, -1, *([1] * (xb.dim() - 1)))
             noisy = (xb.unsqueeze(0) + noise_level * span * noise).reshape(-1, *xb.shape[1:])
-            g = _input_grad(model, noisy, tb.repeat(s))
+            noisy = noisy.detach().requires_grad_(True)
+            # row k * n + j is image j's k-th sample
+            tr = tb.repeat(s) if tb.dim() == 1 else tb.repeat(s, 1)
+            (g,) = target_grads(model(noisy), (noisy,), tr, create_graph)
             g = g.abs() if absolute else g
-            outs.append(g.reshape(s, *xb.shape).mean(0))
-    return _unflatten(torch.cat(outs), t, multi)
+            outs.append(g.reshape(s, xb.shape[0], *g.shape[1:]).mean(0))
+    return torch.cat(outs)
 
 
 def _modified_relu_gradient(model: nn.Module, images: Tensor, target, relu_fn, method: str
@@ -258,6 +318,9 @@ def guided_backprop(model: nn.Module, images: Tensor, target) -> Tensor:
     The gradient of the target logits with every ReLU's backward replaced by
     ``grad_in = grad_out * (x > 0) * (grad_out > 0)``.
 
+    Args:
+        model, images, target: as :func:`saliency` (the image is run once per target).
+
     Returns:
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.
     """
@@ -272,63 +335,11 @@ def deconvnet_attribution(model: nn.Module, images: Tensor, target) -> Tensor:
     forward pass's switches and convolutions through their transposed
     kernels, as autograd does anyway.
 
+    Args:
+        model, images, target: as :func:`saliency` (the image is run once per target).
+
     Returns:
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.
     """
     return _modified_relu_gradient(model, images, target, _DeconvReLU,
                                    "deconvnet_attribution")
-
-
-def grad_cam(model: nn.Module, layer: str, images: Tensor, target, *, relu: bool = True,
-             upsample: bool = True, normalize: bool = False) -> Tensor:
-    r"""Grad-CAM (Selvaraju et al. 2017) at ``layer``.
-
-    ``cam = relu(sum_k alpha_k A_k)`` with ``alpha_k`` the spatial mean of
-    ``d logit_target / d A_k`` and ``A`` the output of ``layer``.
-
-    Args:
-        model, images, target: as :func:`saliency`.
-        layer: a name from ``model.named_modules()`` with a 4-D output.
-        relu: apply the final ReLU.
-        upsample: bilinearly resize the map to the input's ``(H, W)``.
-        normalize: divide each map by its maximum (maps that are all 0 stay 0).
-
-    Returns:
-        ``(N, H, W)`` (or ``(N, T, H, W)``) on the model's device.
-    """
-    check_model(model)
-    mod = get_layer(model, layer)
-    x, t, multi = prepare_inputs(model, images, target)
-    store = {}
-
-    def hook(_m, _i, out):
-        a = out[0] if isinstance(out, (tuple, list)) else out
-        store["a"] = a
-        # Hand a copy downstream so that in-place ops after the layer cannot alter A.
-        return a.clone() if not isinstance(out, (tuple, list)) else out
-
-    with eval_mode(model), torch.enable_grad():
-        h = mod.register_forward_hook(hook)
-        try:
-            xx = x.detach().requires_grad_(True)
-            sel = _select(model(xx), t.reshape(-1))
-        finally:
-            h.remove()
-        if "a" not in store:
-            raise RuntimeError(f"layer: {layer!r} produced no output during the forward pass")
-        a = store["a"]
-        if a.dim() != 4:
-            raise ValueError(f"layer: Grad-CAM needs a 4-D (N, C, H, W) output, {layer!r} gives "
-                             f"shape {tuple(a.shape)}")
-        (da,) = torch.autograd.grad(sel, a)
-    w = da.mean((2, 3), keepdim=True)
-    cam = (w * a.detach()).sum(1, keepdim=True)
-    if relu:
-        cam = cam.clamp(min=0)
-    if upsample:
-        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    cam = cam[:, 0]
-    if normalize:
-        mx = cam.flatten(1).abs().amax(1).clamp_min(torch.finfo(cam.dtype).tiny)
-        cam = cam / mx.reshape(-1, 1, 1)
-    return _unflatten(cam, t, multi)
