@@ -257,7 +257,9 @@ def score_cam(model: nn.Module, layer: str, images: Tensor, target, *, relu: boo
         for start in range(0, rows.numel(), bs):
             r = rows[start:start + bs]
             m = F.interpolate(flat[r], size=x.shape[-2:], mode="bilinear", align_corners=True)
-            m = (m - lo[r, None, None, None]) / (hi[r] - lo[r])[:, None, None, None]
+            # Norm(Up(A_k)): the extremes of the upsampled map, not of A_k
+            mlo, mhi = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
+            m = (m - mlo) / (mhi - mlo)
             probs[r] = logits_2d(model(x[r // c] * m)).softmax(1)
         w = probs.reshape(n, c, k_out).gather(2, tt[:, None, :].expand(n, c, T))  # (n, c, T)
         cam = torch.einsum("nct,nchw->nthw", w, a)

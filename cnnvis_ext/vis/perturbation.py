@@ -41,8 +41,9 @@ def _quadrature(method: str, steps: int) -> Tuple[np.ndarray, np.ndarray]:
     if method == "riemann_trapezoid":
         if steps < 2:
             raise ValueError("steps: riemann_trapezoid needs at least 2 steps")
-        w = np.full(steps, 1.0 / (steps - 1))
-        w[0] = w[-1] = 0.5 / (steps - 1)
+        # captum's weights: 1/n, halved at both ends (they sum to (n - 1) / n, not 1)
+        w = np.full(steps, 1.0 / steps)
+        w[0] = w[-1] = 0.5 / steps
         return np.linspace(0.0, 1.0, steps), w
     w = np.full(steps, 1.0 / steps)
     k = np.arange(steps)
@@ -96,7 +97,8 @@ def integrated_gradients(model: nn.Module, images: Tensor, target, *,
             ``"uniform"`` (noise uniform in each image's ``[min, max]``, seeded by
             ``seed``) or a tensor broadcastable to ``images``.
         steps: quadrature nodes (>= 1; >= 2 for ``riemann_trapezoid``).
-        method: one of :data:`IG_METHODS`.
+        method: one of :data:`IG_METHODS`, with captum's nodes and weights (its
+            ``riemann_trapezoid`` weights are ``1/n``, halved at the ends).
         batch_size: rows (interpolated images) per forward/backward pass (default: all).
         blur_sigma: the Gaussian's standard deviation in pixels for ``"blur"``.
         seed: seeds the ``"uniform"`` baseline (image ``i`` has its own generator).
