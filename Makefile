@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEPS   := numpy pillow tqdm pytest pybind11 ninja "scikit-build-core>=0.10" cmake
 # test dependencies: the peers the agreement tests compare with
-TEST_DEPS := captum zennit quantus
+TEST_DEPS := captum zennit quantus grad-cam==1.5.7 hypothesis
 STAMP  := $(VENV)/.deps-installed
 PIP    := $(BIN)/pip --disable-pip-version-check
 OUT    ?= demo_out

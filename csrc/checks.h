@@ -16,7 +16,9 @@
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdint>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -102,19 +104,30 @@ T check_choice(const char* name, c10::string_view value,
   return choices.begin()->second;  // not reached
 }
 
-// `v` holds two values (height, width), each >= min_value.
+// The largest value a stride, padding, dilation, pooling or size argument
+// may take. Capping them at 2^31 - 1 keeps every size the checks and the
+// kernels derive from them (h + 2 * padding, dilation * (k - 1) + 1,
+// kh * kw, ...) far from int64 overflow, where a wrapped value would pass a
+// check or blame another argument.
+constexpr int64_t kMaxPairValue = 2147483647;
+
+// `v` holds two values (height, width), each in [min_value, kMaxPairValue].
 inline void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
   TORCH_CHECK_VALUE(v.size() == 2, name, ": expected 2 values (height, width), got ", v.size());
   TORCH_CHECK_VALUE(v[0] >= min_value && v[1] >= min_value, name, ": expected values >= ",
                     min_value, ", got ", v);
+  TORCH_CHECK_VALUE(v[0] <= kMaxPairValue && v[1] <= kMaxPairValue, name,
+                    ": expected values <= 2147483647 (2^31 - 1), got ", v);
 }
 
 // A pooling window that uint8 switches can address (at most 255 positions)
 // and whose padding is at most half of it, as max_pool2d requires.
 inline void check_pool_window(at::IntArrayRef pool_kernel, at::IntArrayRef pool_padding) {
-  TORCH_CHECK_VALUE(pool_kernel[0] * pool_kernel[1] <= 255, "pool_kernel: a window of ",
-                    pool_kernel, " has ", pool_kernel[0] * pool_kernel[1],
-                    " positions; uint8 switches support at most 255");
+  // each side first: the product of two unchecked sides could wrap
+  TORCH_CHECK_VALUE(pool_kernel[0] <= 255 && pool_kernel[1] <= 255 &&
+                        pool_kernel[0] * pool_kernel[1] <= 255,
+                    "pool_kernel: a window of ", pool_kernel,
+                    " has more than 255 positions; uint8 switches support at most 255");
   TORCH_CHECK_VALUE(2 * pool_padding[0] <= pool_kernel[0] && 2 * pool_padding[1] <= pool_kernel[1],
                     "pool_padding: must be at most half of pool_kernel, got pool_padding=",
                     pool_padding, " and pool_kernel=", pool_kernel);
@@ -143,6 +156,11 @@ void set_pool_fields(Geometry& g, at::IntArrayRef pool_kernel, at::IntArrayRef p
 inline std::array<int64_t, 2> conv_out_size(const char* name, int64_t h, int64_t w, int64_t kh,
                                             int64_t kw, at::IntArrayRef stride,
                                             at::IntArrayRef padding, at::IntArrayRef dilation) {
+  // dilation <= 2^31 - 1 (check_pair); a kernel side that would overflow
+  // dilation * (k - 1) cannot be allocated, but a fake tensor can claim it
+  TORCH_CHECK_VALUE(kh <= (INT64_MAX / 2) / dilation[0] && kw <= (INT64_MAX / 2) / dilation[1],
+                    "dilation: ", dilation, " with a (", kh, ", ", kw,
+                    ") kernel gives a dilated kernel too large to address");
   const int64_t eff_kh = dilation[0] * (kh - 1) + 1;
   const int64_t eff_kw = dilation[1] * (kw - 1) + 1;
   TORCH_CHECK_VALUE(h + 2 * padding[0] >= eff_kh && w + 2 * padding[1] >= eff_kw, name,

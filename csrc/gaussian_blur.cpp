@@ -30,6 +30,10 @@ void check_gaussian_blur_meta(const TensorMeta& x, const TensorMeta& sigma, int6
   TORCH_CHECK_VALUE(kernel_size >= 1 && kernel_size % 2 == 1,
                     "kernel_size: expected an odd value >= 1, got ", kernel_size);
   const int64_t N = x.size(0), C = x.size(1);
+  const int64_t limit = max_blur_kernel_size(x.size(2), x.size(3));
+  TORCH_CHECK_VALUE(kernel_size <= limit, "kernel_size: ", kernel_size,
+                    " taps are more than an image of (H, W) = (", x.size(2), ", ", x.size(3),
+                    ") can use: at most ", limit, " (taps past the image fold back onto it)");
   bool ok = sigma.dim() <= 2;
   for (int64_t d = 0; ok && d < sigma.dim(); ++d) {
     const int64_t want = d == sigma.dim() - 1 ? C : N;
@@ -72,6 +76,8 @@ BlurArgs check_gaussian_blur(const at::Tensor& x, const at::Tensor& sigma, int64
 }
 
 void bind_gaussian_blur_checks(pybind11::module_& m) {
+  m.def("_max_blur_kernel_size", &max_blur_kernel_size, pybind11::arg("h"), pybind11::arg("w"),
+        "The largest kernel_size gaussian_blur accepts for an (h, w) image.");
   m.def("_gaussian_blur_check", &PythonCheck<&gaussian_blur_checks>::call,
         "gaussian_blur's checks (x_name 'x') and _gaussian_blur_backward's (x_name "
         "'grad_out'), all but sigma's values, which only the kernels read.");

@@ -14,6 +14,17 @@ struct BlurArgs {
   at::Tensor sigma;  // float64, contiguous, shape (N, C), on sigma's original device
 };
 
+// The largest kernel an (h, w) image can use: taps past the image fold back
+// onto it by reflection, so a kernel much wider than the image only repeats
+// its pixels (and costs time, and memory, in proportion to its size). A
+// radius of 8 * max(h, w) (at least 64) leaves room for any blur that still
+// differs from the image's reflected mean.
+inline int64_t max_blur_kernel_size(int64_t h, int64_t w) {
+  const int64_t side = h > w ? h : w;
+  const int64_t radius = side > 8 ? 8 * side : 64;
+  return 2 * radius + 1;
+}
+
 // Validates x (4-D floating), sigma (non-negative finite values, broadcastable
 // to (N, C)) and kernel_size (odd, >= 1); `x_name` names the image argument
 // in messages ("x" for the blur, "grad_out" for its adjoint).

@@ -9,12 +9,15 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "checks.h"
+#include "gaussian_blur.h"
 #include "python_checks.h"
 
 namespace cnnvis {
@@ -33,6 +36,11 @@ void check_regularize_meta(const TensorMeta& x, const TensorMeta& grad, double l
                     "decay: expected a value in [0, 1], got ", decay);
   TORCH_CHECK_VALUE(std::isfinite(blur_sigma) && blur_sigma >= 0,
                     "blur_sigma: expected a finite value >= 0, got ", blur_sigma);
+  const int64_t limit = max_blur_kernel_size(x.size(2), x.size(3));
+  TORCH_CHECK_VALUE(std::ceil(3 * blur_sigma) <= static_cast<double>(limit / 2), "blur_sigma: ",
+                    blur_sigma, " needs a kernel wider than an image of (H, W) = (", x.size(2),
+                    ", ", x.size(3), ") can use (at most ", limit, " taps, blur_sigma <= ",
+                    static_cast<double>(limit / 2) / 3, ")");
   TORCH_CHECK_VALUE(norm_pct >= 0 && norm_pct <= 100,
                     "norm_pct: expected a percentile in [0, 100], got ", norm_pct);
   TORCH_CHECK_VALUE(contrib_pct >= 0 && contrib_pct <= 100,
@@ -77,7 +85,41 @@ at::Tensor regularize_blur(const at::Tensor& x, double blur_sigma) {
   return op.call(x, sigma, regularize_blur_kernel_size(blur_sigma));
 }
 
+namespace {
+
+// The Autograd kernel. regularize_ has no derivative, so, as torch's own
+// in-place ops without one do, it refuses to run where autograd would record
+// it (x or grad requires grad while grad mode is on; this includes a leaf
+// that requires grad). Elsewhere (under torch.no_grad(), as the
+// visualization loops call it) it runs the backend's kernel and bumps x's
+// version counter, so that a graph which saved x before the update raises
+// at backward instead of using the changed values.
+void regularize_autograd(at::Tensor& x, const at::Tensor& grad, double lr, double decay,
+                         double blur_sigma, double norm_pct, double contrib_pct, double lo,
+                         double hi) {
+  if (at::GradMode::is_enabled()) {
+    TORCH_CHECK_VALUE(!x.requires_grad(), "x: requires grad; regularize_ updates x in place and "
+                      "has no derivative, so call it under torch.no_grad() (as an optimizer "
+                      "step does) or on x.detach()");
+    TORCH_CHECK_VALUE(!grad.requires_grad(), "grad: requires grad; regularize_ has no "
+                      "derivative, so call it under torch.no_grad() or pass grad.detach()");
+  }
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cnnvis::regularize_", "")
+                       .typed<void(at::Tensor&, const at::Tensor&, double, double, double, double,
+                                   double, double, double)>();
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    op.call(x, grad, lr, decay, blur_sigma, norm_pct, contrib_pct, lo, hi);
+  }
+  x.unsafeGetTensorImpl()->bump_version();
+}
+
+}  // namespace
+
 }  // namespace cnnvis
+
+TORCH_LIBRARY_IMPL(cnnvis, Autograd, m) { m.impl("regularize_", &cnnvis::regularize_autograd); }
 
 TORCH_LIBRARY_FRAGMENT(cnnvis, m) {
   m.def(

@@ -67,7 +67,11 @@ HOST_DEVICE_INLINE A tv_term(A dx, A dy, A t, A root, A half_beta, A beta, A* a,
     g = A(1) / root;
   } else if (K == TVKind::kGeneral) {
     v = tv_pow(t, half_beta);
-    if (WithGrad) g = t > A(0) ? beta * v / t : beta * tv_pow(t, half_beta - A(1));
+    // beta * t^(beta/2 - 1), as autograd's pow backward gives it, from v when
+    // v / t is exact: not where t is 0, nor where t or v overflowed (inf / inf
+    // would make NaN where autograd gives 0 or inf). v - v == 0: v is finite.
+    if (WithGrad)
+      g = t > A(0) && v - v == A(0) ? beta * v / t : beta * tv_pow(t, half_beta - A(1));
   } else {
     if (WithGrad) {
       *a = tv_sign(dx);

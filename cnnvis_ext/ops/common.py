@@ -33,16 +33,20 @@ def pair(v: IntOrPair, name: str) -> Tuple[int, int]:
     if isinstance(v, bool):
         raise TypeError(_pair_error(v, name))
     if isinstance(v, (int, torch.SymInt)):
-        return (v, v)
-    try:
-        t = tuple(v)
-    except TypeError:
-        raise TypeError(_pair_error(v, name)) from None
+        t = (v, v)
+    else:
+        try:
+            t = tuple(v)
+        except TypeError:
+            raise TypeError(_pair_error(v, name)) from None
     if len(t) == 1:
         t = (t[0], t[0])
     if len(t) != 2 or not all(isinstance(i, (int, torch.SymInt)) and not isinstance(i, bool)
                               for i in t):
         raise ValueError(_pair_error(v, name))
+    if any(isinstance(i, int) and not -2 ** 63 <= i < 2 ** 63 for i in t):
+        # the op's own check bounds the values; these would not even reach it as int64
+        raise ValueError(f"{name}: expected values <= 2147483647 (2^31 - 1), got {list(t)}")
     return t  # type: ignore[return-value]
 
 

@@ -22,14 +22,23 @@ def gaussian_blur_kernel_size(sigma: float) -> int:
     return 2 * math.ceil(3 * float(sigma)) + 1
 
 
-def _sigma_and_kernel_size(sigma: Union[float, Tensor],
+@torch.compiler.assume_constant_result
+def _max_kernel_size(h: int, w: int) -> int:
+    """The largest kernel_size the op takes for an (h, w) image (its C++ check's bound); a
+    constant of the traced graph under torch.compile."""
+    return _C._max_blur_kernel_size(h, w)
+
+
+def _sigma_and_kernel_size(x: Tensor, sigma: Union[float, Tensor],
                            kernel_size: Optional[int]) -> Tuple[Tensor, int]:
     """sigma as the op takes it (a tensor) and the kernel size, by default from sigma's largest
     value (which a tensor sigma gives with a synchronization on CUDA)."""
     check_type(sigma, "sigma", (int, float, Tensor), "a float or a floating-point tensor")
     if isinstance(sigma, Tensor):
         s = sigma
-        largest = float(sigma.max()) if kernel_size is None and sigma.numel() else 0.0
+        # a meta sigma has no values: the op's device check names it
+        readable = sigma.numel() and sigma.device.type != "meta" and sigma.is_floating_point()
+        largest = float(sigma.max()) if kernel_size is None and readable else 0.0
     else:
         s = torch.tensor(float(sigma), dtype=torch.float64)
         largest = float(sigma)
@@ -37,8 +46,18 @@ def _sigma_and_kernel_size(sigma: Union[float, Tensor],
         # A sigma the op rejects (not finite, negative) has no default size: any valid size
         # lets the op's check name sigma.
         valid = math.isfinite(largest) and largest >= 0
+        if valid and x.dim() == 4 and not isinstance(x.shape[2] + x.shape[3], torch.SymInt):
+            limit = _max_kernel_size(int(x.shape[2]), int(x.shape[3]))
+            if gaussian_blur_kernel_size(largest) > limit:
+                raise ValueError(
+                    f"sigma: {largest:g} needs a kernel of {gaussian_blur_kernel_size(largest)} "
+                    f"taps, more than an image of (H, W) = ({x.shape[2]}, {x.shape[3]}) can use "
+                    f"(at most {limit}; taps past the image fold back onto it): use sigma <= "
+                    f"{(limit // 2) / 3:g} or pass kernel_size")
         kernel_size = gaussian_blur_kernel_size(largest) if valid else 1
     check_type(kernel_size, "kernel_size", (int, torch.SymInt), "an odd int >= 1")
+    if isinstance(kernel_size, int) and kernel_size >= 2 ** 63:
+        raise ValueError(f"kernel_size: {kernel_size} does not fit in int64")
     return s, kernel_size
 
 
@@ -86,7 +105,7 @@ def gaussian_blur(x: Tensor, sigma: Union[float, Tensor], kernel_size: Optional[
         >>> y = gaussian_blur(x, torch.tensor([[0.5], [1.0], [2.0], [0.0]]))  # per image
     """
     check_tensor(x, "x")
-    s, ks = _sigma_and_kernel_size(sigma, kernel_size)
+    s, ks = _sigma_and_kernel_size(x, sigma, kernel_size)
     return torch.ops.cnnvis.gaussian_blur(x, s, ks)
 
 

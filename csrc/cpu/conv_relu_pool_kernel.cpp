@@ -101,6 +101,7 @@ struct ConvReluPoolCpu : CpuBackend {
                                      const at::Tensor& o, const at::Tensor& s) {
     const PoolWindow pool = g.pool();
     const int64_t C = g.c_out, CH = g.conv_h, CW = g.conv_w, PH = g.out_h, PW = g.out_w;
+    check_switches(s.const_data_ptr<uint8_t>(), pool, g.n * PH, C);  // the gather drops bad ones
     at::Tensor gconv = at::empty({g.n, C, CH, CW}, go.options().memory_format(kCL));
     // The switches widened to the gradient's dtype (a pooled-size temporary,
     // freed on return): the gather's channel loop then has one lane width

@@ -84,15 +84,18 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
                                    A* CNNVIS_RESTRICT a, A* CNNVIS_RESTRICT b) {
   const A hb = static_cast<A>(p.half_beta), beta = static_cast<A>(p.beta),
           eps = static_cast<A>(p.eps);
-  const A* CNNVIS_RESTRICT xd = xn != nullptr ? xn : xi;  // dy = 0 on the last row
+  // dy is the constant 0 on the last row (not xi - xi, which is NaN at an infinite pixel);
+  // xd is any valid row there, the select below ignores it
+  const bool last = xn == nullptr;
+  const A* CNNVIS_RESTRICT xd = last ? xi : xn;
   if (K == TVKind::kBeta1) {
     for (int64_t j = 0; j + 1 < W; ++j) {
       dx[j] = xi[j + 1] - xi[j];
-      dy[j] = xd[j] - xi[j];
+      dy[j] = (last ? A(0) : xd[j] - xi[j]);
       t[j] = tv_t(dx[j], dy[j], eps);
     }
     dx[W - 1] = A(0);
-    dy[W - 1] = xd[W - 1] - xi[W - 1];
+    dy[W - 1] = (last ? A(0) : xd[W - 1] - xi[W - 1]);
     t[W - 1] = tv_t(A(0), dy[W - 1], eps);
     sqrt_row<I>(t, root, W);
     for (int64_t j = 0; j < W; ++j) {
@@ -107,7 +110,7 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
   } else {
     for (int64_t j = 0; j + 1 < W; ++j) {
       const A dxj = xi[j + 1] - xi[j];
-      const A dyj = xd[j] - xi[j];
+      const A dyj = (last ? A(0) : xd[j] - xi[j]);
       A aj = A(0), bj = A(0);
       const A vj = tv_term<K, G>(dxj, dyj, K == TVKind::kAniso ? A(0) : tv_t(dxj, dyj, eps), A(0), hb,
                                  beta, &aj, &bj);
@@ -119,7 +122,7 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
     }
     {  // last column: dx = 0
       const int64_t j = W - 1;
-      const A dyj = xd[j] - xi[j];
+      const A dyj = (last ? A(0) : xd[j] - xi[j]);
       A aj = A(0), bj = A(0);
       const A vj = tv_term<K, G>(A(0), dyj, K == TVKind::kAniso ? A(0) : tv_t(A(0), dyj, eps), A(0), hb,
                                  beta, &aj, &bj);
@@ -129,6 +132,14 @@ CNNVIS_ALWAYS_INLINE double tv_row(const A* CNNVIS_RESTRICT xi, const A* CNNVIS_
         b[j] = bj;
       }
     }
+  }
+  if (G) {
+    // The differences past the last column / row are the constant 0, not
+    // differences of x: no gradient flows through them (g * 0 would be NaN
+    // where g is infinite, eps = 0 and t = 0).
+    a[W - 1] = A(0);
+    if (last)
+      for (int64_t j = 0; j < W; ++j) b[j] = A(0);
   }
   return V ? sum_row(v, W) : 0.0;
 }

@@ -50,36 +50,6 @@ struct NonZero {
   T v;
 };
 
-// Raises if a switch points outside its window or outside the conv map (the
-// gather below would silently drop that value). When every window lies
-// inside the map (no pool padding, no ceil-mode overhang) only the window
-// bound needs checking: one vectorizable max over the uint8 switches.
-void check_switches(const uint8_t* sp, const UnpoolConvTGeometry& g) {
-  if (sp == nullptr) return;
-  const PoolWindow pool = g.pool();
-  const int64_t PH = g.pooled_h, PW = g.pooled_w, C = g.c_out;
-  const int64_t area = pool.area();
-  const bool inside = pool.windows_inside();
-  std::atomic<bool> bad{false};
-  at::parallel_for(0, g.n * PH, grain_for(PW * C, 65536), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end && !bad; ++row) {
-      const uint8_t* s = sp + row * PW * C;
-      if (inside) {
-        uint8_t m = 0;
-        for (int64_t i = 0; i < PW * C; ++i) m = std::max(m, s[i]);
-        if (m >= area) bad = true;
-        continue;
-      }
-      const int64_t oh = row % PH;
-      for (int64_t ow = 0; ow < PW; ++ow)
-        for (int64_t c = 0; c < C; ++c) {
-          int64_t y, x;
-          if (!pool.switch_position(oh, ow, s[ow * C + c], &y, &x)) bad = true;
-        }
-    }
-  });
-  if (bad) bad_switch();
-}
 
 // u (NHWC (N, CH, CW, C)) = unpool(rectify_pre(p)), rectified after the sum
 // when `post`: a gather (gather_unpool, the body the CUDA backend runs too)
@@ -252,7 +222,7 @@ struct UnpoolConvTransposeCpu : CpuBackend {
     at::Tensor u = at::empty({g.n, g.c_out, g.conv_h, g.conv_w}, in.p.options().memory_format(kCL));
     AT_DISPATCH_FLOATING_TYPES(in.p.scalar_type(), "unpool_conv_transpose_unpool_cpu", [&] {
       const uint8_t* sp = in.switches.defined() ? in.switches.const_data_ptr<uint8_t>() : nullptr;
-      check_switches(sp, g);
+      check_switches(sp, g.pool(), g.n * g.pooled_h, g.c_out);
       unpool_dense<scalar_t>(in.p.const_data_ptr<scalar_t>(), sp, u.mutable_data_ptr<scalar_t>(),
                              g, in.pre, post);
     });

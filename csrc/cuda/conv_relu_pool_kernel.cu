@@ -78,6 +78,7 @@ struct ConvReluPoolCuda : CudaBackend {
 
   static at::Tensor conv_output_grad(const ConvPoolGeometry& g, const at::Tensor& go,
                                      const at::Tensor& o, const at::Tensor& s) {
+    check_switches(s, g.pool(), g.c_out);  // the gather would drop a bad one
     at::Tensor gconv =
         at::empty({g.n, g.c_out, g.conv_h, g.conv_w}, go.options().memory_format(kCL));
     CNNVIS_DISPATCH_CUDA_FLOATING(go.scalar_type(), "conv_relu_pool_backward_cuda", [&] {

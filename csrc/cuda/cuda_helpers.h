@@ -6,6 +6,7 @@
 // conv_relu_pool.h).
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -86,6 +87,30 @@ __device__ __forceinline__ PooledGather pooled_gather(int64_t i, const PoolWindo
   q.win = pool.windows_containing(q.e.h, q.e.w);
   q.base = q.e.n * pool.out_h * pool.out_w * C + q.e.c;
   return q;
+}
+
+// flag[0] = 1 if a switch of the pooled map (NHWC, C channels, `total`
+// switches) points outside its window or outside the map. (A template, so
+// that every .cu that includes this header may instantiate it.)
+template <typename Switch>
+__global__ void bad_switch_kernel(const Switch* __restrict__ sw, PoolWindow pool, int64_t C,
+                                  int64_t total, int* __restrict__ flag) {
+  CNNVIS_CUDA_KERNEL_LOOP(i, total) {
+    const NHWCIndex e = nhwc_index(i, pool.out_h, pool.out_w, C);
+    int64_t y, x;
+    if (!pool.switch_position(e.h, e.w, sw[i], &y, &x)) flag[0] = 1;
+  }
+}
+
+// Raises bad_switch() if a switch of `sw` (NHWC, C channels) points outside
+// its window or outside the map, which a gather would silently drop (one
+// device-to-host copy).
+inline void check_switches(const at::Tensor& sw, const PoolWindow& pool, int64_t C) {
+  if (sw.numel() == 0) return;
+  auto flag = at::zeros({1}, sw.options().dtype(at::kInt));
+  launch_1d(bad_switch_kernel<uint8_t>, sw.numel(), sw.const_data_ptr<uint8_t>(), pool, C, sw.numel(),
+            flag.mutable_data_ptr<int>());
+  if (flag.item<int>() != 0) bad_switch();
 }
 
 // A tensor a CUDA kernel reads: on a CUDA device, float32, float64, float16

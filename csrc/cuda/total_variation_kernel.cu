@@ -55,6 +55,9 @@ __global__ void tv_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__
         const A dy = down ? tile[li + 1][lj] - xc : A(0);
         const A t = tv_t(dx, dy, ep);
         v = tv_term<K, G>(dx, dy, t, K == TVKind::kBeta1 ? sqrt(t) : A(0), hb, bt, &a, &b);
+        // no gradient through the constant 0 differences past the last column / row
+        if (!right) a = A(0);
+        if (!down) b = A(0);
       }
       if (G) {
         A a_left = A(0), b_up = A(0), unused = A(0);

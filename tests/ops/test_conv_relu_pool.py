@@ -325,10 +325,39 @@ TestConvReLUPool.bad = [
     _bad(ValueError, "stride: expected an int or a pair of ints", stride=(1, 2, 3),
          name="stride-triple"),
     _bad(TypeError, "weight: expected a tensor, got list", w=[[1.0]]),
+    # sizes past int64 or 2^31: an error naming the argument, not a wrapped product passing the
+    # 255-positions check or a message blaming another argument with a negative size
+    _bad(ValueError, "pool_kernel: expected values <= 2147483647", pool_kernel=[2 ** 32, 2 ** 32],
+         name="pool_kernel-2^32"),
+    _bad(ValueError, "pool_kernel: a window of .* more than 255", pool_kernel=[255, 2],
+         name="pool_kernel-255x2"),
+    _bad(ValueError, "dilation: expected values <= 2147483647", dilation=2 ** 62),
+    _bad(ValueError, "padding: expected values <= 2147483647", padding=2 ** 62),
+    _bad(ValueError, "stride: expected values <= 2147483647", stride=[1, 2 ** 40]),
+    _bad(ValueError, "pool_stride: expected values <= 2147483647", pool_stride=2 ** 63 - 1),
+    _bad(ValueError, "padding: expected values <= 2147483647", padding=2 ** 64,
+         name="padding-2^64"),
+    _bad(ValueError, r"x: padded input of size \(8, 8\) is smaller than the dilated kernel "
+         r"\(4294967295, 4294967295\)", dilation=2 ** 31 - 1, padding=0, name="dilation-2^31-1"),
     _bad_backward(TypeError, "switches: expected uint8", switches=_SW.long()),
     _bad_backward(ValueError, "switches: expected shape", switches=_SW[:, :, :2]),
     _bad_backward(ValueError, "grad_out: expected shape", grad_out=_OUT[:, :3]),
 ]
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense", "auto"])
+@pytest.mark.parametrize("bad_switch", [4, 255])
+def test_backward_refuses_switches_outside_the_window(monkeypatch, path, bad_switch):
+    # A 2x2 window has switches 0..3: both backward formulations (the switch-sparse one and the
+    # dense gather, CNNVIS_CONV_BACKWARD) must refuse others, not drop their gradient.
+    monkeypatch.setenv("CNNVIS_CONV_BACKWARD", path)
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(16, 4, 3, 3)
+    out, sw = torch.ops.cnnvis.conv_relu_pool(x, w, None, [1, 1], [1, 1], [1, 1], 1, [2, 2],
+                                              [2, 2], [0, 0], False)
+    sw = sw.clone()
+    sw[1, 3, 2, 1] = bad_switch
+    with pytest.raises(ValueError, match="switches: some switch points outside"):
+        torch.ops.cnnvis._conv_relu_pool_backward(torch.ones_like(out), x, w, out, sw, *_BW_ARGS)
 
 
 # ---------------------------------------------------------------- CUDA

@@ -85,6 +85,17 @@ BAD = [
     _bad(TypeError, "x: dtype", _IMG.half(), 1.0, fake=False),  # the CPU kernel's dtypes
     Bad(torch.ops.cnnvis._gaussian_blur_backward, (torch.randn(4, 4), torch.tensor(1.0), 3),
         ValueError, "grad_out: expected a 4-D"),
+    # kernels far wider than the image: an error naming the argument, not std::bad_alloc
+    _bad(ValueError, r"sigma: 1e\+09 needs a kernel of 6000000001 taps, more than an image of "
+         r"\(H, W\) = \(4, 4\) can use \(at most 129", _IMG, 1e9, name="sigma-1e9"),
+    _bad(ValueError, "sigma: 1e\\+300 needs a kernel", _IMG, 1e300, name="sigma-1e300"),
+    _bad(ValueError, r"kernel_size: 2147483649 taps are more than an image of \(H, W\) = "
+         r"\(4, 4\) can use: at most 129", _IMG, 1.0, 2 ** 31 + 1, name="kernel_size-2^31+1"),
+    _bad(ValueError, "kernel_size: 131 taps", _IMG, 1.0, 131, name="kernel_size-131"),
+    _bad(ValueError, "kernel_size: .* does not fit in int64", _IMG, 1.0, 2 ** 64 + 1,
+         name="kernel_size-2^64"),
+    _bad(ValueError, "sigma: on meta but x is on cpu", _IMG, torch.tensor(1.0, device="meta"),
+         name="sigma-meta"),
 ]
 
 

@@ -79,6 +79,10 @@ class TestRegularize(OpTester):
              x=torch.randn(1, 1, 3, 3).half(), grad=torch.randn(1, 1, 3, 3).half()),
         _bad(ValueError, "x: has internally overlapping", x=torch.randn(1, 1, 1, 3).expand(1, 1, 3, 3)),
         _bad(TypeError, "grad: expected a tensor, got float", grad=1.0),
+        _bad(ValueError, "blur_sigma: 1e\\+09 needs a kernel wider than an image of",
+             blur_sigma=1e9),
+        _bad(ValueError, "blur_sigma: .* needs a kernel wider", blur_sigma=1e300),
+        _bad(ValueError, "grad: on meta but x is on cpu", grad=torch.randn(1, 1, 3, 3, device="meta")),
     ]
 
     def tol(self, dtype):
@@ -154,3 +158,52 @@ def test_selection_on_hard_distributions(dtype, kind):
         a, b = _run_both(x, g, lr=0.0, norm_pct=pct, contrib_pct=pct)
         assert torch.equal(a == 0, b == 0), pct
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------- autograd
+# regularize_ has no derivative: like torch's in-place ops without one, it refuses to run where
+# autograd would record it, and bumps the version counter elsewhere.
+
+def test_refuses_a_tensor_in_a_graph():
+    a = torch.randn(1, 1, 4, 4, requires_grad=True)
+    y = a * 2
+    (y * y).sum()
+    with pytest.raises(ValueError, match="x: requires grad; regularize_ updates x in place"):
+        ops.regularize_(y, torch.randn(1, 1, 4, 4), lr=1.0)
+
+
+def test_refuses_a_leaf_that_requires_grad():
+    a = torch.randn(1, 1, 4, 4, requires_grad=True)
+    before = a.detach().clone()
+    with pytest.raises(ValueError, match="x: requires grad"):
+        ops.regularize_(a, torch.randn(1, 1, 4, 4), lr=1.0)
+    assert torch.equal(a.detach(), before)  # refused before anything was written
+
+
+def test_refuses_a_grad_that_requires_grad():
+    g = torch.randn(1, 1, 4, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="grad: requires grad"):
+        ops.regularize_(torch.randn(1, 1, 4, 4), g * 1, lr=1.0)
+
+
+def test_under_no_grad_updates_a_leaf_and_bumps_its_version():
+    a = torch.randn(1, 1, 4, 4, requires_grad=True)
+    g = torch.randn(1, 1, 4, 4)
+    expected = R.regularize_(a.detach().clone(), g, lr=0.5)
+    version = a._version
+    with torch.no_grad():
+        ops.regularize_(a, g, lr=0.5)
+    assert a._version > version
+    torch.testing.assert_close(a.detach(), expected)
+
+
+def test_a_graph_that_saved_x_sees_the_update():
+    # the case: (y * y) saved y; updating y under no_grad must make backward raise,
+    # not return the gradient of the old values
+    a = torch.randn(1, 1, 4, 4, requires_grad=True)
+    y = a * 2
+    z = (y * y).sum()
+    with torch.no_grad():
+        ops.regularize_(y, torch.randn(1, 1, 4, 4), lr=1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(z, a)

@@ -144,3 +144,19 @@ def test_matches_kornia_when_installed():
 def test_top_level_exports():
     assert cnnvis_ext.total_variation is ops.total_variation
     assert cnnvis_ext.total_variation_and_grad is ops.total_variation_and_grad
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), 1e200, float("nan")])
+def test_gradient_at_overflowing_pixels_matches_autograd(beta, value):
+    # For beta not in {1, 2} the derivative beta * t^(beta/2 - 1) was formed as beta * v / t,
+    # inf / inf = NaN where a pixel (or its squared differences) overflow; plain PyTorch gives
+    # 0 (beta < 2) or inf there.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, generator=g)
+    x[0, 1, 2, 3] = value
+    a = x.clone().requires_grad_()
+    R.total_variation(a, beta=beta).backward()
+    b = x.clone().requires_grad_()
+    ops.total_variation(b, beta=beta).backward()
+    torch.testing.assert_close(b.grad, a.grad, equal_nan=True)
