@@ -6,8 +6,9 @@ and the survey's ``cnnvis_ext.models.cifar_cnn()``, random weights) and 16 image
 median ms of ours and of Quantus's metric with the same settings, and the ratio (Quantus / ours,
 > 1: ours faster), timed round-robin. The maps come from ``vis.saliency``; where a metric
 explains (max-sensitivity, MPRT, random logit) Quantus is given the same method as its
-``explain_func`` (numpy in and out), so both sides explain the same maps and the ratio is the
-metric's own machinery. The pairs (their agreement is checked in tests/metrics/test_quantus.py):
+``explain_func`` (numpy in and out), and both are given the maps of the targets (Quantus's
+``a_batch``, our ``maps=``), so both sides explain the same images and the ratio is the metric's
+own machinery. The pairs (their agreement is checked in tests/metrics/test_quantus.py):
 
 * region perturbation: ``region_perturbation(baseline="black", score="probability")`` /
   ``RegionPerturbation(order="morf", perturb_baseline="black")``;
@@ -131,16 +132,18 @@ def bench_model(name, model, size, n, args):
                                             features="values", baseline="black"),
          lambda: qfc(a_batch=an, **common)),
         (f"max-sensitivity ({samples} samples)",
-         lambda: M.max_sensitivity(model, x, t, _saliency, samples=samples, radius=0.02),
+         lambda: M.max_sensitivity(model, x, t, _saliency, samples=samples, radius=0.02,
+                                   maps=a),
          lambda: qms(a_batch=an, explain_func=_quantus_explain, **common)),
         (f"MPRT cascade ({len(layers)} layers)",
-         lambda: M.model_randomization(model, x, t, _saliency, layers=layers, randomize=_reset),
+         lambda: M.model_randomization(model, x, t, _saliency, layers=layers, randomize=_reset,
+                                       maps=a),
          lambda: qmprt(a_batch=an, explain_func=_quantus_explain, **common)),
         ("random logit (Spearman both)",
-         lambda: M.random_logit(model, x, t, _saliency, classes, similarity=M.spearman),
+         lambda: M.random_logit(model, x, t, _saliency, classes, similarity=M.spearman, maps=a),
          lambda: qrl(a_batch=an, explain_func=_quantus_explain, **common)),
         ("random logit (default SSIM each)",
-         lambda: M.random_logit(model, x, t, _saliency, classes),
+         lambda: M.random_logit(model, x, t, _saliency, classes, maps=a),
          lambda: qrl_ssim(a_batch=an, explain_func=_quantus_explain, **common)),
     ]
     rows = []

@@ -57,12 +57,18 @@ def _ranks(v: Tensor) -> Tensor:
     return ranks
 
 
+def _centred_ranks(a: Tensor) -> Tensor:
+    r = _ranks(_flat(a, a.shape[0]))
+    return r - r.mean(1, keepdim=True)
+
+
+def _pearson_centred(ra: Tensor, rb: Tensor) -> Tensor:
+    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-300)
+
+
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation of each pair of maps: ``(N, ...)`` and ``(N, ...)`` -> ``(N,)``."""
-    n = a.shape[0]
-    ra, rb = _ranks(_flat(a, n)), _ranks(_flat(b, n))
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-300)
+    return _pearson_centred(_centred_ranks(a), _centred_ranks(b))
 
 
 def _unit(m: Tensor) -> Tensor:
@@ -118,6 +124,14 @@ def _targets(target, n: int) -> Tensor:
     return t
 
 
+def _given_maps(maps, n: int) -> Tensor:
+    if not isinstance(maps, Tensor) or not maps.is_floating_point():
+        raise TypeError("maps: expected a floating-point tensor of the images' maps")
+    if maps.dim() < 2 or maps.shape[0] != n:
+        raise ValueError(f"maps: expected one map per image ({n}), got shape {tuple(maps.shape)}")
+    return maps.detach()
+
+
 def _explain(explain: Explain, model: nn.Module, x: Tensor, t: Tensor, batch_size: int) -> Tensor:
     """``explain`` on ``batch_size`` images at a time, the maps concatenated."""
     out = [explain(model, x[i:i + batch_size], t[i:i + batch_size]).detach()
@@ -146,7 +160,7 @@ def model_randomization(model: nn.Module, images: Tensor, target, explain: Expla
                         layers: Optional[List[str]] = None, seed: Optional[int] = 0,
                         absolute: bool = True,
                         randomize: Optional[Callable[[nn.Module, int], None]] = None,
-                        batch_size: int = 64) -> Randomization:
+                        maps: Optional[Tensor] = None, batch_size: int = 64) -> Randomization:
     """Cascading model-parameter randomization test (Adebayo et al. 2018).
 
     A copy of the model has the parameters of ``layers`` (default: every module with
@@ -166,6 +180,8 @@ def model_randomization(model: nn.Module, images: Tensor, target, explain: Expla
             re-draw from the trained weights' distribution, and no global seed is touched.
         absolute: compare absolute maps (as Quantus's default ``abs=True`` and the paper's
             figures).
+        maps: optional maps of the images for their targets, as ``explain`` returns them
+            (Quantus's ``a_batch``), so that they are not computed again.
         batch_size: images per ``explain`` call (the memory budget).
 
     Returns:
@@ -177,12 +193,14 @@ def model_randomization(model: nn.Module, images: Tensor, target, explain: Expla
     if randomize is not None and not callable(randomize):
         raise TypeError(f"randomize: expected a callable (module, index), got {randomize!r}")
     t = _targets(target, images.shape[0])
-    original = _explain(explain, model, images, t, batch_size)
+    original = (_explain(explain, model, images, t, batch_size) if maps is None
+                else _given_maps(maps, images.shape[0]))
     n = original.shape[0]
     layers = randomization_order(model) if layers is None else list(layers)
     rnd = copy.deepcopy(model)
-    sp, ss, maps = [], [], []
+    sp, ss, rmaps = [], [], []
     ref = original.abs() if absolute else original
+    ref_ranks = _centred_ranks(ref)          # the original's ranks, once for every layer
     for li, name in enumerate(layers):
         mod = rnd.get_submodule(name)
         if randomize is None:
@@ -191,20 +209,20 @@ def model_randomization(model: nn.Module, images: Tensor, target, explain: Expla
             with torch.no_grad():
                 randomize(mod, li)
         m = _explain(explain, rnd, images, t, batch_size)
-        maps.append(m)
+        rmaps.append(m)
         cmp = m.abs() if absolute else m
-        sp.append(spearman(ref, cmp))
+        sp.append(_pearson_centred(ref_ranks, _centred_ranks(cmp)))
         ss.append(ssim(ref.reshape(n, *ref.shape[-2:]) if ref.dim() == 3 else ref,
                        cmp.reshape(n, *cmp.shape[-2:]) if cmp.dim() == 3 else cmp))
     return Randomization(layers, torch.stack(sp) if sp else torch.zeros(0, n),
                          torch.stack(ss) if ss else torch.zeros(0, n),
-                         torch.stack(maps) if maps else original.new_zeros((0,) + original.shape))
+                         torch.stack(rmaps) if rmaps else original.new_zeros((0,) + original.shape))
 
 
 def random_logit(model: nn.Module, images: Tensor, target, explain: Explain, num_classes: int, *,
                  seed: Optional[int] = 0, other: Optional[Tensor] = None,
                  similarity: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
-                 batch_size: int = 64) -> Tensor:
+                 maps: Optional[Tensor] = None, batch_size: int = 64) -> Tensor:
     """Similarity between the map of the target and the map of a random other class, per
     image. Low: the map depends on the class explained.
 
@@ -214,6 +232,8 @@ def random_logit(model: nn.Module, images: Tensor, target, explain: Explain, num
         similarity: optional ``similarity(target_maps, other_maps) -> (N,)`` on the maps as
             ``explain`` returns them (e.g. :func:`spearman`). Default: :func:`ssim` of the
             absolute maps summed over channels, as 2-D images.
+        maps: optional maps of the images for their targets, as ``explain`` returns them
+            (Quantus's ``a_batch``), so that they are not computed again.
         batch_size: images per ``explain`` call (the memory budget).
 
     Against Quantus 0.6.0's ``RandomLogit``: it draws the other class with
@@ -244,7 +264,8 @@ def random_logit(model: nn.Module, images: Tensor, target, explain: Explain, num
         if bool(((other < 0) | (other >= num_classes)).any()) or bool((other == t).any()):
             raise ValueError("other: expected classes in [0, num_classes) that differ from "
                              "the target")
-    a = _explain(explain, model, images, t, batch_size)
+    a = (_explain(explain, model, images, t, batch_size) if maps is None
+         else _given_maps(maps, images.shape[0]))
     b = _explain(explain, model, images, other, batch_size)
     if similarity is not None:
         return similarity(a, b)
@@ -255,7 +276,8 @@ def random_logit(model: nn.Module, images: Tensor, target, explain: Explain, num
 
 def max_sensitivity(model: nn.Module, images: Tensor, target, explain: Explain, *,
                     radius: float = 0.02, samples: int = 10, seed: Optional[int] = 0,
-                    perturbations: Optional[Tensor] = None, batch_size: int = 64) -> Tensor:
+                    perturbations: Optional[Tensor] = None, maps: Optional[Tensor] = None,
+                    batch_size: int = 64) -> Tensor:
     """Max-sensitivity (Yeh et al. 2019), per image: ``max_j ||Φ(x + δ_j) - Φ(x)|| / ||Φ(x)||``
     (Frobenius norms) over ``samples`` perturbations ``δ_j`` uniform in ``[-radius, radius]``
     (drawn from each image's own generator), explained ``batch_size`` perturbed images at a time.
@@ -263,6 +285,8 @@ def max_sensitivity(model: nn.Module, images: Tensor, target, explain: Explain, 
     Args:
         perturbations: optional ``(samples, N, C, H, W)`` noise ``δ`` to use instead of drawing
             it (``radius`` and ``samples`` are then unused).
+        maps: optional maps of the images for their targets, as ``explain`` returns them
+            (Quantus's ``a_batch``), so that they are not computed again.
         batch_size: perturbed images per ``explain`` call (the memory budget; the noise itself
             is held whole, one input's size per sample and image).
 
@@ -289,7 +313,8 @@ def max_sensitivity(model: nn.Module, images: Tensor, target, explain: Explain, 
                              f"got {tuple(perturbations.shape)}")
         noise = perturbations.to(images)
         samples = noise.shape[0]
-    base = _explain(explain, model, images, t, batch_size)
+    base = (_explain(explain, model, images, t, batch_size) if maps is None
+            else _given_maps(maps, n))
     rows = samples * n
     x = noise.reshape(rows, *images.shape[1:])
     diffs = []

@@ -194,6 +194,18 @@ def test_explicit_draws_and_bad_arguments(data):
     moved = vis.saliency(m, x + 0.01, t)
     ref = ((moved - base).flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1))
     torch.testing.assert_close(M.max_sensitivity(m, x, t, vis.saliency, perturbations=delta), ref)
+    # given maps (Quantus's a_batch) are the maps the method would compute
+    sal = vis.saliency(m, x, t)
+    torch.testing.assert_close(M.random_logit(m, x, t, vis.saliency, 5, maps=sal),
+                               M.random_logit(m, x, t, vis.saliency, 5))
+    torch.testing.assert_close(M.max_sensitivity(m, x, t, vis.saliency, samples=2, maps=sal),
+                               M.max_sensitivity(m, x, t, vis.saliency, samples=2))
+    torch.testing.assert_close(M.model_randomization(m, x, t, vis.saliency, maps=sal).spearman,
+                               M.model_randomization(m, x, t, vis.saliency).spearman)
+    with pytest.raises(ValueError, match="maps"):
+        M.random_logit(m, x, t, vis.saliency, 5, maps=sal[:2])
+    with pytest.raises(TypeError, match="maps"):
+        M.max_sensitivity(m, x, t, vis.saliency, maps=sal.long())
     for bad, exc, kwargs in [
         ("subsets", TypeError, dict(subsets=idx.float())),
         ("subsets", ValueError, dict(subsets=idx[:2])),
