@@ -116,7 +116,13 @@ def bench_tv(shapes, device, dtype, bw):
         (g,) = torch.autograd.grad(v, xr)
         return v, g
 
-    rows = []
+    def ours_autograd(x, beta, mode, weight):
+        xr = x.detach().requires_grad_()
+        v = ops.total_variation(xr, beta, 1e-8, "sum", mode)
+        (g,) = torch.autograd.grad(v if weight == 1 else weight * v, xr)
+        return v, g
+
+    rows, through = [], []
     for shape in shapes:
         x = torch.randn(shape, device=device, dtype=dtype)
         bound = 2 * x.numel() * x.element_size() / bw * 1e3
@@ -128,9 +134,17 @@ def bench_tv(shapes, device, dtype, bw):
             korn = try_ms(lambda: kornia_value_grad(x), device) if kornia is not None else None
             rows.append([str(tuple(shape)), label, f"{ours:.2f}", cell(eager, ours), cell(comp, ours),
                          cell(korn, ours), f"{bound:.2f} ({ours / bound:.1f}x)"])
+            auto1 = bench(lambda: ours_autograd(x, beta, mode, 1.0), device)
+            autow = bench(lambda: ours_autograd(x, beta, mode, -0.3), device)
+            through.append([str(tuple(shape)), label, f"{ours:.2f}", f"{auto1:.2f} ({auto1 / ours:.2f}x)",
+                            f"{autow:.2f} ({autow / ours:.2f}x)", cell(eager, autow)])
     print_table(f"total_variation_and_grad (value + gradient), {STAT} ms (baseline / ours)",
                 ["shape", "TV", "ours", "eager autograd", "torch.compile", "kornia L1 TV",
                  "bound (ours / bound)"], rows)
+    print_table(f"total_variation through autograd (value + backward) against total_variation_and_grad, "
+                f"{STAT} ms (ours through autograd / and_grad; eager autograd / ours)",
+                ["shape", "TV", "and_grad", "autograd, loss = tv", "autograd, loss = -0.3 tv",
+                 "eager autograd / ours"], through)
 
 
 def bench_blur(shapes, device, dtype, bw, sigmas):
@@ -163,6 +177,10 @@ def bench_blur(shapes, device, dtype, bw, sigmas):
                 ["shape", "sigma", "ours", "kornia", "torchvision", "eager sep. NCHW",
                  "eager sep. channels-last", "torch.compile sep.", "vs fastest",
                  "bound (ours / bound)"], rows)
+    print_table(f"total_variation through autograd (value + backward) against total_variation_and_grad, "
+                f"{STAT} ms (ours through autograd / and_grad; eager autograd / ours)",
+                ["shape", "TV", "and_grad", "autograd, loss = tv", "autograd, loss = -0.3 tv",
+                 "eager autograd / ours"], through)
 
 
 def eager_regularize_(x, grad, lr, decay, blur_sigma, norm_pct, contrib_pct, lo, hi):

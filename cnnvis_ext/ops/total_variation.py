@@ -65,7 +65,50 @@ def total_variation(x: Tensor, beta: float = 2.0, eps: float = 1e-8, reduction: 
         torch.Size([2])
     """
     check_tensor(x, "x")
-    return torch.ops.cnnvis.total_variation(x, float(beta), float(eps), str(reduction), str(mode))
+    args = (float(beta), float(eps), str(reduction), str(mode))
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _TotalVariationWithGrad.apply(x, *args)[0]
+    return torch.ops.cnnvis.total_variation(x, *args)
+
+
+class _TotalVariationWithGrad(torch.autograd.Function):
+    """total_variation for an ``x`` that requires grad: the forward runs
+    total_variation_and_grad, which gives the gradient from the same pass over x, and the
+    backward only scales it by grad_out. Forward + backward then read x once, where the op's
+    own autograd formula (``_total_variation_backward``) reads it again; the gradient costs
+    one x-sized tensor kept until the backward. A double backward (create_graph) goes through
+    ``_total_variation_backward``, which is differentiable."""
+
+    @staticmethod
+    def forward(x, beta, eps, reduction, mode):
+        return torch.ops.cnnvis.total_variation_and_grad(x, beta, eps, reduction, mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, *opts = inputs
+        ctx.save_for_backward(x)
+        # Not a saved tensor: the first backward scales it in place and hands it on (no new
+        # x-sized buffer; a fresh one costs its page faults on every step of a loop).
+        ctx.grad = output[1]
+        ctx.opts = tuple(opts)
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no x-sized zeros for the gradient output's grad
+
+    @staticmethod
+    def backward(ctx, grad_value, _):
+        (x,) = ctx.saved_tensors
+        none = (None,) * len(ctx.opts)
+        g, ctx.grad = ctx.grad, None
+        if grad_value is None or not ctx.needs_input_grad[0]:
+            return (None,) + none
+        if g is None or torch.is_grad_enabled():
+            # a second backward (retain_graph), or create_graph: the gradient's own graph in x
+            return (torch.ops.cnnvis._total_variation_backward(grad_value, x, *ctx.opts),) + none
+        if (grad_value.dim() == 0 and grad_value.device.type == "cpu"
+                and not torch.compiler.is_compiling() and grad_value.item() == 1):
+            return (g,) + none  # loss.backward() on the TV itself: no pass over g at all
+        scale = grad_value.reshape(-1, *([1] * (x.dim() - 1))) if grad_value.dim() else grad_value
+        return (g.mul_(scale),) + none
 
 
 def total_variation_and_grad(x: Tensor, beta: float = 2.0, eps: float = 1e-8,
@@ -133,5 +176,33 @@ def _total_variation_autograd(ctx, grad_out):
     return (gx,) + (None,) * ctx.n_opts
 
 
+def _total_variation_backward_setup_context(ctx, inputs, output):
+    grad_out, x, *opts = inputs
+    ctx.save_for_backward(grad_out, x)
+    ctx.opts = tuple(opts)
+
+
+def _total_variation_backward_autograd(ctx, gg):
+    """The vector-Jacobian product of the backward (gradients of grad_out and x), for a double
+    backward: autograd through the plain-PyTorch formula (ops.reference), which second
+    derivatives need only rarely (a gradient penalty), so no kernel of its own."""
+    from . import reference  # the oracle module; imported here, used only by this path
+
+    grad_out, x = ctx.saved_tensors
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_()
+        go = grad_out.detach().requires_grad_()
+        v = reference.total_variation(xr, *ctx.opts)
+        (gx,) = torch.autograd.grad(v, xr, go, create_graph=True)
+        d_go, d_x = torch.autograd.grad(gx, (go, xr), gg, allow_unused=True)
+    d_go = torch.zeros_like(grad_out) if d_go is None else d_go
+    d_x = torch.zeros_like(x) if d_x is None else d_x
+    return (d_go if ctx.needs_input_grad[0] else None,
+            d_x if ctx.needs_input_grad[1] else None) + (None,) * len(ctx.opts)
+
+
 torch.library.register_autograd("cnnvis::total_variation", _total_variation_autograd,
                                 setup_context=_total_variation_setup_context)
+torch.library.register_autograd("cnnvis::_total_variation_backward",
+                                _total_variation_backward_autograd,
+                                setup_context=_total_variation_backward_setup_context)

@@ -160,3 +160,29 @@ def test_gradient_at_overflowing_pixels_matches_autograd(beta, value):
     b = x.clone().requires_grad_()
     ops.total_variation(b, beta=beta).backward()
     torch.testing.assert_close(b.grad, a.grad, equal_nan=True)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+@pytest.mark.parametrize("mode,beta", [("isotropic", 2.0), ("isotropic", 1.0), ("isotropic", 1.5),
+                                       ("anisotropic", 2.0)])
+def test_double_backward_against_gradgradcheck(mode, beta, reduction):
+    # both faces: the wrapper (value and gradient from one pass when x requires grad) and the
+    # op itself; the second derivative goes through _total_variation_backward's autograd formula
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    for fn in (lambda t: ops.total_variation(t, beta=beta, reduction=reduction, mode=mode),
+               lambda t: torch.ops.cnnvis.total_variation(t, beta, 1e-8, reduction, mode)):
+        assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_autograd_reuses_the_forward_gradient_and_allows_a_second_backward():
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    v = ops.total_variation(x, beta=1.5, reduction="none")
+    _, expected = ops.total_variation_and_grad(x.detach(), beta=1.5, reduction="none")
+    w = torch.tensor([0.5, -2.0], dtype=torch.float64)
+    (g1,) = torch.autograd.grad(v, x, w, retain_graph=True)  # scales the forward's gradient
+    (g2,) = torch.autograd.grad(v, x, w)                      # recomputes it
+    torch.testing.assert_close(g1, expected * w.view(-1, 1, 1, 1))
+    torch.testing.assert_close(g2, g1)
+    y = x.detach().requires_grad_()
+    ops.total_variation(y).backward()  # a loss of the TV alone: the gradient as computed
+    torch.testing.assert_close(y.grad, ops.total_variation_and_grad(x.detach())[1])
