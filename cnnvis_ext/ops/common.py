@@ -138,3 +138,27 @@ def masked_backward(backward_op: Callable, grad_out: Optional[Tensor], args: Seq
         if needed:
             grads[i] = g
     return tuple(grads)
+
+
+def differentiable_grads(reference: Callable[[], Tensor], grad_out: Optional[Tensor],
+                         tensors: Sequence[Optional[Tensor]], needs: Sequence[bool],
+                         inputs: Sequence[int], n_inputs: int) -> tuple:
+    """The gradients an autograd formula returns under ``create_graph=True``.
+
+    The kernels' backward ops have no derivative of their own; a double backward (a gradient
+    penalty, an explanation loss) instead differentiates ``reference()``, the op's
+    plain-PyTorch formula evaluated on the saved inputs (which, in a create_graph backward,
+    are still connected to the graph), with autograd building the graph of the gradients.
+    ``tensors[i]`` is forward input ``inputs[i]``; only those with ``needs[i]`` are returned.
+    """
+    grads: List[Optional[Tensor]] = [None] * n_inputs
+    wanted = [(i, t) for i, t, n in zip(inputs, tensors, needs) if n and t is not None]
+    if grad_out is None or not wanted:
+        return tuple(grads)
+    with torch.enable_grad():
+        y = reference()
+        gs = torch.autograd.grad(y, [t for _, t in wanted], grad_out, create_graph=True,
+                                 allow_unused=True)
+    for (i, t), g in zip(wanted, gs):
+        grads[i] = torch.zeros_like(t) if g is None else g
+    return tuple(grads)

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from .common import (IntOrPair, check_tensor, fake_grad, ints, masked_backward, meta, pair,
-                     pool_pairs)
+from .common import (IntOrPair, check_tensor, differentiable_grads, fake_grad, ints,
+                     masked_backward, meta, pair, pool_pairs)
 
 __all__ = ["conv_relu_pool", "conv_relu_pool_output_size", "switches_to_indices",
            "indices_to_switches"]
@@ -128,7 +128,7 @@ def _conv_relu_pool_backward_fake(grad_out, x, weight, out, switches, stride, pa
 def _conv_relu_pool_setup_context(ctx, inputs, output):
     x, weight, bias, *params = inputs
     out, switches = output
-    ctx.save_for_backward(x, weight, out, switches)
+    ctx.save_for_backward(x, weight, out, switches, bias)
     ctx.params = params
     ctx.has_bias = bias is not None
     ctx.mark_non_differentiable(switches)
@@ -136,9 +136,16 @@ def _conv_relu_pool_setup_context(ctx, inputs, output):
 
 def _conv_relu_pool_backward(ctx, grad_out, _grad_switches):
     needs = ctx.needs_input_grad
+    x, weight, out, switches, bias = ctx.saved_tensors
+    mask = (needs[0], needs[1], ctx.has_bias and needs[2])
+    if torch.is_grad_enabled():  # create_graph: gradients that can be differentiated again
+        from . import reference
+
+        return differentiable_grads(lambda: reference.conv_relu_pool(x, weight, bias,
+                                                                     *ctx.params)[0],
+                                    grad_out, (x, weight, bias), mask, (0, 1, 2), 11)
     return masked_backward(torch.ops.cnnvis._conv_relu_pool_backward, grad_out,
-                           (*ctx.saved_tensors, *ctx.params),
-                           (needs[0], needs[1], ctx.has_bias and needs[2]), (0, 1, 2), 11)
+                           (x, weight, out, switches, *ctx.params), mask, (0, 1, 2), 11)
 
 
 torch.library.register_autograd("cnnvis::conv_relu_pool", _conv_relu_pool_backward,

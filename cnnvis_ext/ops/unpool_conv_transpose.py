@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from .common import (IntOrPair, check_tensor, fake_grad, ints, masked_backward, meta, pair,
-                     pool_pairs)
+from .common import (IntOrPair, check_tensor, differentiable_grads, fake_grad, ints,
+                     masked_backward, meta, pair, pool_pairs)
+from .conv_relu_pool import switches_to_indices
 
 __all__ = ["unpool_conv_transpose"]
 
@@ -164,6 +165,18 @@ def _unpool_conv_transpose_setup_context(ctx, inputs, output):
 
 def _unpool_conv_transpose_backward(ctx, grad_out):
     needs = ctx.needs_input_grad
+    if torch.is_grad_enabled():  # create_graph: gradients that can be differentiated again
+        from . import reference
+
+        p, switches, weight = ctx.saved_tensors
+        (stride, padding, dilation, groups, pool_kernel, pool_stride, pool_padding, output_size,
+         input_size, rectify) = ctx.params
+        indices = None if switches is None else switches_to_indices(
+            switches, output_size, pool_kernel, pool_stride, pool_padding)
+        return differentiable_grads(
+            lambda: reference.unpool_conv_transpose(p, indices, weight, stride, padding, dilation,
+                                                    groups, output_size, input_size, rectify),
+            grad_out, (p, weight), (needs[0], needs[2]), (0, 2), 14)
     return masked_backward(torch.ops.cnnvis._unpool_conv_transpose_backward, grad_out,
                            (*ctx.saved_tensors, *ctx.params), (needs[0], needs[2]), (0, 2), 14)
 

@@ -493,3 +493,17 @@ def test_compile_inductor_dynamic_shapes():
         torch.testing.assert_close(compiled(x), m(x))
 
 
+
+
+@pytest.mark.parametrize("pool_kernel,bias", [(2, True), (3, False), (1, True)])
+def test_double_backward(pool_kernel, bias):
+    # create_graph: the gradients are differentiable again (a gradient penalty through the op);
+    # the backward op has no derivative, so they come from the plain-PyTorch formula
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True) if bias else None
+    inputs = (x, w, b) if bias else (x, w)
+    assert torch.autograd.gradgradcheck(
+        lambda *t: conv_relu_pool(t[0], t[1], t[2] if bias else None, padding=1,
+                                  pool_kernel=pool_kernel, pool_stride=2)[0], inputs)

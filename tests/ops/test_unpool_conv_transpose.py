@@ -333,3 +333,16 @@ def test_scatter_nan_and_bad_switch(cfg, dtype):
     bad[0, 2, 1, 0] = 4  # a 2x2 window has positions 0..3
     with pytest.raises(ValueError, match="switches"):
         unpool_conv_transpose(top.nan_to_num(), bad, wt, **kw, algorithm="sparse")
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_double_backward(pooled):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64, generator=g)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    pk = 2 if pooled else 1
+    out, sw = conv_relu_pool(x, w.detach(), None, padding=1, pool_kernel=pk)
+    p = torch.randn(out.shape, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda a, c: unpool_conv_transpose(a, sw if pooled else None, c, padding=1, pool_kernel=pk,
+                                           output_size=(6, 6), input_size=(6, 6)), (p, w))
