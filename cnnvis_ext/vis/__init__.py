@@ -10,7 +10,9 @@ from .objectives import (OUTPUT, Objective, channel, class_logit, class_probabil
                          diversity, neuron, parse_objective, weighted_sum)
 from .param import FourierParam, GeneratorParam, ImageParam, PixelParam
 from .actmax import (ActMaxResult, Regularizers, YOSINSKI_PRESETS, YosinskiPreset,
-                     activation_maximization, yosinski_preset)
+                     activation_maximization, yosinski_preset, maco_fv)
+from .maco import (MacoParam, MacoResult, color_correlation, digits_spectrum, image_spectrum,
+                   power_law_spectrum)
 from .attribution import deconvnet_attribution, guided_backprop, saliency
 from .cam import (ablation_cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_cam,
                   layer_cam, score_cam, xgrad_cam)
@@ -31,6 +33,8 @@ __all__ = [
     "ImageParam", "PixelParam", "FourierParam",
     "Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset", "ActMaxResult",
     "activation_maximization",
+    "maco_fv", "MacoParam", "MacoResult", "image_spectrum", "power_law_spectrum", "digits_spectrum",
+    "color_correlation",
     "saliency", "guided_backprop", "deconvnet_attribution", "grad_cam",
     "grad_cam_pp", "xgrad_cam", "layer_cam", "hires_cam", "score_cam", "ablation_cam", "eigen_cam",
     "guided_grad_cam", "integrated_gradients", "IntegratedGradientsResult", "occlusion",

@@ -26,10 +26,11 @@ from ._common import (check_int, check_layers, check_model, check_number, eval_m
                       progress_bar, run_layers)
 from .objectives import Objective, as_objective
 from ._prune import PrunedChannels
-from .param import ImageParam, make_param
+from .maco import MacoParam, MacoResult, SpectrumLike
+from .param import IMAGENET_COLOR_CORRELATION, ImageParam, make_param
 from .transforms import make_transforms
 
-__all__ = ["Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset",
+__all__ = ["Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset", "maco_fv", "MACO_LR",
            "ActMaxResult", "activation_maximization"]
 
 
@@ -247,7 +248,9 @@ def activation_maximization(
             callable ``(params, lr) -> torch.optim.Optimizer``.
         param: ``"fourier"`` (default: Lucid's decorrelated Fourier
             parameterization), ``"pixel"`` (the default with pixel-space
-            priors), ``"generator"`` (a code at the layer of ``generator``, decoded
+            priors), ``"maco"`` (only the Fourier phase, under a 1/f magnitude: Fel et
+            al. 2023; :func:`maco_fv` for other spectra and its transparency maps),
+            ``"generator"`` (a code at the layer of ``generator``, decoded
             by it: Nguyen et al. 2016; the default when ``generator`` is given), an
             :class:`~cnnvis_ext.vis.param.ImageParam` or a factory
             ``(channels, size, generators, per_generator, device, dtype)``.
@@ -273,7 +276,10 @@ def activation_maximization(
         channels: input channels (default: the first layer's ``in_channels``).
         normalize: optional ``(mean, std)`` applied to the [0, 1] images
             before the model (e.g. ImageNet statistics).
-        decorrelate: colour decorrelation of the Fourier parameterization.
+        decorrelate: channel decorrelation of the Fourier and MACO parameterizations:
+            ``True`` (3 channels: ImageNet's colour matrix, others: none), ``False``, or a
+            ``(C, C)`` matrix estimated from your images with
+            :func:`~cnnvis_ext.vis.maco.color_correlation`.
         prune: when every objective is a ``channel`` of one layer that a
             convolution followed only by channel-wise modules (ReLU, pooling,
             Identity) computes inside an ``nn.Sequential``, compute just each
@@ -320,7 +326,10 @@ def activation_maximization(
     if steps is None:
         steps = preset.steps if preset is not None else 512
     if lr is None:
-        lr = preset.lr if (preset is not None and optimizer == "sgd") else 0.05
+        lr = preset.lr if (preset is not None and optimizer == "sgd") else (
+            MACO_LR if isinstance(param, str) and param == "maco" else 0.05)
+    if isinstance(param, str) and param == "maco":
+        param = _maco_factory(None, decorrelate, [])
     if isinstance(transforms, str) and transforms == "default":
         transforms = None if (preset is not None or param == "generator") else "standard"
     lr_policy = preset.lr_policy if (preset is not None and optimizer == "sgd") else "constant"
@@ -403,7 +412,11 @@ def activation_maximization(
                     total = total - regs.alpha_weight * (img - 0.5).abs().pow(regs.alpha).flatten(1).sum(1)
                 if regs.tv_weight:
                     total = total - regs.tv_weight * ops.total_variation(img, beta=regs.tv_beta, reduction="none")
-                grads = torch.autograd.grad(total.sum(), leaves)
+                if hasattr(p, "accumulate"):  # MACO's transparency: |d objective / d image|
+                    *grads, gimg = torch.autograd.grad(total.sum(), leaves + [img])
+                    p.accumulate(gimg)
+                else:
+                    grads = torch.autograd.grad(total.sum(), leaves)
                 values.append(v.detach().reshape(len(chunk), k).mean(1))
                 blur = regs.blur_sigma if (regs.blur_every and (step + 1) % regs.blur_every == 0) else 0.0
                 with torch.no_grad():
@@ -479,3 +492,50 @@ def _ascent_step(p: ImageParam, grads, lr, lr_policy, preset, regs: Regularizers
         lr = 0.0
     ops.regularize_(p.raw, g, lr=float(lr), decay=regs.decay, blur_sigma=blur,
                     norm_pct=regs.norm_pct, contrib_pct=regs.contrib_pct, lo=p.lo, hi=p.hi)
+
+
+#: Adam's step size on MACO's phase (the phase is standardized before use, so steps are in
+#: units of its standard deviation).
+MACO_LR = 0.1
+
+
+def _maco_factory(spectrum, color, made: List[MacoParam]):
+    """A param factory making MacoParams (kept in ``made``); ``color``: a matrix, or a bool
+    (True: ImageNet's colour matrix for 3 channels, none for other counts)."""
+
+    def factory(channels, size, generators, per_generator, device, dtype):
+        m = color
+        if isinstance(color, bool):
+            m = IMAGENET_COLOR_CORRELATION if (color and channels == 3) else None
+        p = MacoParam(channels, size, generators, per_generator, spectrum=spectrum, color=m,
+                      device=device, dtype=dtype)
+        made.append(p)
+        return p
+
+    return factory
+
+
+def maco_fv(model: nn.Module, objectives, *, spectrum: SpectrumLike = None,
+         color: Union[bool, Tensor] = True, steps: int = 256, lr: Optional[float] = None,
+         **kwargs) -> MacoResult:
+    """Activation maximization with the MACO parameterization, returning its transparency maps.
+
+    Args:
+        model, objectives: as :func:`~cnnvis_ext.vis.activation_maximization`.
+        spectrum: the magnitude (module docstring): ``None`` / ``"power"`` (1/f),
+            ``"digits"``, a tensor from :func:`image_spectrum`, or its path.
+        color: a ``(C, C)`` channel-mixing matrix from
+            :func:`~cnnvis_ext.vis.maco.color_correlation` (estimated from your images), ``True``
+            (ImageNet's for 3 channels, none otherwise) or ``False``.
+        steps, lr: as ``activation_maximization`` (Adam on the phase; the phase is
+            standardized in the image, so its scale does not matter; default ``MACO_LR``).
+        **kwargs: the other arguments of ``activation_maximization`` (size, transforms,
+            seed, batch_size, images_per_objective, normalize, ...).
+
+    Returns:
+        :class:`MacoResult` ``(images, values, transparency)``.
+    """
+    made: List[MacoParam] = []
+    res = activation_maximization(model, objectives, param=_maco_factory(spectrum, color, made),
+                                  steps=steps, lr=lr, **kwargs)
+    return MacoResult(res.images, res.values, torch.cat([p.transparency for p in made]))
