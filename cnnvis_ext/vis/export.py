@@ -151,7 +151,8 @@ def to_uint8(tensor: Tensor) -> Tensor:
 
 
 def save_image(tensor: Union[Tensor, list], path: Union[str, os.PathLike], *, format: Optional[str] = None,
-               quality: int = 95, nrow: int = 8, padding: int = 2, normalize: Optional[str] = None) -> str:
+               quality: int = 95, nrow: int = 8, padding: int = 2, normalize: Optional[str] = None,
+               channels: str = "auto") -> str:
     """Write an image or a batch (as a grid) with Pillow, atomically.
 
     The file is written to a temporary file in the same directory and moved
@@ -165,6 +166,10 @@ def save_image(tensor: Union[Tensor, list], path: Union[str, os.PathLike], *, fo
         quality: JPEG quality.
         nrow, padding, normalize: for batches, as :func:`make_grid`;
             ``normalize`` also applies to a single image.
+        channels: how an image of other than 1 or 3 channels is shown
+            (:func:`~cnnvis_ext.vis.views.channel_view`): ``"auto"`` (default) its channels
+            side by side in grey, ``"rgb"`` a projection on three principal components,
+            ``"rgba"`` 4 channels as colour and alpha.
 
     Returns:
         The path written, as a string.
@@ -172,12 +177,13 @@ def save_image(tensor: Union[Tensor, list], path: Union[str, os.PathLike], *, fo
     from PIL import Image
 
     if isinstance(tensor, (list, tuple)) or (isinstance(tensor, Tensor) and tensor.dim() == 4):
-        tensor = make_grid(tensor, nrow=nrow, padding=padding, normalize=normalize)
+        tensor = make_grid(tensor, nrow=nrow, padding=padding, normalize=normalize,
+                           channels=channels)
     elif not isinstance(tensor, Tensor):
         raise TypeError(f"tensor: expected a Tensor or a list of them, got {type(tensor).__name__}")
-    elif normalize is not None:
+    elif normalize is not None or (tensor.dim() == 3 and tensor.shape[0] not in (1, 3)):
         tensor = make_grid(tensor.unsqueeze(0) if tensor.dim() == 3 else tensor[None, None],
-                           nrow=1, padding=0, normalize=normalize)
+                           nrow=1, padding=0, normalize=normalize, channels=channels)
     arr = to_uint8(tensor).numpy()
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
     img = Image.fromarray(arr[:, :, 0] if mode == "L" else arr, mode=mode)

@@ -96,8 +96,52 @@ def kernels(model: nn.Module, layer: str, *, normalize: bool = True) -> Tensor:
     return _normalize_tiles(w) if normalize else w.clone()
 
 
+def channel_view(images: Tensor, view: str = "auto") -> Tensor:
+    """Images of any channel count as images that can be shown (1 or 3 channels, or RGBA).
+
+    Args:
+        images: ``(N, C, H, W)`` in [0, 1].
+        view: ``"auto"``: 1 and 3 channels as they are, other counts as ``"grid"``;
+            ``"grid"``: each image's channels side by side as grey tiles (1 px apart),
+            ``(N, 1, H, C*W + C-1)``; ``"rgb"``: the projection on the batch's first three
+            principal components of the channel vectors, each scaled to [0, 1] over the batch;
+            ``"rgba"``: 4 channels as colour and alpha (only when they are that).
+
+    Returns:
+        ``(N, C', H, W')`` with ``C'`` 1, 3 or 4.
+    """
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(f"images: expected an (N, C, H, W) tensor, got "
+                         f"{getattr(images, 'shape', type(images).__name__)}")
+    n, c, h, w = images.shape
+    if view == "auto":
+        view = "as-is" if c in (1, 3) else "grid"
+    if view == "as-is":
+        return images
+    if view == "rgba":
+        if c != 4:
+            raise ValueError(f"view: 'rgba' needs 4 channels, the images have {c}")
+        return images
+    if view == "grid":
+        out = images.new_zeros(n, 1, h, c * w + c - 1)
+        for k in range(c):
+            out[:, 0, :, k * (w + 1):k * (w + 1) + w] = images[:, k]
+        return out
+    if view == "rgb":
+        v = images.detach().float().transpose(0, 1).reshape(c, -1)
+        v = v - v.mean(1, keepdim=True)
+        u, _, _ = torch.linalg.svd(v, full_matrices=False)
+        proj = (u[:, :3].T @ v).reshape(min(3, c), n, h, w).transpose(0, 1)
+        if proj.shape[1] < 3:
+            proj = torch.cat([proj, proj.new_zeros(n, 3 - proj.shape[1], h, w)], 1)
+        lo = proj.amin((0, 2, 3), keepdim=True)
+        hi = proj.amax((0, 2, 3), keepdim=True)
+        return ((proj - lo) / (hi - lo).clamp_min(1e-12)).to(images.dtype)
+    raise ValueError(f"view: expected 'auto', 'grid', 'rgb' or 'rgba', got {view!r}")
+
+
 def make_grid(tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0,
-              normalize: Optional[str] = None) -> Tensor:
+              normalize: Optional[str] = None, channels: str = "auto") -> Tensor:
     """Tile a batch of images into one image.
 
     Args:
@@ -107,6 +151,8 @@ def make_grid(tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0,
         pad_value: value of the padding.
         normalize: ``"tile"`` (each image scaled to [0, 1] by its own min/max),
             ``"all"`` (one scale for the whole batch) or ``None``.
+        channels: how images of other than 1 or 3 channels are shown (:func:`channel_view`:
+            ``"auto"`` tiles their channels side by side, ``"rgb"`` projects them).
 
     Returns:
         ``(C, H_grid, W_grid)`` on the input's device.
@@ -135,6 +181,7 @@ def make_grid(tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0,
         t = (t - lo) / (hi - lo).clamp_min(torch.finfo(t.dtype).eps)
     elif normalize is not None:
         raise ValueError(f"normalize: expected 'tile', 'all' or None, got {normalize!r}")
+    t = channel_view(t, channels)
     n, c, h, w = t.shape
     cols = min(nrow, max(n, 1))
     rows = (n + cols - 1) // cols

@@ -123,7 +123,7 @@ def test_save_image_atomic_replace_and_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="path"):
         vis.save_image(torch.zeros(3, 4, 4), tmp_path / "x.unknownext")
     with pytest.raises(ValueError, match="tensor"):
-        vis.save_image(torch.zeros(2, 4, 4), tmp_path / "y.png")
+        vis.save_image(torch.zeros(4), tmp_path / "y.png")  # (2 channels: a channel grid now)
 
 
 def test_colormaps_and_overlay():
@@ -177,3 +177,49 @@ def test_feature_maps_of_every_leaf_skips_modules_never_called():
     torch.testing.assert_close(maps["pool"], F.max_pool2d(y.relu(), 2))
     with pytest.raises(RuntimeError, match="layers: .*unused"):
         vis.feature_maps(m, x, ["conv", "unused"])
+
+
+# ------------------------------------------------------------ any channel count
+
+@pytest.mark.parametrize("c", [2, 4, 13])
+def test_save_image_shows_other_channel_counts_as_a_channel_grid(tmp_path, c):
+    from PIL import Image
+
+    x = torch.rand(2, c, 5, 6)
+    path = vis.save_image(x, tmp_path / "g.png", nrow=2, padding=1)
+    img = Image.open(path)
+    assert img.mode == "L"  # grey tiles, not RGBA for 4 channels
+    strip = c * 6 + c - 1
+    assert img.size == (2 * (strip + 1) + 1, 5 + 2)
+    arr = torch.from_numpy(__import__("numpy").asarray(img)).float() / 255
+    # channel k of image 0 sits at column 1 + k * 7
+    for k in range(c):
+        torch.testing.assert_close(arr[1:6, 1 + k * 7:1 + k * 7 + 6], x[0, k], atol=1 / 255,
+                                   rtol=0)
+    single = vis.save_image(x[1], tmp_path / "s.png")
+    assert Image.open(single).size == (strip, 5)
+
+
+def test_channel_views_rgba_and_rgb(tmp_path):
+    from PIL import Image
+
+    x = torch.rand(1, 4, 4, 4)
+    assert Image.open(vis.save_image(x[0], tmp_path / "a.png", channels="rgba")).mode == "RGBA"
+    with pytest.raises(ValueError, match="view: 'rgba' needs 4 channels"):
+        vis.save_image(torch.rand(1, 5, 4, 4), tmp_path / "b.png", channels="rgba")
+    with pytest.raises(ValueError, match="view: expected"):
+        vis.save_image(torch.rand(1, 5, 4, 4), tmp_path / "b.png", channels="false-colour")
+    # 6 channels that are 2 independent signals mixed: the RGB projection keeps both (its first
+    # two components span them) and its third is flat
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(2, 2, 8, 8, generator=g)
+    mix = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, -0.5], [2.0, 0.1], [0.3, 0.3]])
+    x6 = torch.einsum("dc,nchw->ndhw", mix, s)
+    from cnnvis_ext.vis.views import channel_view
+
+    rgb = channel_view(x6, "rgb")
+    assert rgb.shape == (2, 3, 8, 8) and rgb.min() >= 0 and rgb.max() <= 1
+    basis = torch.stack([rgb[:, 0].flatten(), rgb[:, 1].flatten(), torch.ones(128)], 1)
+    for k in range(2):  # each source is an affine function of the first two components
+        coef = torch.linalg.lstsq(basis, s[:, k].flatten()[:, None]).solution
+        torch.testing.assert_close(basis @ coef, s[:, k].flatten()[:, None], atol=1e-4, rtol=0)
