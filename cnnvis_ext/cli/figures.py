@@ -15,6 +15,8 @@ from ..vis import (FIRST_LAYER, ZBox, activation_maximization, deconvnet_attribu
                    feature_maps, guided_backprop, guided_grad_cam, integrated_gradients, invert,
                    kernels, lrp, make_grid, occlusion, overlay, saliency, top_activations)
 from ..vis.cam import CAM_METHODS
+from ..vis.maco import MacoParam
+from ..vis.actmax import MACO_LR
 from ..vis.transforms import Jitter, Pad
 from .errors import CLIError
 from .loading import default_conv_layer, model_device
@@ -108,9 +110,9 @@ def view_feature_maps(model: nn.Module, image: Tensor, layers: Sequence[str],
     return out
 
 
-def view_actmax(model: nn.Module, objectives: list, *, size, steps: int, lr: float,
+def view_actmax(model: nn.Module, objectives: list, *, size, steps: int, lr: Optional[float],
                 param: str, seed: int, progress: bool, batch_size: Optional[int] = None,
-                generator: Optional[nn.Module] = None) -> Tensor:
+                generator: Optional[nn.Module] = None, spectrum=None) -> Tensor:
     """Activation maximization of ``objectives`` (one image each, batched): ``(N, C, H, W)``.
 
     ``param="generator"`` optimizes a code of ``generator`` (an ``UpConvInverter``)
@@ -123,6 +125,10 @@ def view_actmax(model: nn.Module, objectives: list, *, size, steps: int, lr: flo
         if generator is None:
             raise CLIError(NEEDS_PRIOR)
         kw.update(generator=generator, transforms=None)
+    elif param == "maco":  # the phase under a fixed magnitude; the Fourier branch's transforms
+        d = max(1, size // 16)
+        kw.update(param=MacoParam.factory(spectrum), lr=MACO_LR if lr is None else lr,
+                  transforms=[Pad(d, mode="replicate"), Jitter(2 * d)])
     elif param == "pixel":
         kw.update(transforms=None, regularizers=dict(decay=0.01, blur_sigma=0.5, blur_every=4))
     else:

@@ -198,10 +198,16 @@ def add_actmax(subparsers) -> None:
     p.add_argument("--objective", action="append", metavar="SPEC",
                    help="objective spec: layer:c, layer:c:y:x, logit:k, prob:k (repeatable)")
     p.add_argument("--steps", type=positive_int, default=256)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=None,
+                   help="step size (default: 0.05; 0.1 with --param maco)")
     p.add_argument("--size", type=positive_int, help="image size (default: the model's input)")
-    p.add_argument("--param", choices=["fourier", "pixel", "generator"],
-                   help="image parameterization (default: fourier; generator with --prior)")
+    p.add_argument("--param", choices=["fourier", "pixel", "maco", "generator"],
+                   help="image parameterization (default: fourier; generator with --prior; "
+                        "maco: only the Fourier phase under --spectrum, Fel et al. 2023)")
+    p.add_argument("--spectrum", metavar="SPECTRUM.pt|digits|power",
+                   help="--param maco's magnitude: a file saved from "
+                        "cnnvis_ext.vis.image_spectrum(your images), the bundled digits, or a "
+                        "1/f power law (default)")
     p.add_argument("--prior", metavar="INVERTER.pt",
                    help="generator prior (Nguyen et al. 2016, DGN-AM): optimize a code at the "
                         "layer of this inverter (from `cnnvis train-inverter`) and decode it, "

@@ -27,7 +27,7 @@ from ._common import (check_int, check_layers, check_model, check_number, eval_m
 from .objectives import Objective, as_objective
 from ._prune import PrunedChannels
 from .maco import MacoParam, MacoResult, SpectrumLike
-from .param import IMAGENET_COLOR_CORRELATION, ImageParam, make_param
+from .param import ImageParam, make_param
 from .transforms import make_transforms
 
 __all__ = ["Regularizers", "YosinskiPreset", "YOSINSKI_PRESETS", "yosinski_preset", "maco_fv", "MACO_LR",
@@ -329,7 +329,7 @@ def activation_maximization(
         lr = preset.lr if (preset is not None and optimizer == "sgd") else (
             MACO_LR if isinstance(param, str) and param == "maco" else 0.05)
     if isinstance(param, str) and param == "maco":
-        param = _maco_factory(None, decorrelate, [])
+        param = MacoParam.factory(None, decorrelate)
     if isinstance(transforms, str) and transforms == "default":
         transforms = None if (preset is not None or param == "generator") else "standard"
     lr_policy = preset.lr_policy if (preset is not None and optimizer == "sgd") else "constant"
@@ -499,22 +499,6 @@ def _ascent_step(p: ImageParam, grads, lr, lr_policy, preset, regs: Regularizers
 MACO_LR = 0.1
 
 
-def _maco_factory(spectrum, color, made: List[MacoParam]):
-    """A param factory making MacoParams (kept in ``made``); ``color``: a matrix, or a bool
-    (True: ImageNet's colour matrix for 3 channels, none for other counts)."""
-
-    def factory(channels, size, generators, per_generator, device, dtype):
-        m = color
-        if isinstance(color, bool):
-            m = IMAGENET_COLOR_CORRELATION if (color and channels == 3) else None
-        p = MacoParam(channels, size, generators, per_generator, spectrum=spectrum, color=m,
-                      device=device, dtype=dtype)
-        made.append(p)
-        return p
-
-    return factory
-
-
 def maco_fv(model: nn.Module, objectives, *, spectrum: SpectrumLike = None,
          color: Union[bool, Tensor] = True, steps: int = 256, lr: Optional[float] = None,
          **kwargs) -> MacoResult:
@@ -536,6 +520,6 @@ def maco_fv(model: nn.Module, objectives, *, spectrum: SpectrumLike = None,
         :class:`MacoResult` ``(images, values, transparency)``.
     """
     made: List[MacoParam] = []
-    res = activation_maximization(model, objectives, param=_maco_factory(spectrum, color, made),
+    res = activation_maximization(model, objectives, param=MacoParam.factory(spectrum, color, made),
                                   steps=steps, lr=lr, **kwargs)
     return MacoResult(res.images, res.values, torch.cat([p.transparency for p in made]))

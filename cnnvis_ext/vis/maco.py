@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .param import ImageParam, _freqs
+from .param import IMAGENET_COLOR_CORRELATION, ImageParam, _freqs
 
 __all__ = ["MacoParam", "MacoResult", "image_spectrum", "power_law_spectrum",
            "digits_spectrum", "color_correlation"]
@@ -197,6 +197,25 @@ class MacoParam(ImageParam):
         if self.color is not None:
             img = torch.einsum("nchw,dc->ndhw", img, self.color)
         return torch.sigmoid(img)
+
+    @staticmethod
+    def factory(spectrum: SpectrumLike = None, color: Union[bool, Tensor] = True,
+                made: Optional[List["MacoParam"]] = None):
+        """A ``param=`` factory for :func:`~cnnvis_ext.vis.activation_maximization` that makes
+        MacoParams with this spectrum and colour matrix (``True``: ImageNet's for 3 channels,
+        none for other counts; ``False``: none; or a matrix), appending them to ``made``."""
+
+        def make(channels, size, generators, per_generator, device, dtype):
+            m = color
+            if isinstance(color, bool):
+                m = IMAGENET_COLOR_CORRELATION if (color and channels == 3) else None
+            p = MacoParam(channels, size, generators, per_generator, spectrum=spectrum, color=m,
+                          device=device, dtype=dtype)
+            if made is not None:
+                made.append(p)
+            return p
+
+        return make
 
     def accumulate(self, image_grad: Tensor) -> None:
         """Adds ``|d objective / d image|`` of one step to the transparency maps."""

@@ -45,6 +45,21 @@ def _objectives(args, lm: LoadedModel) -> Tuple[list, List[str]]:
     return [O.class_logit(c) for c in classes], [f"class {names[c]}" for c in classes]
 
 
+def _spectrum(args):
+    """``--spectrum`` as view_actmax takes it (checked: only with --param maco, a file that
+    exists, or 'digits' / 'power')."""
+    if args.spectrum is None:
+        return None
+    if args.param != "maco":
+        raise CLIError("--spectrum: the magnitude of --param maco; add --param maco")
+    if args.spectrum in ("digits", "power"):
+        return args.spectrum
+    if not Path(args.spectrum).is_file():
+        raise CLIError(f"--spectrum: no such file {args.spectrum!r} (save one with "
+                       "torch.save(cnnvis_ext.vis.image_spectrum(images), path))")
+    return args.spectrum
+
+
 def _param(args, lm: LoadedModel) -> Tuple[str, Optional[nn.Module], Any]:
     """``(param, generator, size)``: ``--prior`` loads the generator and fixes the size."""
     if not args.prior:
@@ -69,7 +84,7 @@ def run(args) -> int:
     param, gen, size = _param(args, lm)
     imgs = view_actmax(lm.model, objectives, size=size, steps=args.steps, lr=args.lr,
                        param=param, seed=args.seed, progress=not args.quiet,
-                       batch_size=args.batch_size, generator=gen)
+                       batch_size=args.batch_size, generator=gen, spectrum=_spectrum(args))
     tag = fname(args.layer) if args.layer else ("objectives" if args.objective else "classes")
     if gen is not None:
         tag += f"_prior_{fname(gen.layer)}"
@@ -105,8 +120,11 @@ def _run_job(args, lm: LoadedModel) -> int:
         for run_ in channel_runs(chans, chunk):
             units.append(WorkUnit(f"{layer}:{run_[0]}-{run_[-1]}", len(run_), (layer, run_)))
     out = out_dir(args)
+    spectrum = _spectrum(args)
     spec = dict(job_spec(args, lm), layers=per_layer, steps=args.steps, lr=args.lr, size=size,
                 param=param, chunk=chunk)
+    if spectrum is not None:
+        spec["spectrum"] = spectrum if spectrum in ("digits", "power") else file_stamp(spectrum)
     if gen is not None:
         spec["prior"] = file_stamp(args.prior)
     job = JobDir(out, "actmax", spec)
@@ -119,7 +137,7 @@ def _run_job(args, lm: LoadedModel) -> int:
         seed = offset_seed(layer_seed(args.seed, layer), chans[0])
         return view_actmax(model, [O.channel(layer, c) for c in chans], size=size,
                            steps=args.steps, lr=args.lr, param=param, seed=seed,
-                           progress=False, generator=gen).cpu()
+                           progress=False, generator=gen, spectrum=spectrum).cpu()
 
     def write(u, imgs):
         layer, chans = u.data
@@ -138,7 +156,8 @@ def _run_job(args, lm: LoadedModel) -> int:
     what = (f"generator parameterization ({Path(args.prior).name}, layer {gen.layer})"
             if gen is not None else f"{param} parameterization")
     lines = ["# activation maximization", "",
-             f"seed {args.seed}, {args.steps} steps, lr {args.lr}, {what}, {side} images", "",
+             f"seed {args.seed}, {args.steps} steps, lr {args.lr or 'default'}, {what}, "
+             f"{side} images", "",
              "| layer | channels | grid | per channel |", "|---|---|---|---|"]
     for layer in layers:
         imgs = torch.cat([torch.load(piece(*u.data), weights_only=True)["images"]
