@@ -89,6 +89,11 @@ def peer_table(args, m, x, t):
     cases.append((f"IG {steps} steps, all in one batch",
                   lambda: vis.integrated_gradients(m, x, t, steps=steps),
                   lambda: ig.attribute(x, target=t, n_steps=steps)))
+    # the same outputs: ours always reports the completeness error, captum when asked
+    cases.append((f"IG {steps} steps, both with the completeness error",
+                  lambda: vis.integrated_gradients(m, x, t, steps=steps),
+                  lambda: ig.attribute(x, target=t, n_steps=steps,
+                                       return_convergence_delta=True)))
     occ = Occlusion(m)
     w, s = args.window, args.window // 2
     ppe = 64
