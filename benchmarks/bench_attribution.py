@@ -74,7 +74,11 @@ def peer_table(args, m, x, t):
              ("HiResCAM", lambda: vis.hires_cam(m, "layer4", x, t), lib_cam(HiResCAM, x, tg)),
              ("Eigen-CAM", lambda: vis.eigen_cam(m, "layer4", x), lib_cam(EigenCAM, x, tg)),
              ("Ablation-CAM (batch 32 both)", lambda: vis.ablation_cam(m, "layer4", x, t, batch_size=32),
-              lib_cam(AblationCAM, x, tg, batch_size=32))]
+              lib_cam(AblationCAM, x, tg, batch_size=32)),
+             # defaults: ours stacks 128 ablated copies after the layer (the prefix runs once
+             # per stack), pytorch-grad-cam runs 32 ablated full forwards at a time
+             ("Ablation-CAM (each at its default batch)",
+              lambda: vis.ablation_cam(m, "layer4", x, t), lib_cam(AblationCAM, x, tg))]
     xs, ts = x[:1], t[:1]
     cases.append((f"Score-CAM ({xs.shape[0]} image, batch 16 both)",
                   lambda: vis.score_cam(m, "layer4", xs, ts, batch_size=16),
