@@ -256,13 +256,15 @@ def add_attribute(subparsers) -> None:
 
 def add_evaluate(subparsers) -> None:
     p = _add(subparsers, "evaluate", evaluate, _common, _model, _images, _out)
-    p.add_argument("--methods", nargs="+", choices=ATTRIBUTION_METHODS,
-                   default=list(ATTRIBUTION_METHODS), help="attribution methods to evaluate")
+    p.add_argument("--methods", nargs="+", choices=ALL_ATTRIBUTION_METHODS,
+                   default=list(ATTRIBUTION_METHODS), metavar="METHOD",
+                   help="attribution methods to evaluate (default: the first five): "
+                        + ", ".join(ALL_ATTRIBUTION_METHODS))
     p.add_argument("--metrics", nargs="+", choices=list(evaluate.METRICS),
                    default=["deletion", "insertion", "aopc", "mprt"], help="metrics to compute")
     p.add_argument("--steps", type=positive_int, default=16,
                    help="points of the deletion and insertion curves")
-    p.add_argument("--layer", help="Grad-CAM layer (default: the last convolution)")
+    p.add_argument("--layer", help="layer of the CAM methods (default: the last convolution)")
 
 
 def add_bench(subparsers) -> None:

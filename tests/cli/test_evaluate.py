@@ -21,3 +21,27 @@ def test_evaluate_rejects_unknown_metric(checkpoint, tmp_path, capsys):
     rc, _, err = run(capsys, "evaluate", "--model", checkpoint, "--metrics", "nope",
                      "--out", tmp_path)
     assert rc != 0 and "--metrics" in err
+
+
+def test_evaluate_ranks_every_attribution_method(checkpoint, tmp_path, capsys):
+    """--methods takes every name of ALL_ATTRIBUTION_METHODS (the CAM family, Guided Grad-CAM,
+    integrated gradients and occlusion beside the first five), each ranked by every metric."""
+    from cnnvis_ext.cli.figures import ALL_ATTRIBUTION_METHODS
+
+    rc, out, err = run(capsys, "evaluate", "--model", checkpoint, "--num-images", "2", "--quiet",
+                       "--out", tmp_path, "--methods", *ALL_ATTRIBUTION_METHODS,
+                       "--metrics", "deletion", "insertion", "aopc", "mprt", "--steps", "4")
+    assert rc == 0, err
+    csv = (tmp_path / "evaluate.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in csv[1:]] == list(ALL_ATTRIBUTION_METHODS)
+    for r in csv[1:]:
+        vals = [float(v) for v in r.split(",")[1:]]
+        assert len(vals) == 4 and all(v == v for v in vals), r  # no NaN
+    md = (tmp_path / "evaluate.md").read_text()
+    assert "| scorecam |" in md and "| occlusion |" in md
+
+
+def test_evaluate_rejects_unknown_method(checkpoint, tmp_path, capsys):
+    rc, _, err = run(capsys, "evaluate", "--model", checkpoint, "--methods", "nope",
+                     "--out", tmp_path)
+    assert rc != 0 and "--methods" in err
