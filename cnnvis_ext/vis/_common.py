@@ -18,8 +18,12 @@ def check_model(model) -> None:
 
 
 @contextmanager
-def eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module, images: Optional[Tensor] = None):
     """Put ``model`` in eval mode with its parameters frozen for the block.
+
+    An error of an input size the model cannot take, raised inside it in the block, becomes a
+    ValueError that names ``images`` and their ``(C, H, W)`` (the first input of the model's
+    forward, or ``images`` when the block runs the model another way, as a traced copy).
 
     Every module's ``training`` flag and every parameter's ``requires_grad``
     are restored afterwards. Freezing matters for speed, not only hygiene:
@@ -31,16 +35,44 @@ def eval_mode(model: nn.Module):
     """
     flags = [(m, m.training) for m in model.modules()]
     params = [q for q in model.parameters() if q.requires_grad]
+    # the first input of the model's own forward, for the message below
+    shapes: list = [] if images is None else [tuple(images.shape)]
+
+    def record(_m, args):
+        if not shapes and args and isinstance(args[0], Tensor):
+            shapes.append(tuple(args[0].shape))
+
+    hook = model.register_forward_pre_hook(record)
     model.eval()
     for q in params:
         q.requires_grad_(False)
     try:
         yield model
+    except (RuntimeError, ValueError) as e:
+        # A shape the model cannot take fails deep inside it ("mat1 and mat2 shapes cannot be
+        # multiplied", the fused op's message about its own x): name the images instead.
+        if shapes and _is_input_shape_error(e):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"images: the model cannot take images of (C, H, W) = "
+                             f"{shapes[0][1:]} (give images of the size and channels it was "
+                             f"built for); inside the model: {first}") from e
+        raise
     finally:
+        hook.remove()
         for m, t in flags:
             m.training = t
         for q in params:
             q.requires_grad_(True)
+
+
+_SHAPE_ERRORS = ("shapes cannot be multiplied", "size mismatch", "must match the size of tensor",
+                 "Expected input batch_size", "Calculated padded input size",
+                 "Kernel size can't be greater", "Output size is too small",
+                 "x: padded input of size", "pool_kernel: window", "pool_kernel: pooled output")
+
+
+def _is_input_shape_error(e: BaseException) -> bool:
+    return any(p in str(e) for p in _SHAPE_ERRORS)
 
 
 def check_layers(model: nn.Module, layers: Iterable[str]) -> None:

@@ -406,7 +406,7 @@ def lrp(model: nn.Module, images: Tensor, target, rules=None, *,
                 return r
         return default
 
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model, x), torch.no_grad():
         rec = _Recorder(gm)
         out = rec.run(x)
         if isinstance(out, (tuple, list)):

@@ -65,6 +65,21 @@ def test_integer_and_wrong_channel_images_are_refused(call):
         call(m, X[:, :1])
 
 
+@pytest.mark.parametrize("call", [
+    lambda m, x: vis.saliency(m, x, 0), lambda m, x: vis.guided_backprop(m, x, 0),
+    lambda m, x: vis.grad_cam(m, "0", x, 0), lambda m, x: vis.grad_cam_pp(m, "0", x, 0),
+    lambda m, x: vis.integrated_gradients(m, x, 0, steps=2),
+    lambda m, x: vis.occlusion(m, x, 0, window=4), lambda m, x: vis.score_cam(m, "0", x, 0),
+    lambda m, x: vis.lrp(m, x, 0),
+])
+def test_images_of_a_size_the_model_cannot_take_are_named(call):
+    # the linear head takes 8x8 inputs: 12x12 fails inside it ("mat1 and mat2 ..."), which the
+    # methods report as a problem of the images, with their shape
+    with pytest.raises(ValueError, match=r"images: the model cannot take images of \(C, H, W\) "
+                                         r"= \(3, 12, 12\).*inside the model: mat1 and mat2"):
+        call(net(), torch.rand(2, 3, 12, 12))
+
+
 def test_default_transforms_work_on_a_fixed_size_model():
     """cifar_cnn has a fully connected head: the transformed (enlarged) images are resized
     back to the size it takes."""
