@@ -2,8 +2,8 @@
 
 :class:`Report` collects sections of captioned figures and writes a
 self-contained ``index.html`` that links PNG files next to it.
-:func:`plot_curves` draws a training curve and :func:`plot_confusion` a
-confusion matrix without matplotlib. Every file is written atomically: tensors
+:func:`plot_curves` draws a training curve, :func:`plot_confusion` a
+confusion matrix and :func:`plot_table` a table of numbers, without matplotlib. Every file is written atomically: tensors
 through :func:`cnnvis_ext.vis.save_image`, Pillow images and the page through
 :mod:`cnnvis_ext.io`.
 """
@@ -25,7 +25,7 @@ from .io import atomic_write, atomic_write_bytes
 from .vis import save_image, to_uint8
 
 __all__ = ["Report", "Figure", "Section", "save_png", "to_pil", "plot_curves", "plot_confusion",
-           "label_grid"]
+           "plot_table", "label_grid"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -108,10 +108,14 @@ def label_grid(images: Tensor, labels: Sequence[str], *, ncol: Optional[int] = N
 # --------------------------------------------------------------------------- charts
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+#: more series than _PALETTE has colours: _PALETTE then ten more distinct ones
+_PALETTE_MANY = _PALETTE + ["#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#aec7e8",
+                            "#ff9896", "#98df8a", "#c5b0d5", "#8c8c00"]
 
 
 def plot_curves(series: Dict[str, Sequence[float]], *, title: str = "", xlabel: str = "epoch",
-                ylim: Optional[Tuple[float, float]] = None, size: Tuple[int, int] = (560, 340)):
+                ylim: Optional[Tuple[float, float]] = None, size: Tuple[int, int] = (560, 340),
+                legend: str = "top"):
     """A line chart of one or more series against 1..N, drawn with Pillow: a PIL image.
 
     Args:
@@ -119,12 +123,22 @@ def plot_curves(series: Dict[str, Sequence[float]], *, title: str = "", xlabel: 
         title: text above the plot.
         xlabel: label of the x axis.
         ylim: y range (default: the data's range, padded).
-        size: image size in pixels.
+        size: image size in pixels (``legend="right"`` adds the legend's column to the width).
+        legend: ``"top"`` (one row above the plot, for a few series) or ``"right"`` (one line
+            per series beside the plot, for many; up to 16 distinct colours).
     """
     from PIL import Image, ImageDraw
 
+    if legend not in ("top", "right"):
+        raise ValueError(f"legend: expected 'top' or 'right', got {legend!r}")
+    side = legend == "right"
     W, H = size
     left, right, top, bottom = 54, 16, 28, 40
+    if side:
+        H = max(H, top + 16 * len(series) + 8)
+        right += 150
+        W += 150
+        size = (W, H)
     im = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(im)
     font = _font(12)
@@ -158,17 +172,70 @@ def plot_curves(series: Dict[str, Sequence[float]], *, title: str = "", xlabel: 
         d.text((x - 4, top + ph + 6), str(i), fill="black", font=font)
     d.text((left + pw // 2 - 3 * len(xlabel), H - 16), xlabel, fill="black", font=font)
     if title:
-        d.text((left, 8), title[: max(1, (pw - 130 * len(series)) // 7)], fill="black", font=font)
+        room = pw if side else pw - 130 * len(series)
+        d.text((left, 8), title[: max(1, room // 7)], fill="black", font=font)
+    palette = _PALETTE_MANY if len(series) > len(_PALETTE) else _PALETTE
     for j, (name, s) in enumerate(series.items()):
-        color = _PALETTE[j % len(_PALETTE)]
+        color = palette[j % len(palette)]
         pts = [px(i + 1, float(v)) for i, v in enumerate(s) if np.isfinite(v)]
         if len(pts) > 1:
             d.line(pts, fill=color, width=2, joint="curve")
         for x, y in pts:
             d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
-        lx = left + pw - 130 * (len(series) - j)  # legend: one row above the plot
-        d.line([lx, 14, lx + 18, 14], fill=color, width=3)
-        d.text((lx + 24, 8), name[:16], fill="black", font=font)
+        if side:  # legend: one line per series right of the plot
+            lx, ly = left + pw + 12, top + 16 * j
+        else:  # legend: one row above the plot
+            lx, ly = left + pw - 130 * (len(series) - j), 8
+        d.line([lx, ly + 6, lx + 18, ly + 6], fill=color, width=3)
+        d.text((lx + 24, ly), name[:16] if not side else name[:20], fill="black", font=font)
+    return im
+
+
+def plot_table(header: Sequence[str], rows: Sequence[Sequence[object]], *, title: str = "",
+               best: Optional[Sequence[Optional[str]]] = None):
+    """A table of numbers drawn with Pillow (the report has images, not HTML tables): a PIL image.
+
+    Args:
+        header: the column titles.
+        rows: one sequence per row, as many cells as ``header``; floats are shown with 3 decimals,
+            everything else as ``str``.
+        title: text above the table.
+        best: per column ``"lower"``, ``"higher"`` or ``None``: the best value of a numeric
+            column is shaded.
+    """
+    from PIL import Image, ImageDraw
+
+    font = _font(12)
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
+    if any(len(r) != len(header) for r in cells):
+        raise ValueError(f"rows: expected {len(header)} cells per row")
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widths = [int(max([probe.textlength(str(h), font=font)]
+                      + [probe.textlength(r[c], font=font) for r in cells])) + 16
+              for c, h in enumerate(header)]
+    line, top = 20, 28 if title else 6
+    W = max(sum(widths) + 12, int(probe.textlength(title, font=font)) + 12 if title else 0)
+    H = top + line * (len(cells) + 1) + 8
+    im = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(im)
+    if title:
+        d.text((6, 8), title, fill="black", font=font)
+    shade = set()
+    for c, rule in enumerate(best or []):
+        vals = [(float(r[c]), i) for i, r in enumerate(rows)
+                if isinstance(r[c], (int, float)) and np.isfinite(float(r[c]))]
+        if rule in ("lower", "higher") and vals:
+            v = (min if rule == "lower" else max)(vals)[0]
+            shade |= {(i, c) for x, i in vals if x == v}
+    d.rectangle([6, top, 6 + sum(widths), top + line], fill="#eeeeee")
+    for r, row in enumerate([list(map(str, header))] + cells):
+        x, y = 6, top + r * line
+        for c, txt in enumerate(row):
+            if r and (r - 1, c) in shade:
+                d.rectangle([x, y, x + widths[c], y + line], fill="#cfe8cf")
+            d.text((x + 8, y + 4), txt, fill="black", font=font)
+            x += widths[c]
+        d.line([6, y + line, 6 + sum(widths), y + line], fill="#bbbbbb")
     return im
 
 
