@@ -24,6 +24,8 @@ from .inversion import InversionResult, invert
 from .learned import UpConvInverter, invert_learned, train_inverter
 from .deconvnet import deconvnet
 from .top_activations import TopActivations, top_activations
+from .accentuate import AccentuationResult, caricature, feature_accentuation, param_from_images
+from .facets import FacetsResult, KMeansResult, kmeans, multifaceted_visualization
 from .export import COLORMAPS, colormap, heatmap, overlay, save_image, to_uint8
 
 __all__ = [
@@ -45,4 +47,6 @@ __all__ = [
     "deconvnet", "top_activations", "TopActivations",
     "feature_maps", "kernels", "make_grid",
     "COLORMAPS", "colormap", "heatmap", "overlay", "save_image", "to_uint8",
+    "feature_accentuation", "caricature", "AccentuationResult", "param_from_images",
+    "multifaceted_visualization", "FacetsResult", "kmeans", "KMeansResult",
 ]
