@@ -132,7 +132,7 @@ def deletion_insertion(model: nn.Module, images: Tensor, attributions: Tensor, t
     """
     steps = check_int("steps", steps, 1)
     x, t, batch_size = _inputs(model, images, target, batch_size)
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     order = _pixel_scores(attributions, x).argsort(1, descending=True)       # (N, HW)
     base = _baseline(baseline, x)
     counts = torch.round(torch.linspace(0, h * w, steps + 1)).long().tolist()

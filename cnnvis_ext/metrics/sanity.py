@@ -20,7 +20,7 @@ MaxSensitivity); the docstrings say where the defaults differ on purpose.
 from __future__ import annotations
 
 import copy
-from typing import Callable, List, NamedTuple, Optional, Union
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import quantus
 import torch
-from quantus.functions.perturb_func import (batch_baseline_replacement_by_indices,
-                                            batch_uniform_noise)
+from quantus.functions.perturb_func import (
+    batch_baseline_replacement_by_indices,
+    batch_uniform_noise,
+)
 from quantus.functions.similarity_func import correlation_spearman
 from skimage.metrics import structural_similarity
 from torch import nn
