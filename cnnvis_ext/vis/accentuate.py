@@ -312,11 +312,11 @@ def feature_accentuation(
     x0 = _start_images(model, images)
     objs, x0 = _pairs(objectives, x0)
     lam = check_number("lam", lam, minimum=0.0)
+    if reg_layer is not None and not isinstance(reg_layer, str):
+        raise TypeError(f"reg_layer: expected a layer name, got {type(reg_layer).__name__}")
     check_layers(model, {l for o in objs for l in o.layers} | ({reg_layer} if reg_layer else set()))
     if not any(o.layers for o in objs):
         raise ValueError("objectives: no objective reads a layer")
-    if reg_layer is not None and not isinstance(reg_layer, str):
-        raise TypeError(f"reg_layer: expected a layer name, got {type(reg_layer).__name__}")
     run = _Run(model, x0, steps=steps, lr=lr, param=param, transforms=transforms, seed=seed,
                batch_size=batch_size, progress=progress, normalize=normalize,
                decorrelate=decorrelate, keep_size=keep_size)
