@@ -28,9 +28,10 @@ IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_rig
 class IntegratedGradientsResult(NamedTuple):
     """``attributions``: ``(N, C, H, W)`` (or ``(N, T, C, H, W)``); ``error``: the
     completeness error ``sum(attributions) - (f(x) - f(baseline))`` of the target logit,
-    ``(N,)`` (or ``(N, T)``); it shrinks as ``steps`` grows."""
+    ``(N,)`` (or ``(N, T)``), ``None`` with ``completeness=False``; it shrinks as ``steps``
+    grows."""
     attributions: Tensor
-    error: Tensor
+    error: Optional[Tensor]
 
 
 def _quadrature(method: str, steps: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -80,7 +81,8 @@ def integrated_gradients(model: nn.Module, images: Tensor, target, *,
                          baseline: Union[str, Tensor] = "black", steps: int = 50,
                          method: str = "gausslegendre", batch_size: Optional[int] = None,
                          blur_sigma: float = 5.0, seed: Optional[int] = 0,
-                         create_graph: bool = False) -> IntegratedGradientsResult:
+                         create_graph: bool = False,
+                         completeness: bool = True) -> IntegratedGradientsResult:
     r"""Integrated gradients (Sundararajan et al. 2017).
 
     ``attr = (x - x') * sum_s w_s grad f(x' + a_s (x - x'))`` for the quadrature rule's
@@ -103,6 +105,9 @@ def integrated_gradients(model: nn.Module, images: Tensor, target, *,
         blur_sigma: the Gaussian's standard deviation in pixels for ``"blur"``.
         seed: seeds the ``"uniform"`` baseline (image ``i`` has its own generator).
         create_graph: keep the backward graph so the attributions can be differentiated.
+        completeness: also compute the completeness error, ``sum(attr) - (f(x) - f(x'))``
+            (one more forward pass of the images and baselines, as captum's
+            ``return_convergence_delta=True``); ``False``: ``error`` is ``None``.
 
     Returns:
         :class:`IntegratedGradientsResult` ``(attributions, error)``.
@@ -137,6 +142,8 @@ def integrated_gradients(model: nn.Module, images: Tensor, target, *,
             part = part.index_add(0, i_idx, g)
             total = part if total is None else total + part
         attr = total * diff.unsqueeze(1)
+    if not completeness:
+        return IntegratedGradientsResult(attr if multi else attr[:, 0], None)
     with eval_mode(model), torch.no_grad():
         out = logits_2d(model(torch.cat([x, base])))
         f = out.gather(1, torch.cat([tt, tt]))

@@ -192,3 +192,15 @@ def test_bad_inputs():
         vis.integrated_gradients(m, x, 9)
     with pytest.raises(ValueError, match="batch_size"):
         vis.integrated_gradients(m, x, 0, batch_size=0)
+
+
+def test_integrated_gradients_without_the_completeness_error():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                            torch.nn.Linear(4, 3)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    full = vis.integrated_gradients(m, x, [0, 2], steps=4)
+    fast = vis.integrated_gradients(m, x, [0, 2], steps=4, completeness=False)
+    assert fast.error is None and full.error.shape == (2,)
+    torch.testing.assert_close(fast.attributions, full.attributions)
