@@ -12,8 +12,8 @@ own machinery. The pairs (their agreement is checked in tests/metrics/test_quant
 
 * region perturbation: ``region_perturbation(baseline="black", score="probability")`` /
   ``RegionPerturbation(order="morf", perturb_baseline="black")``;
-* deletion curve: ``deletion_insertion(baseline="black")`` (computes the insertion curve as well:
-  twice the forwards) / ``PixelFlipping`` with the same number of steps;
+* deletion curve: ``deletion_insertion(baseline="black", curves="deletion")`` /
+  ``PixelFlipping`` with the same number of steps;
 * faithfulness correlation: ``faithfulness_correlation(features="values", baseline="black")``
   / ``FaithfulnessCorrelation`` (both draw their own subsets: the same amount of work);
 * max-sensitivity: ``max_sensitivity`` / ``MaxSensitivity`` (uniform noise, same radius);
@@ -124,8 +124,9 @@ def bench_model(name, model, size, n, args):
          lambda: M.region_perturbation(model, x, a, t, patch_size=patch, regions=steps,
                                        baseline="black", score="probability"),
          lambda: qrp(a_batch=an, softmax=True, **common)),
-        (f"deletion + insertion / PixelFlipping ({flips} steps)",
-         lambda: M.deletion_insertion(model, x, a, t, steps=flips, baseline="black"),
+        (f"deletion curve / PixelFlipping ({flips} steps)",
+         lambda: M.deletion_insertion(model, x, a, t, steps=flips, baseline="black",
+                                      curves="deletion"),
          lambda: qpf(a_batch=an, softmax=True, **common)),
         (f"faithfulness correlation ({runs} runs of {subset} values)",
          lambda: M.faithfulness_correlation(model, x, a, t, subset_size=subset, runs=runs,

@@ -33,13 +33,14 @@ __all__ = ["Curves", "deletion_insertion", "region_perturbation", "faithfulness_
 class Curves(NamedTuple):
     """``fractions``: ``(S + 1,)`` fraction of pixels changed at each step; ``deletion`` and
     ``insertion``: ``(N, S + 1)`` target probabilities; ``deletion_auc`` / ``insertion_auc``:
-    ``(N,)`` areas under them (lower deletion and higher insertion: a more faithful map)."""
+    ``(N,)`` areas under them (lower deletion and higher insertion: a more faithful map). A
+    curve not asked for (``curves=``) is ``None``, and so is its area."""
 
     fractions: Tensor
-    deletion: Tensor
-    insertion: Tensor
-    deletion_auc: Tensor
-    insertion_auc: Tensor
+    deletion: Optional[Tensor]
+    insertion: Optional[Tensor]
+    deletion_auc: Optional[Tensor]
+    insertion_auc: Optional[Tensor]
 
 
 def auc(y: Tensor, x: Optional[Tensor] = None) -> Tensor:
@@ -109,7 +110,7 @@ def _scores(model, x: Tensor, target: Tensor, batch_size: int, probability: bool
 @torch.no_grad()
 def deletion_insertion(model: nn.Module, images: Tensor, attributions: Tensor, target, *,
                        steps: int = 20, baseline: Union[str, Tensor] = "blur",
-                       batch_size: int = 64) -> Curves:
+                       batch_size: int = 64, curves: str = "both") -> Curves:
     """Deletion and insertion curves of attribution maps (Petsiuk et al. 2018).
 
     Pixels are ranked by the map (summed over channels), most important first; at step ``s``
@@ -126,11 +127,16 @@ def deletion_insertion(model: nn.Module, images: Tensor, attributions: Tensor, t
             (each channel's mean), ``"black"`` (each image's minimum) or a tensor broadcastable
             to the images.
         batch_size: perturbed images per forward pass (the memory budget; see the module).
+        curves: ``"both"``, ``"deletion"`` or ``"insertion"`` (half the forward passes).
 
     Returns:
         :class:`Curves`.
     """
     steps = check_int("steps", steps, 1)
+    kinds = {"both": ("deletion", "insertion"), "deletion": ("deletion",),
+             "insertion": ("insertion",)}.get(curves) if isinstance(curves, str) else None
+    if kinds is None:
+        raise ValueError(f"curves: expected 'both', 'deletion' or 'insertion', got {curves!r}")
     x, t, batch_size = _inputs(model, images, target, batch_size)
     n, _, h, w = x.shape
     order = _pixel_scores(attributions, x).argsort(1, descending=True)       # (N, HW)
@@ -141,9 +147,9 @@ def deletion_insertion(model: nn.Module, images: Tensor, attributions: Tensor, t
     rank.scatter_(1, order, torch.arange(h * w, device=x.device).expand(n, -1))
     k_of_step = torch.tensor(counts, device=x.device)
     tt = t.repeat_interleave(steps + 1)
-    curves = {}
+    result = dict.fromkeys(("deletion", "insertion"))
     with eval_mode(model):
-        for kind in ("deletion", "insertion"):
+        for kind in kinds:
             start, end = (x, base) if kind == "deletion" else (base, x)
 
             def make(r, start=start, end=end):
@@ -152,11 +158,11 @@ def deletion_insertion(model: nn.Module, images: Tensor, attributions: Tensor, t
                 changed = (rank[i] < k[:, None]).view(-1, 1, h, w)
                 return torch.where(changed, end[i], start[i])
 
-            curves[kind] = _row_scores(model, n * (steps + 1), make, tt, batch_size, True,
+            result[kind] = _row_scores(model, n * (steps + 1), make, tt, batch_size, True,
                                        x).view(n, steps + 1)
     fr = torch.tensor(counts, dtype=x.dtype, device=x.device) / (h * w)
-    return Curves(fr, curves["deletion"], curves["insertion"], auc(curves["deletion"], fr),
-                  auc(curves["insertion"], fr))
+    d, i = result["deletion"], result["insertion"]
+    return Curves(fr, d, i, None if d is None else auc(d, fr), None if i is None else auc(i, fr))
 
 
 class RegionPerturbation(NamedTuple):

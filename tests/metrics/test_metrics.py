@@ -253,3 +253,16 @@ def test_transferability_and_plausibility():
         M.plausibility(near0, 2, real, labels, other, "2")
     with pytest.raises(TypeError, match="images"):
         M.transferability(x.long(), classes, other)
+
+
+def test_deletion_insertion_one_curve(data):
+    x, attr, t = data
+    m = net()
+    both = M.deletion_insertion(m, x, attr, t, steps=4, baseline="zero")
+    d = M.deletion_insertion(m, x, attr, t, steps=4, baseline="zero", curves="deletion")
+    i = M.deletion_insertion(m, x, attr, t, steps=4, baseline="zero", curves="insertion")
+    torch.testing.assert_close(d.deletion, both.deletion)
+    torch.testing.assert_close(i.insertion_auc, both.insertion_auc)
+    assert d.insertion is None and d.insertion_auc is None and i.deletion is None
+    with pytest.raises(ValueError, match="curves: expected"):
+        M.deletion_insertion(m, x, attr, t, curves="both-ways")
