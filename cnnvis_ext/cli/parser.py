@@ -9,6 +9,7 @@ from typing import Callable
 from .. import __version__
 from .commands import actmax, attribute, bench, deconv, demo, invert, kernels, maps, train
 from .commands import evaluate, train_inverter
+from .commands import accentuate, facets
 from .errors import PROG
 from .figures import ALL_ATTRIBUTION_METHODS, ATTRIBUTION_METHODS
 from .jobs import JOB_CHUNK
@@ -216,6 +217,53 @@ def add_actmax(subparsers) -> None:
                    f"job mode: {JOB_CHUNK}, the work unit dealt to a rank)")
 
 
+def add_accentuate(subparsers) -> None:
+    p = _add(subparsers, "accentuate", accentuate, _common, _model, _images, _out)
+    p.add_argument("--layer", help="accentuate channels of this layer (default: each image's "
+                   "predicted class)")
+    p.add_argument("--units", type=nonneg_int, nargs="+", help="channels of --layer "
+                   "(default: all)")
+    p.add_argument("--objective", action="append", metavar="SPEC",
+                   help="objective spec: layer:c, layer:c:y:x, logit:k, prob:k (repeatable); "
+                        "every objective is pushed from every image")
+    p.add_argument("--lam", type=_number(float, lambda v: v >= 0 and math.isfinite(v),
+                                         "a number >= 0"), default=10.0,
+                   help="weight of the penalty that keeps each image near its start")
+    p.add_argument("--reg-layer", metavar="LAYER",
+                   help="measure the penalty's distance at this layer's activations instead "
+                        "of pixels")
+    p.add_argument("--caricature", metavar="LAYER",
+                   help="instead: Lucid's caricature of what LAYER sees in each image")
+    p.add_argument("--power", type=_number(float, lambda v: v >= 0 and math.isfinite(v),
+                                           "a number >= 0"), default=1.0,
+                   help="--caricature: exponent of the cosine similarity")
+    p.add_argument("--init", choices=["noise", "image"], default="noise",
+                   help="--caricature: start from noise (Lucid) or from the image")
+    p.add_argument("--steps", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=0.05, help="Adam's step size")
+    p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
+                   help="image parameterization (fourier: inverted at each image)")
+    p.add_argument("--batch-size", type=positive_int, help="images per batch (default: all)")
+
+
+def add_facets(subparsers) -> None:
+    p = _add(subparsers, "facets", facets, _common, _model, _out)
+    p.add_argument("--layer", help="layer name (default: the last convolution)")
+    p.add_argument("--units", type=nonneg_int, nargs="+", help="channels (default: 0)")
+    p.add_argument("--data", metavar="DIR",
+                   help="folder of class sub-folders of PNG/JPEG images (default: the bundled "
+                        "digits); its test split is ranked")
+    p.add_argument("--facets", type=positive_int, default=4, help="clusters (facets) per unit")
+    p.add_argument("--top", type=positive_int, default=64,
+                   help="top activating test images clustered per unit")
+    p.add_argument("--steps", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=0.05, help="Adam's step size")
+    p.add_argument("--center-sigma", type=positive_float, default=0.3,
+                   help="width of the centre-bias window, a fraction of the image side")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per batch of the scan")
+
+
 def add_invert(subparsers) -> None:
     p = _add(subparsers, "invert", invert, _common, _model, _images, _out)
     p.add_argument("--layers", nargs="+", metavar="L1,L2",
@@ -277,6 +325,7 @@ def add_bench(subparsers) -> None:
 
 #: The subcommands in the order ``cnnvis --help`` lists them.
 SUBCOMMANDS = (add_demo, add_train, add_train_inverter, add_kernels, add_maps, add_actmax,
+               add_accentuate, add_facets,
                add_invert, add_deconv, add_attribute, add_evaluate, add_bench)
 
 
