@@ -207,7 +207,7 @@ class _Run:
             x = F.interpolate(x, size=img.shape[-2:], mode="bilinear", align_corners=False)
         return self.normalized(x)
 
-    def make_param(self, init: Tensor, start: int, dev_gens) -> ImageParam:
+    def make_param(self, init: Optional[Tensor], dev_gens) -> ImageParam:
         c, h, w = self.x0.shape[1:]
         if init is None:  # noise, as activation_maximization draws it
             return make_param(self.param, c, (h, w), dev_gens, 1, self.device, self.dtype,
@@ -225,7 +225,7 @@ class _Run:
                 e = min(n, s + self.bs)
                 dev_gens = [make_generator(self.seed, i, 0, self.device) for i in range(s, e)]
                 host_gens = [make_generator(self.seed, i, 1, "cpu") for i in range(s, e)]
-                p = self.make_param(None if init is None else init[s:e], s, dev_gens)
+                p = self.make_param(None if init is None else init[s:e], dev_gens)
                 leaves = p.params()
                 opt = torch.optim.Adam(leaves, lr=self.lr)
                 vs, ds = [], []

@@ -154,7 +154,7 @@ class CenterBiasParam(ImageParam):
     """
 
     def __init__(self, start: Tensor, center_sigma: float = 0.3):
-        n, _, h, w = start.shape
+        h, w = start.shape[-2:]
         self.base = torch.logit(start.clamp(INIT_CLIP, 1 - INIT_CLIP)).detach()
         self.mask = center_mask(h, w, center_sigma, start.device, start.dtype)
         self.delta = torch.zeros_like(self.base, requires_grad=True)
