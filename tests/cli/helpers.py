@@ -5,8 +5,8 @@ from PIL import Image
 
 from cnnvis_ext.cli import main
 
-SUBCOMMANDS = ["demo", "train", "train-inverter", "kernels", "maps", "actmax", "invert",
-               "deconv", "attribute", "evaluate", "bench"]
+SUBCOMMANDS = ["demo", "train", "train-inverter", "kernels", "maps", "actmax", "accentuate",
+               "facets", "invert", "deconv", "attribute", "evaluate", "bench"]
 
 FACTORY_SRC = textwrap.dedent("""
     import torch
