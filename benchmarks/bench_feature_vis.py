@@ -4,11 +4,12 @@ MACO batched against horama's MACO run objective by objective.
 Part 1 (quality). The survey's network (cifar_cnn) and the residual network (residual_cnn) are
 trained on the bundled digits (32 px), independently. For each parameterization (pixel,
 Fourier, MACO with the training images' spectrum, the generator prior of an inverter trained at
-conv3, and multifaceted visualization when vis.facets is present) one image per class is made
-for the survey's network; the table gives the class logit reached after 64 and after 256 steps
+conv3) one image per class is made for the survey's network; the table gives the class logit reached after 64 and after 256 steps
 (mean over the classes), the transferability of the 256-step images to the residual network
 (the share it classifies as their class), their plausibility in its penultimate layer (own-class
 minus other-class cosine similarity to real images' class centroids), and seconds per image.
+A second table compares them with multifaceted visualization on channels of conv3 (it needs a
+feature map, so it has no class images): the activation reached and seconds per image.
 
 Part 2 (speed). MACO for 16 channels of conv2, in one batch, against horama 0.3's ``maco``
 called once per channel, with the same spectrum (written where horama looks for its download,
@@ -94,9 +95,6 @@ def part1(args):
               ("maco, 1/f", lambda objs, n: tuple(vis.maco_fv(model, objs, size=32, steps=n,
                                                                progress=False))[:2]),
               ("generator prior (conv3)", am(generator=inverter))]
-    facets = getattr(vis, "multifaceted", None) or getattr(vis, "facets", None)
-    if callable(facets):
-        print("# (multifaceted visualization present but not yet wired into this benchmark)")
     print(f"# survey net test accuracy {acc[0]:.3f}, residual net {acc[1]:.3f} "
           f"({epochs} epochs each)")
     rows = _quality(model, other, data, steps, params, log=lambda s: print("#" + s))
@@ -104,6 +102,48 @@ def part1(args):
            "parameterizations); transferability and plausibility in the residual network",
            ["parameterization", f"logit @{steps[0]}", f"logit @{steps[1]}", "transferability",
             "plausibility", "s / image"], rows)
+    channels_table(model, data, steps, spectrum, color, args)
+
+
+def channels_table(model, data, steps, spectrum, color, args):
+    """Channels of conv3 (multifaceted visualization needs a feature map, not class logits):
+    the channel's mean activation reached, per parameterization, and seconds per image."""
+    units = [0, 1, 2, 3]
+    objs = [vis.channel("conv3", u) for u in units]
+    dataset = torch.utils.data.TensorDataset(data.train_images)
+    rows = []
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        vals, n_images = fn()
+        secs = (time.perf_counter() - t0) / n_images
+        rows.append([name] + [f"{v:.3f}" for v in vals] + [f"{secs:.2f}"])
+
+    def am(**kw):
+        def fn():
+            v = vis.activation_maximization(model, objs, size=32, steps=steps[-1],
+                                            progress=False, **kw).values
+            return [v[s - 1].mean().item() for s in steps], len(objs)
+        return fn
+
+    def maco():
+        v = vis.maco_fv(model, objs, spectrum=spectrum, color=color, size=32, steps=steps[-1],
+                        progress=False).values
+        return [v[s - 1].mean().item() for s in steps], len(objs)
+
+    def facets():
+        k = 2 if args.quick else 4
+        per = [vis.multifaceted_visualization(model, "conv3", u, dataset, facets=k,
+                                              top=16 if args.quick else 64, steps=steps[-1],
+                                              progress=False).values for u in units]
+        return [sum(v[s - 1].mean().item() for v in per) / len(per) for s in steps], k * len(units)
+
+    timed("pixel", am(param="pixel"))
+    timed("fourier (default)", am(param="fourier"))
+    timed("maco, data spectrum", maco)
+    timed("multifaceted (per facet, from its cluster's mean image)", facets)
+    _print(f"Channels {units} of conv3: mean activation reached (mean over units and facets)",
+           ["parameterization", f"@{steps[0]}", f"@{steps[1]}", "s / image"], rows)
 
 
 def part2(args):
