@@ -80,3 +80,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
     return "\n".join(out)
+
+
+def zoo_model(name: str, **kwargs):
+    """``torchvision.models.<name>(weights=None, **kwargs)``, seeded, with random BatchNorm
+    running statistics (so a folded BatchNorm is not the identity), in eval mode."""
+    import warnings
+
+    import torchvision
+    from torch import nn
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = getattr(torchvision.models, name)(weights=None, **kwargs)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1, generator=g)
+                mod.running_var.uniform_(0.5, 1.5, generator=g)
+    return m.eval()

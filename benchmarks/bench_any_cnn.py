@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt, interleaved_median_ms, machine_line, ratio, table  # noqa: E402
+from _common import fmt, interleaved_median_ms, machine_line, ratio, table, zoo_model  # noqa: E402
 
 import cnnvis_ext  # noqa: E402
 from cnnvis_ext import vis  # noqa: E402
@@ -39,19 +39,7 @@ from cnnvis_ext.nn import ConvReLUPool2d  # noqa: E402
 
 
 def _model(name):
-    import torchvision
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = getattr(torchvision.models, name)(weights=None)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.1, generator=g)
-                mod.running_var.uniform_(0.5, 1.5, generator=g)
-    m.eval()
+    m = zoo_model(name)
     for p in m.parameters():
         p.requires_grad_(False)
     return m

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt, interleaved_median_ms, machine_line, median_ms, ratio, table  # noqa: E402
+from _common import (fmt, interleaved_median_ms, machine_line, median_ms, ratio, table,  # noqa: E402
+                     zoo_model)
 
 from cnnvis_ext import metrics as M  # noqa: E402
 from cnnvis_ext import vis  # noqa: E402
@@ -48,19 +48,7 @@ QUIET = dict(disable_warnings=True, display_progressbar=False)
 
 
 def _resnet18():
-    import torchvision
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = torchvision.models.resnet18(weights=None)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.1, generator=g)
-                mod.running_var.uniform_(0.5, 1.5, generator=g)
-    return m.eval()
+    return zoo_model("resnet18")
 
 
 def _cifar():

@@ -25,6 +25,7 @@ from captum.attr import GuidedGradCam, LayerGradCam
 from pytorch_grad_cam import (AblationCAM, EigenCAM, GradCAMPlusPlus, HiResCAM, LayerCAM,
                               ScoreCAM, XGradCAM)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from .zoo_models import randomized_model
 
 
 def tiny(dtype=torch.float64):
@@ -39,21 +40,7 @@ def tiny(dtype=torch.float64):
 def tv(name, dtype=torch.float64):
     """A torchvision model with random weights and BatchNorm statistics, in-place ReLUs off
     (captum's hooks cannot take them; the maths is the same)."""
-    import torchvision
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = getattr(torchvision.models, name)(weights=None, num_classes=10)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.1, generator=g)
-                mod.running_var.uniform_(0.5, 1.5, generator=g)
-            if isinstance(mod, (nn.ReLU, nn.ReLU6)):
-                mod.inplace = False
-    return m.to(dtype).eval()
+    return randomized_model(name, dtype, inplace_relu=False, num_classes=10)
 
 
 # (model, layer, image size): the layer's output is at least 2 x 2

@@ -5,7 +5,6 @@ These need torchvision, captum and zennit (the test environment of ``make test``
 them); under CI a missing one fails the run instead of skipping it.
 """
 import os
-import warnings
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 
 from cnnvis_ext import vis
 from cnnvis_ext._modules import forward_until, get_layer
+from .zoo_models import randomize_batchnorm_stats, randomized_model
 
 
 def _require(name):
@@ -66,21 +66,15 @@ def make(name, dtype=D, bn_stats=True):
     BatchNorm statistics, so that a BatchNorm merged wrongly shows."""
     key = (name, dtype, bn_stats)
     if key not in _CACHE:
-        torch.manual_seed(0)
         if name == "usernet":
+            torch.manual_seed(0)
             m = UserNet()
+            randomize_batchnorm_stats(m, enabled=bn_stats)
+            m = m.to(dtype).eval()
         else:
             kw = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                m = getattr(torchvision.models, name)(weights=None, **kw)
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for mod in m.modules() if bn_stats else ():
-                if isinstance(mod, nn.BatchNorm2d):
-                    mod.running_mean.normal_(0, 0.1, generator=g)
-                    mod.running_var.uniform_(0.5, 1.5, generator=g)
-        _CACHE[key] = m.to(dtype).eval()
+            m = randomized_model(name, dtype, bn_stats=bn_stats, **kw)
+        _CACHE[key] = m
     return _CACHE[key]
 
 
