@@ -9,8 +9,13 @@ every channel of each conv layer, and of every class through the learned
 generator prior (Nguyen et al., DGN-AM) beside the input-space images;
 deconvnet projections of the top-9 activations of every channel of the last
 conv layer beside their input patches; inversion of a test image from every
-layer, and the learned reconstructions beside the optimized ones; and saliency,
-guided backprop, deconvnet, LRP and Grad-CAM maps of a few test images.
+layer, and the learned reconstructions beside the optimized ones; saliency,
+guided backprop, deconvnet, LRP and Grad-CAM maps of a few test images, and beside them the
+CAM family, integrated gradients and occlusion; how far to trust these maps (deletion and
+insertion curves, a ranking by deletion AUC, insertion AUC and AOPC, the cascading
+randomization test with the randomized maps); and the transferability and plausibility of the
+class images of every feature-visualization parameterization, with MACO's transparency maps
+(those sections are in :mod:`cnnvis_ext.cli.demo_trust`).
 
 Each section is one function of a :class:`Demo` and a :class:`~cnnvis_ext.report.Section`.
 A section that fails is reported in the page and on stderr, the others still
@@ -36,6 +41,8 @@ from ..train import (TrainConfig, confusion_matrix, evaluate, load_checkpoint, p
                      save_checkpoint, train)
 from ..vis import invert_learned, train_inverter
 from ..vis import objectives as O
+from .demo_trust import (attribution_grid, section_attribution_more,
+                         section_feature_vis_quality, section_trust)
 from .errors import CLIError
 from .figures import (ATTRIBUTION_METHODS, tile, upscale_for, view_actmax, view_attribution,
                       view_deconv_top, view_feature_maps, view_invert, view_kernels)
@@ -71,6 +78,8 @@ class Demo:
     actmax_classes: Optional[Tensor] = None
     #: test image -> (layers, reconstructions, seconds) of the inversion section
     inversions: Dict[int, Tuple[List[str], Tensor, float]] = field(default_factory=dict)
+    #: the residual network of its section (the trust sections use it as a second network)
+    residual: Optional[nn.Module] = None
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -343,24 +352,11 @@ def section_invert_learned(d: Demo, sec: Section) -> None:
           f"{k * len(recs)} reconstructions in {dt * 1e3:.0f} ms ({per_s:.0f}/s){speed}.")
 
 
-def _attribution_grid(d: Demo, targets: Tensor, overlays: Dict[str, Tensor]) -> Tensor:
-    """One row per test image: the image labelled with its target class, then each overlay."""
-    tiles, labels = [], []
-    for i in range(d.n_img):
-        img = d.data.test_images[i]
-        tiles.append(img.expand(3, -1, -1) if img.shape[0] == 1 else img)
-        labels.append(f"#{i}: {d.classes[int(targets[i])]}")
-        for m, ov in overlays.items():
-            tiles.append(ov[i])
-            labels.append(m)
-    return label_grid(torch.stack(tiles), labels, ncol=len(overlays) + 1, scale=d.up)
-
-
 def section_attribution(d: Demo, sec: Section) -> None:
     targets = d.preds[:d.n_img].to(d.dev)
     overlays = {m: view_attribution(d.model, d.test_x, targets, m, d.convs[-1])[1]
                 for m in ATTRIBUTION_METHODS}
-    d.add(sec, _attribution_grid(d, targets, overlays), "attribution.png",
+    d.add(sec, attribution_grid(d, targets, overlays), "attribution.png",
           "One row per test image: the image with its predicted class, then the "
           f"heat map of each method for that class ({', '.join(overlays)}), overlaid "
           "on the image; each map scaled to its own maximum.")
@@ -376,6 +372,7 @@ def section_residual(d: Demo, sec: Section) -> None:
           log=None)
     train_s = time.perf_counter() - t0
     model.eval()
+    d.residual = model
     acc = evaluate(model, d.data.test_images, d.data.test_labels)
     fused = fuse(model, inplace=False)
     x = d.data.test_images[:64].to(d.dev)
@@ -402,7 +399,7 @@ def section_residual(d: Demo, sec: Section) -> None:
                      f"({times['eager'] / times['fused']:.2f}x).")
     targets = predict(model, d.test_x).to(d.dev)
     maps = {m: view_attribution(model, d.test_x, targets, m, "block3")[1] for m in ("lrp", "gradcam")}
-    d.add(sec, _attribution_grid(d, targets, maps), "residual_attribution.png",
+    d.add(sec, attribution_grid(d, targets, maps), "residual_attribution.png",
           "residual_cnn: LRP (epsilon rules on a graph: the residual additions share relevance "
           "in proportion to each branch, BatchNorm merged into the convolutions) and Grad-CAM "
           "at block3, for the predicted class.")
@@ -460,6 +457,23 @@ def _sections(d: Demo) -> List[Tuple[str, str, Callable[[Demo, Section], None]]]
          "Which pixels the prediction depends on: the gradient (Simonyan et al. 2014), "
          "its guided and deconvnet variants, layer-wise relevance propagation (z-box / "
          "gamma / epsilon rules) and Grad-CAM at the last conv layer.", section_attribution),
+        ("Attribution beyond the first five: the CAM family, integrated gradients, occlusion",
+         "Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, Score-CAM, Ablation-CAM, Eigen-CAM and "
+         "Guided Grad-CAM at the last conv layer, integrated gradients (Sundararajan et al. "
+         "2017, black baseline, 32 steps) and occlusion sensitivity (Zeiler & Fergus 2014, a "
+         "black patch of an eighth of the side slid over the image), beside the first five, on both networks.",
+         section_attribution_more),
+        ("How far to trust these maps",
+         "Faithfulness: does removing what a map calls important lower the score (deletion), "
+         "and does adding it back raise it (insertion)? And the sanity check: does the map "
+         "change when the network's weights are replaced by random ones? Every method on the "
+         "survey's network and on the residual network.", section_trust),
+        ("Feature visualization quality: transferability and plausibility",
+         "Class images of each parameterization (pixel, Fourier, MACO with the data's "
+         "spectrum, the generator prior of each inverter), judged by a second, independently "
+         "trained network: does it see the class too (transferability), and are the images' "
+         "features close to those of real images of the class (plausibility)?",
+         section_feature_vis_quality),
     ]
 
 

@@ -223,3 +223,19 @@ def stretch_projections(p: Tensor, q: float = 0.995) -> Tensor:
     dev = (flat - med).abs()
     scale = torch.quantile(dev, q, dim=1, keepdim=True).clamp_min(1e-12)
     return (0.5 + 0.5 * ((flat - med) / scale).clamp(-1, 1)).view_as(p)
+
+
+def attribution_heat(method: str, attr: Tensor) -> Tensor:
+    """Heat maps ``(N, H, W)`` in [0, 1] of the raw maps ``(N, ...)`` that ``explainer(method)``
+    returns for one target per image, reduced and scaled as :func:`view_attribution` does
+    (for maps computed once and shown several times, e.g. beside their randomized versions)."""
+    attr = attr.detach().float().cpu()
+    if method in _CAM_NAMES:
+        heat = attr
+    elif method == "lrp":
+        heat = attr.sum(1).clamp(min=0)
+    elif method == "occlusion":
+        heat = attr[:, 0].clamp(min=0)
+    else:
+        heat = attr.abs().amax(1) if method == "saliency" else attr.abs().sum(1)
+    return _per_image_unit(heat)

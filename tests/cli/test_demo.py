@@ -40,6 +40,46 @@ class _Links(HTMLParser):
             self.captions.append(data.strip())
 
 
+class _Sections(HTMLParser):
+    """``{section title: {"images": [...], "text": "notes and captions", "skipped": bool}}``."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self._cur, self._tag = {}, None, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self._tag = tag
+        if tag == "section":
+            self._cur = {"title": "", "images": [], "text": "", "skipped": False}
+        elif self._cur is not None and tag == "img":
+            self._cur["images"].append(a["src"])
+        elif self._cur is not None and tag == "p" and a.get("class") == "skipped":
+            self._cur["skipped"] = True
+
+    def handle_endtag(self, tag):
+        if tag == "section" and self._cur is not None:
+            self.sections[self._cur.pop("title")] = self._cur
+            self._cur = None
+        self._tag = None
+
+    def handle_data(self, data):
+        if self._cur is None:
+            return
+        if self._tag == "h2":
+            self._cur["title"] += data
+        else:
+            self._cur["text"] += data + " "
+
+
+def _section(sections, prefix):
+    found = [t for t in sections if t.startswith(prefix)]
+    assert found, f"no section {prefix!r} in the report: {list(sections)}"
+    sec = sections[found[0]]
+    assert not sec["skipped"], (found[0], sec["text"][:500])
+    return sec
+
+
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
@@ -152,3 +192,96 @@ def test_report_loads_in_headless_chromium(demo_out, tmp_path):
     assert r2.returncode == 0 and shot.is_file(), r2.stderr[-2000:]
     with Image.open(shot) as im:
         assert im.size[0] > 0
+
+
+#: the sections of issues 17-19: title prefix -> the images each must show
+TRUST_SECTIONS = {
+    "Attribution beyond the first five": ["attribution_more.png",
+                                          "residual_attribution_more.png"],
+    "How far to trust these maps": [
+        "trust_deletion.png", "trust_insertion.png", "trust_ranking.png",
+        "trust_residual_deletion.png", "trust_residual_insertion.png",
+        "trust_residual_ranking.png", "trust_sanity_table.png", "trust_sanity_maps.png"],
+    "Feature visualization quality": ["fv_quality_classes.png", "fv_quality_table.png",
+                                      "fv_maco_transparency.png"],
+}
+
+
+def _size(path):
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_demo_shows_every_attribution_method_how_far_to_trust_them_and_fv_quality(demo_out):
+    from cnnvis_ext.cli.figures import ALL_ATTRIBUTION_METHODS
+    from cnnvis_ext.metrics import randomization_order
+    from cnnvis_ext.models import cifar_cnn
+
+    p = _Sections()
+    p.feed((demo_out / "index.html").read_text(encoding="utf-8"))
+    secs = {k: _section(p.sections, k) for k in TRUST_SECTIONS}
+    for title, images in TRUST_SECTIONS.items():
+        assert set(images) <= set(secs[title]["images"]), (title, secs[title]["images"])
+    # label_grid cells: 32 px tiles at scale 4 (3 for the sanity maps) + 4 px padding
+    # every method beside the image, one row per test image (--images 2)
+    n = len(ALL_ATTRIBUTION_METHODS)
+    assert n == 15
+    for f in ("attribution_more.png", "residual_attribution_more.png"):
+        assert _size(demo_out / f) == ((n + 1) * 132 + 4, 2 * 146 + 4), f
+    # the randomized maps beside the originals: one row per method, original + each layer
+    layers = randomization_order(cifar_cnn())
+    assert _size(demo_out / "trust_sanity_maps.png") == ((len(layers) + 1) * 100 + 4,
+                                                         n * 114 + 4)
+    # the numbers are in the page too: every method ranked on both networks, every method's
+    # sanity check, every parameterization's transferability and plausibility
+    text = secs["How far to trust these maps"]["text"]
+    for net in ("the survey's network", "the residual network"):
+        ranked = text.split(f"Ranking on {net} (best first): ")[1].split(". ")[0]
+        assert sorted(r.rsplit(" ", 1)[0] for r in ranked.split(", ")) == sorted(
+            ALL_ATTRIBUTION_METHODS), ranked
+    sanity = text.split("Rank correlation with every layer randomized: ")[1]
+    assert all(f"{m} " in sanity for m in ALL_ATTRIBUTION_METHODS)
+    fv = secs["Feature visualization quality"]["text"]
+    quality = fv.split("Transferability / plausibility: ")[1]
+    for param in ("pixel", "fourier", "maco", "generator conv2", "generator conv3"):
+        assert f"{param} " in quality, quality
+    assert "the residual network (trained independently above)" in fv
+    # 5 parameterizations x 10 classes; MACO: images, transparency, both together
+    assert _size(demo_out / "fv_quality_classes.png") == (10 * 132 + 4, 5 * 146 + 4)
+    assert _size(demo_out / "fv_maco_transparency.png") == (10 * 132 + 4, 3 * 146 + 4)
+
+
+def test_fv_quality_trains_a_second_cnn_without_the_residual_network():
+    """Without the residual network (its section failed), transferability and plausibility
+    are measured in a second cifar_cnn trained with another seed by the demo's helper."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cnnvis_ext.cli.demo_trust import _second_network
+    from cnnvis_ext.data import load_dataset
+
+    data = load_dataset(None, progress=False)
+    d = SimpleNamespace(residual=None, args=SimpleNamespace(epochs=0, seed=3),
+                        dev=torch.device("cpu"), model_kwargs=dict(num_classes=data.num_classes, in_channels=3,
+                                          input_size=32), data=data, progress=False)
+    other, layer, desc = _second_network(d)
+    assert layer == "relu" and "seed 4" in desc
+    assert other(data.test_images[:2]).shape == (2, data.num_classes)
+    d.residual = other
+    assert _second_network(d)[0] is other
+
+
+def test_report_table_and_many_curves():
+    """The report's helpers of the trust section: a table as a PNG, a legend for 15 series."""
+    from cnnvis_ext.report import plot_curves, plot_table
+
+    im = plot_table(["method", "AUC"], [["a", 0.5], ["b", 0.25]], title="t",
+                    best=[None, "lower"])
+    assert im.width > 50 and im.height > 3 * 20
+    with pytest.raises(ValueError, match="rows"):
+        plot_table(["a", "b"], [["x"]])
+    series = {f"m{i}": [i / 15, 1.0] for i in range(15)}
+    assert plot_curves(series, legend="right").size == (560 + 150, max(340, 28 + 16 * 15 + 8))
+    with pytest.raises(ValueError, match="legend"):
+        plot_curves(series, legend="left")
