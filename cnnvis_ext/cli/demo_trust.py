@@ -117,12 +117,16 @@ def _faithfulness(d, model: nn.Module, layer: str, x: Tensor, t: Tensor):
     maps, dele, ins, scores = {}, {}, {}, {}
     for m in ALL_ATTRIBUTION_METHODS:
         maps[m] = explainer(m, layer)(model, x, t).detach()
-        c = M.deletion_insertion(model, x, maps[m], t, steps=CURVE_STEPS, batch_size=_BATCH)
+        # as RISE (Petsiuk et al.): delete to black, insert into a blurred copy
+        dc = M.deletion_insertion(model, x, maps[m], t, steps=CURVE_STEPS, baseline="black",
+                                  batch_size=_BATCH, curves="deletion")
+        ic = M.deletion_insertion(model, x, maps[m], t, steps=CURVE_STEPS, baseline="blur",
+                                  batch_size=_BATCH, curves="insertion")
         rp = M.region_perturbation(model, x, maps[m], t, patch_size=_patch(x), regions=16,
                                    seed=d.args.seed, batch_size=_BATCH)
-        dele[m], ins[m] = c.deletion.mean(0).tolist(), c.insertion.mean(0).tolist()
-        scores[m] = {"deletion": float(c.deletion_auc.mean()),
-                     "insertion": float(c.insertion_auc.mean()), "aopc": float(rp.aopc.mean())}
+        dele[m], ins[m] = dc.deletion.mean(0).tolist(), ic.insertion.mean(0).tolist()
+        scores[m] = {"deletion": float(dc.deletion_auc.mean()),
+                     "insertion": float(ic.insertion_auc.mean()), "aopc": float(rp.aopc.mean())}
     return maps, dele, ins, scores
 
 
@@ -194,8 +198,9 @@ def section_trust(d, sec) -> None:
                   f"{kind.capitalize()} curves on {name} (Petsiuk et al. 2018), mean over "
                   f"{len(x_all)} test images and their predicted classes: the class "
                   f"probability as the most important pixels of each map are "
-                  + ("replaced by a blurred copy" if kind == "deletion"
-                     else "copied into a blurred copy") + f"; a {better} curve is better.")
+                  + ("set to black (each image's minimum), as RISE deletes" if kind == "deletion"
+                     else "copied into a blurred copy of the image, as RISE inserts")
+                  + f"; a {better} curve is better.")
         ranked = _ranking(scores)
         rows = [[m] + [scores[m][k] for k in _RANKED] + [r] for m, r in ranked]
         d.add(sec, plot_table(["method"] + [f"{h} ({b})" for h, b in _RANKED.values()]
@@ -203,8 +208,8 @@ def section_trust(d, sec) -> None:
                               title=f"Faithfulness on {name}, {len(x_all)} test images",
                               best=[None] + [b for _, b in _RANKED.values()] + ["lower"]),
               f"trust_{prefix}ranking.png",
-              f"The methods on {name} ranked by their mean rank over deletion AUC (lower is "
-              "better), insertion AUC (higher) and AOPC (region perturbation, Samek et al. "
+              f"The methods on {name} ranked by their mean rank over deletion AUC (to black; "
+              "lower is better), insertion AUC (into a blurred copy; higher) and AOPC (region perturbation, Samek et al. "
               f"2017: {_patch(x_all)}-pixel patches, most relevant first; higher); the best of "
               "each column shaded.")
         sec.notes.append(f"Ranking on {name} (best first): "
@@ -284,7 +289,8 @@ def section_feature_vis_quality(d, sec) -> None:
         pl = float(M.plausibility(imgs, classes, real_x, real_y, other, layer).score.mean())
         rows.append([name, float(p.mean()), tr, pl, secs])
         tiles.append(imgs)
-        labels += [f"{c}: {name} p={float(v):.2f}" for c, v in zip(d.classes, p)]
+        short = name.replace("generator", "gen.")  # the label fits under a 128 px tile
+        labels += [f"{c}: {short} p={float(v):.2f}" for c, v in zip(d.classes, p)]
         if transparency is not None:
             maco = (imgs, transparency)
     n_cls = len(classes)
