@@ -41,6 +41,7 @@ from ..train import (TrainConfig, confusion_matrix, evaluate, load_checkpoint, p
                      save_checkpoint, train)
 from ..vis import invert_learned, train_inverter
 from ..vis import objectives as O
+from .demo_frontier import section_frontier
 from .demo_trust import (attribution_grid, section_attribution_more,
                          section_feature_vis_quality, section_trust)
 from .errors import CLIError
@@ -474,6 +475,11 @@ def _sections(d: Demo) -> List[Tuple[str, str, Callable[[Demo, Section], None]]]
          "trained network: does it see the class too (transferability), and are the images' "
          "features close to those of real images of the class (plausibility)?",
          section_feature_vis_quality),
+        ("Past activation maximization: accentuation, caricatures, facets",
+         "Feature visualization that starts from real images: feature accentuation pushes a "
+         "test image toward a class while staying near it, a caricature exaggerates what a "
+         "layer sees in it, and multifaceted visualization shows the several kinds of image "
+         "one unit responds to.", section_frontier),
     ]
 
 

@@ -204,6 +204,7 @@ TRUST_SECTIONS = {
         "trust_residual_ranking.png", "trust_sanity_table.png", "trust_sanity_maps.png"],
     "Feature visualization quality": ["fv_quality_classes.png", "fv_quality_table.png",
                                       "fv_maco_transparency.png"],
+    "Past activation maximization": ["frontier_accentuation.png", "frontier_facets.png"],
 }
 
 
@@ -249,6 +250,11 @@ def test_demo_shows_every_attribution_method_how_far_to_trust_them_and_fv_qualit
     # 5 parameterizations x 10 classes; MACO: images, transparency, both together
     assert _size(demo_out / "fv_quality_classes.png") == (10 * 132 + 4, 5 * 146 + 4)
     assert _size(demo_out / "fv_maco_transparency.png") == (10 * 132 + 4, 3 * 146 + 4)
+    # accentuation: test images, accentuated, caricatures (--images 2); facets: means + images
+    assert _size(demo_out / "frontier_accentuation.png") == (2 * 132 + 4, 3 * 146 + 4)
+    facets = secs["Past activation maximization"]
+    assert _size(demo_out / "frontier_facets.png")[1] == 2 * 146 + 4
+    assert "Accentuation: distance to the original" in facets["text"]
 
 
 def test_fv_quality_trains_a_second_cnn_without_the_residual_network():
