@@ -42,7 +42,10 @@ def eval_mode(model: nn.Module, images: Optional[Tensor] = None):
         if not shapes and args and isinstance(args[0], Tensor):
             shapes.append(tuple(args[0].shape))
 
-    hook = model.register_forward_pre_hook(record)
+    try:
+        hook = model.register_forward_pre_hook(record)
+    except RuntimeError:  # a ScriptModule takes no hooks: the message names no shape then
+        hook = None
     model.eval()
     for q in params:
         q.requires_grad_(False)
@@ -51,14 +54,16 @@ def eval_mode(model: nn.Module, images: Optional[Tensor] = None):
     except (RuntimeError, ValueError) as e:
         # A shape the model cannot take fails deep inside it ("mat1 and mat2 shapes cannot be
         # multiplied", the fused op's message about its own x): name the images instead.
-        if shapes and _is_input_shape_error(e):
+        if _is_input_shape_error(e):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"images: the model cannot take images of (C, H, W) = "
-                             f"{shapes[0][1:]} (give images of the size and channels it was "
-                             f"built for); inside the model: {first}") from e
+            given = f"of (C, H, W) = {shapes[0][1:]}" if shapes else "given"
+            raise ValueError(f"images: the model cannot take the images {given} (give "
+                             f"images of the size and channels it was built for); inside the "
+                             f"model: {first}") from e
         raise
     finally:
-        hook.remove()
+        if hook is not None:
+            hook.remove()
         for m, t in flags:
             m.training = t
         for q in params:

@@ -75,8 +75,9 @@ def test_integer_and_wrong_channel_images_are_refused(call):
 def test_images_of_a_size_the_model_cannot_take_are_named(call):
     # the linear head takes 8x8 inputs: 12x12 fails inside it ("mat1 and mat2 ..."), which the
     # methods report as a problem of the images, with their shape
-    with pytest.raises(ValueError, match=r"images: the model cannot take images of \(C, H, W\) "
-                                         r"= \(3, 12, 12\).*inside the model: mat1 and mat2"):
+    with pytest.raises(ValueError, match=r"images: the model cannot take the images of "
+                                         r"\(C, H, W\) = \(3, 12, 12\).*inside the model: "
+                                         r"mat1 and mat2"):
         call(net(), torch.rand(2, 3, 12, 12))
 
 
@@ -93,3 +94,10 @@ def test_default_transforms_work_on_a_fixed_size_model():
     conv[0].register_forward_hook(lambda mod, i, o: seen.append(i[0].shape[-1]))
     vis.activation_maximization(conv, [vis.channel("3", 0)], size=16, steps=1)
     assert seen[-1] > 16
+
+
+def test_a_scripted_model_runs_and_its_size_errors_are_named():
+    m = torch.jit.script(net())  # a ScriptModule takes no forward hooks
+    torch.testing.assert_close(vis.saliency(m, X, 0), vis.saliency(net(), X, 0))
+    with pytest.raises(ValueError, match="images: the model cannot take the images given"):
+        vis.saliency(m, torch.rand(2, 3, 12, 12), 0)
