@@ -306,10 +306,12 @@ def _modified_relu_gradient(model: nn.Module, images: Tensor, target, relu_fn, m
                             ) -> Tensor:
     """The input gradient of the target logits with every ReLU's backward replaced by ``relu_fn``."""
     check_model(model)
-    x, t, multi = prepare_inputs(model, images, target)
+    x, t, multi = prepare_inputs(model, images, target, repeat=False)
     with eval_mode(model), torch.enable_grad(), _relu_backward(model, relu_fn, method):
-        g = _input_grad(model, x, t.reshape(-1))
-    return _unflatten(g, t, multi)
+        xx = x.detach().requires_grad_(True)
+        # (N, T) targets: one forward, one batched backward through the modified ReLUs
+        (g,) = target_grads(model(xx), (xx,), t)
+    return g
 
 
 def guided_backprop(model: nn.Module, images: Tensor, target) -> Tensor:
@@ -319,7 +321,8 @@ def guided_backprop(model: nn.Module, images: Tensor, target) -> Tensor:
     ``grad_in = grad_out * (x > 0) * (grad_out > 0)``.
 
     Args:
-        model, images, target: as :func:`saliency` (the image is run once per target).
+        model, images, target: as :func:`saliency` (the T maps of an image from one forward
+            and one batched backward pass).
 
     Returns:
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.
@@ -336,7 +339,8 @@ def deconvnet_attribution(model: nn.Module, images: Tensor, target) -> Tensor:
     kernels, as autograd does anyway.
 
     Args:
-        model, images, target: as :func:`saliency` (the image is run once per target).
+        model, images, target: as :func:`saliency` (the T maps of an image from one forward
+            and one batched backward pass).
 
     Returns:
         ``(N, C, H, W)`` (or ``(N, T, C, H, W)``) on the model's device.

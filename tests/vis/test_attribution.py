@@ -100,6 +100,16 @@ def test_batched_over_targets(data):
     torch.testing.assert_close(cam[:, 1], vis.grad_cam(m, "4", x, tt[:, 1]))
     # an int target means the same class for every image
     torch.testing.assert_close(vis.saliency(m, x, 2), vis.saliency(m, x, torch.full((4,), 2)))
+    # the T maps come from one forward pass over the N images (a batched backward), not T
+    seen = []
+    h = m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        for fn in (vis.saliency, vis.guided_backprop, vis.deconvnet_attribution):
+            seen.clear()
+            fn(m, x, tt)
+            assert seen == [4], (fn.__name__, seen)
+    finally:
+        h.remove()
 
 
 def test_smoothgrad_against_reference(data):
