@@ -18,18 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._modules import forward_until, model_device_dtype
-from ..vis._common import check_float_images, check_int, check_model, eval_mode
+from ..vis._common import (check_float_images, check_int, check_model, eval_mode,
+                           one_class_per_image)
 
 __all__ = ["transferability", "Plausibility", "plausibility"]
-
-
-def _as_classes(classes, n: int, name: str) -> Tensor:
-    t = torch.as_tensor(classes).reshape(-1).long()
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise ValueError(f"{name}: expected one class per image ({n}), got {t.numel()}")
-    return t
 
 
 @torch.no_grad()
@@ -42,7 +34,7 @@ def transferability(images: Tensor, classes, other: nn.Module, *, batch_size: in
     check_model(other)
     check_float_images(images)
     batch_size = check_int("batch_size", batch_size, 1)
-    t = _as_classes(classes, images.shape[0], "classes")
+    t = one_class_per_image(classes, images.shape[0], "classes")
     device, dtype = model_device_dtype(other)
     hits = []
     with eval_mode(other):
@@ -88,8 +80,8 @@ def plausibility(images: Tensor, classes, real_images: Tensor, real_labels, othe
     check_float_images(images)
     check_float_images(real_images, "real_images")
     batch_size = check_int("batch_size", batch_size, 1)
-    t = _as_classes(classes, images.shape[0], "classes")
-    labels = _as_classes(real_labels, real_images.shape[0], "real_labels")
+    t = one_class_per_image(classes, images.shape[0], "classes")
+    labels = one_class_per_image(real_labels, real_images.shape[0], "real_labels")
     present = sorted(set(labels.tolist()))
     missing = sorted(set(t.tolist()) - set(present))
     if missing or len(present) < 2:

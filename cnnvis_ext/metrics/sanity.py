@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..seeding import make_generator, resolve_seed
-from ..vis._common import check_int, check_model, check_number
+from ..vis._common import check_int, check_model, check_number, one_class_per_image
 
 __all__ = ["spearman", "ssim", "Randomization", "model_randomization", "randomization_order",
            "random_logit", "max_sensitivity"]
@@ -114,15 +114,6 @@ class Randomization(NamedTuple):
     maps: Tensor
 
 
-def _targets(target, n: int) -> Tensor:
-    t = torch.as_tensor(target).reshape(-1).long()
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise ValueError(f"target: expected one class per image ({n}), got {t.numel()}")
-    return t
-
-
 def _given_maps(maps, n: int) -> Tensor:
     if not isinstance(maps, Tensor) or not maps.is_floating_point():
         raise TypeError("maps: expected a floating-point tensor of the images' maps")
@@ -191,7 +182,7 @@ def model_randomization(model: nn.Module, images: Tensor, target, explain: Expla
     batch_size = check_int("batch_size", batch_size, 1)
     if randomize is not None and not callable(randomize):
         raise TypeError(f"randomize: expected a callable (module, index), got {randomize!r}")
-    t = _targets(target, images.shape[0])
+    t = one_class_per_image(target, images.shape[0], "target")
     original = (_explain(explain, model, images, t, batch_size) if maps is None
                 else _given_maps(maps, images.shape[0]))
     n = original.shape[0]
@@ -250,7 +241,7 @@ def random_logit(model: nn.Module, images: Tensor, target, explain: Explain, num
     if similarity is not None and not callable(similarity):
         raise TypeError(f"similarity: expected a callable (maps, maps) -> (N,), got {similarity!r}")
     seed = resolve_seed(seed)
-    t = _targets(target, images.shape[0])
+    t = one_class_per_image(target, images.shape[0], "target")
     if other is None:
         draws = []
         for i, ti in enumerate(t.tolist()):  # one draw per image: independent of the batch
@@ -259,7 +250,7 @@ def random_logit(model: nn.Module, images: Tensor, target, explain: Explain, num
             draws.append(r if r < ti else r + 1)
         other = torch.tensor(draws)
     else:
-        other = _targets(other, images.shape[0])
+        other = one_class_per_image(other, images.shape[0], "other")
         if bool(((other < 0) | (other >= num_classes)).any()) or bool((other == t).any()):
             raise ValueError("other: expected classes in [0, num_classes) that differ from "
                              "the target")
@@ -296,7 +287,7 @@ def max_sensitivity(model: nn.Module, images: Tensor, target, explain: Explain, 
     check_model(model)
     batch_size = check_int("batch_size", batch_size, 1)
     n = images.shape[0]
-    t = _targets(target, n)
+    t = one_class_per_image(target, n, "target")
     if perturbations is None:
         radius = check_number("radius", radius, positive=True)
         samples = check_int("samples", samples, 1)

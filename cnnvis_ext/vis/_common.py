@@ -125,6 +125,17 @@ def input_channels(model: nn.Module, default: int = 3) -> int:
     return default if c is None else c
 
 
+def one_class_per_image(classes, n: int, name: str) -> Tensor:
+    """``classes`` (an int or ``n`` of them) as an ``(n,)`` long tensor; a ValueError naming
+    ``name`` otherwise."""
+    t = torch.as_tensor(classes).reshape(-1).long()
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"{name}: expected one class per image ({n}), got {t.numel()}")
+    return t
+
+
 def as_targets(target, n: int, device) -> Tensor:
     """Targets as a (N,) or (N, T) long tensor."""
     if isinstance(target, bool):

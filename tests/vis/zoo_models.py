@@ -1,5 +1,6 @@
-"""torchvision models for the agreement tests: random weights (seeded), randomized BatchNorm
-statistics (so that a BatchNorm merged or skipped wrongly shows), eval mode."""
+"""Helpers of the agreement tests: torchvision models with random weights (seeded) and
+randomized BatchNorm statistics (so that a BatchNorm merged or skipped wrongly shows), in eval
+mode; and a finite-difference check of a gradient."""
 import warnings
 
 import torch
@@ -33,3 +34,18 @@ def randomize_batchnorm_stats(model: nn.Module, seed: int = 1, enabled: bool = T
             if isinstance(mod, nn.BatchNorm2d):
                 mod.running_mean.normal_(0, 0.1, generator=g)
                 mod.running_var.uniform_(0.5, 1.5, generator=g)
+
+
+def assert_matches_finite_differences(loss, w: torch.Tensor, g: torch.Tensor, indices,
+                                      h: float = 1e-6) -> None:
+    """``g`` (the autograd gradient of ``loss()`` w.r.t. ``w``) equals the central difference
+    at each of ``indices``, to 1e-5 relative (float64)."""
+    for idx in indices:
+        with torch.no_grad():
+            old = w[idx].item()
+            w[idx] = old + h
+            up = loss().item()
+            w[idx] = old - h
+            down = loss().item()
+            w[idx] = old
+        assert abs((up - down) / (2 * h) - g[idx].item()) <= 1e-5 * (1 + abs(g[idx].item()))
